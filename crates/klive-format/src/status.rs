@@ -1,0 +1,121 @@
+//! What the agent reports about its host: `klive status --json`, `klive list --json`, and the
+//! body of a check-in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BuildId, PatchLevel};
+
+/// Identity of the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    /// `uname -r`
+    pub release: String,
+    /// `uname -v`
+    pub version: String,
+    /// `uname -m`
+    pub arch: String,
+    /// GNU build-id from `/sys/kernel/notes`; `None` when the kernel exposes none.
+    pub build_id: Option<BuildId>,
+    /// Distribution package version from `/proc/version` (Debian: `6.1.192-2`), when present.
+    pub package_version: Option<String>,
+    /// `PRETTY_NAME` of `/etc/os-release`, when present.
+    pub distro: Option<String>,
+}
+
+/// Whether this kernel can be live patched, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Support {
+    pub livepatch: bool,
+    /// Human reasons when `livepatch` is false (or warnings when it is true).
+    pub reasons: Vec<String>,
+    /// `none`, `integrity` or `confidentiality`; `None` when the kernel has no lockdown LSM.
+    pub lockdown: Option<String>,
+    /// The kernel refuses unsigned modules (`module.sig_enforce` or lockdown).
+    pub module_sig_enforce: bool,
+}
+
+/// Decoded `/proc/sys/kernel/tainted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taint {
+    pub value: u64,
+    /// One entry per set bit, e.g. `{"bit":15,"letter":"K","meaning":"kernel has been live patched"}`.
+    pub flags: Vec<TaintFlag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaintFlag {
+    pub bit: u8,
+    pub letter: char,
+    pub meaning: String,
+}
+
+/// State of one livepatch as the kernel shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatchState {
+    /// enabled, no transition: the patch's code runs everywhere.
+    Applied,
+    /// enabled, transition running: tasks are switching to the new code.
+    Patching,
+    /// disabled, transition running: tasks are switching back.
+    Unpatching,
+    /// disabled, no transition (about to be freed by the kernel).
+    Disabled,
+}
+
+/// A livepatch loaded in the kernel, klive's or foreign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedPatch {
+    pub name: String,
+    pub state: PatchState,
+    pub replace: bool,
+    /// True for modules following klive's naming (`klive_*`).
+    pub klive: bool,
+    /// Level from the module's version (klive modules only).
+    pub level: Option<PatchLevel>,
+    pub objects: Vec<PatchedObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchedObject {
+    /// `vmlinux` or a module name.
+    pub name: String,
+    pub patched: bool,
+    /// `function,sympos` entries as sysfs names them.
+    pub functions: Vec<String>,
+}
+
+/// The klive patch this host runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedLevel {
+    pub level: PatchLevel,
+    pub module: String,
+    pub state: PatchState,
+    /// Fixes recorded when the level was applied (CVE ids).
+    pub fixes: Vec<String>,
+}
+
+/// An operation that did not finish (the agent crashed or was killed) and what was done about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    pub operation: String,
+    pub started_at: String,
+    pub resolution: String,
+}
+
+/// `klive status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub kernel: KernelInfo,
+    pub support: Support,
+    /// `None` when no klive patch is loaded.
+    pub klive: Option<AppliedLevel>,
+    /// `uname -r` with the klive level, e.g. `6.1.0-56-amd64+klive.2`.
+    pub effective_release: String,
+    pub patches: Vec<LoadedPatch>,
+    pub taint: Taint,
+    /// The last operation journalled as interrupted and reconciled, if any.
+    pub last_interrupted: Option<Interrupted>,
+    /// One line a human can act on.
+    pub summary: String,
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask`: the one entry point for people and CI.
+//!
+//! `demo` boots the installed Debian kernel in QEMU and live-patches it with `klive`;
+//! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
+//! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
+
+mod deps;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "klive developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Boot the Debian kernel in QEMU and show klive live-patching it.
+    Demo,
+    /// Run every test: fmt, clippy, unit/integration tests, VM end-to-end tests.
+    Test {
+        /// Skip the QEMU end-to-end tests (for quick local iterations only; CI runs them).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Run only the VM end-to-end tests.
+    VmTest,
+    /// Measure a component; results go to BENCHMARKS.md.
+    Bench {
+        /// What to measure.
+        #[arg(value_enum)]
+        what: BenchTarget,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchTarget {
+    Agent,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("entering the workspace root {}", root.display()))?;
+    match cli.task {
+        Task::Demo => vm::demo(&root),
+        Task::Test { no_vm } => test(&root, no_vm),
+        Task::VmTest => vm::run_tests(&root).map(|_| ()),
+        Task::Bench { what } => match what {
+            BenchTarget::Agent => vm::bench_agent(&root),
+        },
+    }
+}
+
+fn test(root: &Path, no_vm: bool) -> Result<()> {
+    step(
+        "cargo fmt --check",
+        cargo(&["fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "cargo clippy",
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step("cargo test", cargo(&["test", "--workspace"]))?;
+    if no_vm {
+        eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run");
+        return Ok(());
+    }
+    let summary = vm::run_tests(root)?;
+    if summary.failed > 0 || summary.passed == 0 {
+        bail!(
+            "VM end-to-end tests: {} passed, {} failed",
+            summary.passed,
+            summary.failed
+        );
+    }
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn step(name: &str, cmd: Command) -> Result<()> {
+    eprintln!("xtask: == {name}");
+    run(cmd).with_context(|| format!("{name} failed"))
+}
+
+/// A `cargo` command using the same toolchain that runs xtask.
+pub fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args);
+    cmd
+}
+
+/// Runs a command to completion, failing with its command line when it fails.
+pub fn run(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} exited with {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
