@@ -1,0 +1,417 @@
+//! Symbol positions as the kernel counts them, and the decision "normal or klp relocation".
+//!
+//! The livepatch core resolves `old_name` and every `.klp.sym.<obj>.<name>,<pos>` by counting
+//! same-name symbols in kallsyms order (vmlinux) or module symtab order; position 0 means
+//! "must be unique". Without file symbols, a duplicated local name is disambiguated by the
+//! addresses of the other symbols of the same translation unit whose names are unique
+//! (anchors); when that does not single out one candidate, the lookup fails rather than guess.
+
+use std::collections::HashMap;
+
+use object::build::Id;
+use object::build::elf::SectionData;
+use object::elf;
+
+use crate::ElfError;
+use crate::model::{Elf, read_builder};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SymClass {
+    Text,
+    Data,
+    Rodata,
+    Bss,
+    Other,
+}
+
+impl SymClass {
+    /// From a kallsyms type letter.
+    pub fn from_kallsyms(c: char) -> SymClass {
+        match c.to_ascii_lowercase() {
+            't' | 'w' => SymClass::Text,
+            'd' | 'v' | 'g' => SymClass::Data,
+            'r' | 'n' => SymClass::Rodata,
+            'b' | 's' => SymClass::Bss,
+            _ => SymClass::Other,
+        }
+    }
+
+    /// From the name of the section holding a symbol in an object file.
+    pub fn from_section(name: &str) -> SymClass {
+        if name.starts_with(".text") {
+            SymClass::Text
+        } else if name.starts_with(".rodata") || name.starts_with(".data.rel.ro") {
+            SymClass::Rodata
+        } else if name.starts_with(".bss") {
+            SymClass::Bss
+        } else if name.starts_with(".data") {
+            SymClass::Data
+        } else {
+            SymClass::Other
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSymbol {
+    pub name: String,
+    pub addr: u64,
+    pub class: SymClass,
+}
+
+/// The symbols of one klp object (vmlinux or a module) in the kernel's counting order.
+#[derive(Debug, Clone, Default)]
+pub struct SymbolTable {
+    pub syms: Vec<TableSymbol>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl SymbolTable {
+    pub fn new(syms: Vec<TableSymbol>) -> SymbolTable {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in syms.iter().enumerate() {
+            by_name.entry(s.name.clone()).or_default().push(i);
+        }
+        SymbolTable { syms, by_name }
+    }
+
+    /// Symbols of `object` from a `/proc/kallsyms` dump: vmlinux lines have no `[module]`.
+    /// The dump must come from root (non-zero addresses) for positions to be decidable.
+    pub fn from_kallsyms(text: &str, object: &str) -> SymbolTable {
+        let mut syms = Vec::new();
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
+            let wanted = match module {
+                None => object == "vmlinux",
+                Some(m) => m == object,
+            };
+            if !wanted {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            let class = ty.chars().next().map(SymClass::from_kallsyms);
+            syms.push(TableSymbol {
+                name: name.to_owned(),
+                addr,
+                class: class.unwrap_or(SymClass::Other),
+            });
+        }
+        SymbolTable::new(syms)
+    }
+
+    /// Symbols of a module as the kernel keeps them: named, defined in an allocated,
+    /// non-init section, in symtab order. Addresses are (section, offset) pairs.
+    pub fn from_module_object(data: &[u8], file: &str) -> Result<SymbolTable, ElfError> {
+        let b = read_builder(data, file)?;
+        let mut syms = Vec::new();
+        for s in &b.symbols {
+            let Some(sec) = s.section else { continue };
+            let sect = b.sections.get(sec);
+            if s.name.is_empty()
+                || s.st_info.st_type() == elf::STT_SECTION
+                || s.st_info.st_type() == elf::STT_FILE
+                || sect.sh_flags.0 & elf::SHF_ALLOC.0 == 0
+                || sect.name.starts_with(b".init")
+                || matches!(sect.data, SectionData::Relocation(_))
+            {
+                continue;
+            }
+            let sname = String::from_utf8_lossy(&sect.name);
+            syms.push(TableSymbol {
+                name: String::from_utf8_lossy(&s.name).into_owned(),
+                addr: ((sec.index() as u64) << 40) | (s.st_value & 0xff_ffff_ffff),
+                class: SymClass::from_section(&sname),
+            });
+        }
+        Ok(SymbolTable::new(syms))
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.by_name.get(name).map_or(0, Vec::len)
+    }
+
+    /// The kernel's `sympos` for `name` defined in the translation unit described by `tu`.
+    pub fn sympos(&self, name: &str, class: SymClass, tu: &TuSymbols) -> Result<u32, String> {
+        let Some(cands) = self.by_name.get(name) else {
+            return Err("not found in the target's symbol table; check that the symbol source matches the target kernel".into());
+        };
+        if cands.len() == 1 {
+            return Ok(0);
+        }
+        if self.syms.iter().all(|s| s.addr == 0) {
+            return Err("the kallsyms dump has zero addresses; take it as root".into());
+        }
+        let same_class: Vec<usize> = cands
+            .iter()
+            .copied()
+            .filter(|&i| self.syms[i].class == class)
+            .collect();
+        let chosen = if same_class.len() == 1 {
+            same_class[0]
+        } else {
+            let anchors: Vec<u64> = tu
+                .symbols
+                .iter()
+                .filter(|(n, c)| *c == class && n != name && self.count(n) == 1)
+                .filter_map(|(n, _)| self.by_name.get(n).map(|v| self.syms[v[0]].addr))
+                .collect();
+            let (Some(&lo), Some(&hi)) = (anchors.iter().min(), anchors.iter().max()) else {
+                return Err(format!(
+                    "{} definitions and no unique neighbour in the same file to tell them apart",
+                    cands.len()
+                ));
+            };
+            let slack = (hi - lo).max(0x1000);
+            let inside: Vec<usize> = same_class
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let a = self.syms[i].addr;
+                    a.saturating_add(slack) >= lo && a <= hi.saturating_add(slack)
+                })
+                .collect();
+            if inside.len() != 1 {
+                return Err(format!(
+                    "{} definitions, {} near this file's other symbols; cannot tell which one is this file's",
+                    cands.len(),
+                    inside.len()
+                ));
+            }
+            inside[0]
+        };
+        let pos = cands.iter().position(|&i| i == chosen).unwrap_or(0) + 1;
+        Ok(pos as u32)
+    }
+}
+
+/// The defined symbols of the original object of one translation unit (anchors).
+#[derive(Debug, Clone, Default)]
+pub struct TuSymbols {
+    pub symbols: Vec<(String, SymClass)>,
+}
+
+impl TuSymbols {
+    pub fn from_elf(e: &Elf) -> TuSymbols {
+        let symbols = e
+            .symbols()
+            .filter(|(_, s)| (s.is_func() || s.is_object()) && s.section.is_some())
+            .map(|(_, s)| {
+                let class = SymClass::from_section(e.section_name(s.section.unwrap_or(0)));
+                (s.name.clone(), class)
+            })
+            .collect();
+        TuSymbols { symbols }
+    }
+}
+
+/// Who exports what: `Module.symvers` (CRC, symbol, module, export type, namespace).
+#[derive(Debug, Clone, Default)]
+pub struct Exports {
+    /// Symbol → exporting object (`vmlinux` or a module name with `-` as `_`).
+    pub by_symbol: HashMap<String, String>,
+}
+
+impl Exports {
+    pub fn from_module_symvers(text: &str) -> Exports {
+        let mut by_symbol = HashMap::new();
+        for line in text.lines() {
+            let mut f = line.split('\t');
+            let (Some(_crc), Some(sym), Some(module)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let module = if module.ends_with("vmlinux") {
+                "vmlinux".to_owned()
+            } else {
+                module
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(module)
+                    .replace('-', "_")
+            };
+            by_symbol.insert(sym.to_owned(), module);
+        }
+        Exports { by_symbol }
+    }
+}
+
+/// How a reference to a symbol outside the patch is written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resolution {
+    /// An ordinary undefined symbol, resolved by the module loader (a vmlinux export).
+    Normal(String),
+    /// A livepatch relocation to `.klp.sym.<object>.<name>,<sympos>`.
+    Klp {
+        object: String,
+        name: String,
+        sympos: u32,
+    },
+}
+
+impl Resolution {
+    pub fn symbol_name(&self) -> String {
+        match self {
+            Resolution::Normal(n) => n.clone(),
+            Resolution::Klp {
+                object,
+                name,
+                sympos,
+            } => format!(".klp.sym.{object}.{name},{sympos}"),
+        }
+    }
+}
+
+/// A reference from patch code to a symbol that is not in the patch.
+#[derive(Debug, Clone)]
+pub struct ExternalRef<'a> {
+    /// Name in the running kernel.
+    pub name: &'a str,
+    /// Defined in this translation unit (else undefined there).
+    pub defined_here: bool,
+    pub class: SymClass,
+}
+
+/// Decides normal vs klp relocations for one klp object (vmlinux or a module).
+#[derive(Debug)]
+pub struct Resolver<'a> {
+    /// `vmlinux` or the module name (with `_`).
+    pub object: String,
+    pub table: &'a SymbolTable,
+    pub exports: &'a Exports,
+}
+
+impl Resolver<'_> {
+    pub fn resolve(&self, r: &ExternalRef<'_>, tu: &TuSymbols) -> Result<Resolution, String> {
+        match self.exports.by_symbol.get(r.name).map(String::as_str) {
+            Some("vmlinux") => return Ok(Resolution::Normal(r.name.to_owned())),
+            Some(module) if self.object != "vmlinux" && !r.defined_here => {
+                return Ok(Resolution::Klp {
+                    object: module.to_owned(),
+                    name: r.name.to_owned(),
+                    sympos: 0,
+                });
+            }
+            Some(module) if self.object == "vmlinux" => {
+                return Err(format!(
+                    "exported by module {module}; built-in code cannot refer to it"
+                ));
+            }
+            _ => {}
+        }
+        if r.name.contains(',') {
+            return Err("the name contains ',' which klp symbol names cannot carry".into());
+        }
+        let class = if r.defined_here {
+            r.class
+        } else {
+            // Undefined here: take the class from the table if the name is unique there.
+            match self.table.by_name.get(r.name) {
+                Some(v) if v.len() == 1 => self.table.syms[v[0]].class,
+                _ => r.class,
+            }
+        };
+        let sympos = self.table.sympos(r.name, class, tu)?;
+        Ok(Resolution::Klp {
+            object: self.object.clone(),
+            name: r.name.to_owned(),
+            sympos,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "\
+ffffffff81000000 T _stext
+ffffffff81100000 t show
+ffffffff81100100 t alpha_only
+ffffffff81100200 t beta_only
+ffffffff81300000 t show
+ffffffff81300100 t gamma_only
+ffffffff82000000 D saved_command_line
+ffffffffc0000000 t show\t[xfs]
+";
+
+    fn tu(names: &[&str]) -> TuSymbols {
+        TuSymbols {
+            symbols: names
+                .iter()
+                .map(|n| (n.to_string(), SymClass::Text))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unique_names_get_position_zero() {
+        let t = SymbolTable::from_kallsyms(DUMP, "vmlinux");
+        assert_eq!(
+            t.sympos("saved_command_line", SymClass::Data, &tu(&[])),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn duplicate_locals_are_told_apart_by_neighbours() {
+        let t = SymbolTable::from_kallsyms(DUMP, "vmlinux");
+        assert_eq!(
+            t.sympos("show", SymClass::Text, &tu(&["show", "gamma_only"])),
+            Ok(2)
+        );
+        assert_eq!(
+            t.sympos("show", SymClass::Text, &tu(&["alpha_only", "beta_only"])),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn ambiguity_is_an_error_not_a_guess() {
+        let t = SymbolTable::from_kallsyms(DUMP, "vmlinux");
+        let err = t
+            .sympos("show", SymClass::Text, &tu(&["show"]))
+            .unwrap_err();
+        assert!(err.contains("2 definitions"), "{err}");
+        assert!(t.sympos("missing", SymClass::Text, &tu(&[])).is_err());
+    }
+
+    #[test]
+    fn module_symbols_are_kept_apart() {
+        let t = SymbolTable::from_kallsyms(DUMP, "xfs");
+        assert_eq!(t.syms.len(), 1);
+        assert_eq!(t.sympos("show", SymClass::Text, &tu(&[])), Ok(0));
+    }
+
+    #[test]
+    fn exports_decide_normal_relocations() {
+        let e = Exports::from_module_symvers(
+            "0x1\tseq_printf\tvmlinux\tEXPORT_SYMBOL\t\n0x2\txfs_foo\tfs/xfs/xfs\tEXPORT_SYMBOL_GPL\t\n",
+        );
+        let t = SymbolTable::from_kallsyms(DUMP, "vmlinux");
+        let r = Resolver {
+            object: "vmlinux".into(),
+            table: &t,
+            exports: &e,
+        };
+        let ext = |name| ExternalRef {
+            name,
+            defined_here: false,
+            class: SymClass::Data,
+        };
+        assert_eq!(
+            r.resolve(&ext("seq_printf"), &tu(&[])),
+            Ok(Resolution::Normal("seq_printf".into()))
+        );
+        assert_eq!(
+            r.resolve(&ext("saved_command_line"), &tu(&[]))
+                .map(|r| r.symbol_name()),
+            Ok(".klp.sym.vmlinux.saved_command_line,0".into())
+        );
+        assert!(r.resolve(&ext("xfs_foo"), &tu(&[])).is_err());
+    }
+}
