@@ -40,7 +40,7 @@ impl FromStr for BuildId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let s = s.trim();
         let ok = (8..=128).contains(&s.len())
-            && s.len() % 2 == 0
+            && s.len().is_multiple_of(2)
             && s.bytes().all(|b| b.is_ascii_hexdigit());
         if ok {
             Ok(Self(s.to_ascii_lowercase()))

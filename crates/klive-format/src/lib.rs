@@ -3,6 +3,8 @@
 //! Every other crate converts its own types to and from these at its edge. This crate does no
 //! I/O and depends on nothing that does.
 
+pub mod agent_state;
+pub mod api;
 mod ids;
 pub mod release;
 pub mod status;

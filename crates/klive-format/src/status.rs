@@ -119,3 +119,45 @@ pub struct AgentStatus {
     /// One line a human can act on.
     pub summary: String,
 }
+
+/// `--json` result of `klive apply`, `revert` and `boot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationReport {
+    pub operation: String,
+    /// `applied`, `already-applied`, `reverted`, `nothing-applied`, `nothing-to-restore`,
+    /// `kernel-changed`, or `failed`.
+    pub result: String,
+    pub module: Option<String>,
+    pub level: Option<PatchLevel>,
+    /// Modules unloaded because the new level replaced them.
+    pub replaced: Vec<String>,
+    /// Time from load to the end of the transition.
+    pub transition_ms: Option<u64>,
+    pub message: String,
+    pub error: Option<ErrorReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// `refused`, `unsupported`, `stalled-reversed`, `kernel`, `state`, `failed`.
+    pub code: String,
+    pub exit_code: i32,
+    pub stalled_tasks: Vec<StalledTaskReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StalledTaskReport {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub stack: Option<String>,
+}
+
+/// `klive uname --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnameReport {
+    pub release: String,
+    pub effective_release: String,
+    pub level: Option<PatchLevel>,
+    pub all: String,
+}

@@ -1,0 +1,318 @@
+//! The agent's state directory: a lock, `state.json`, `intent.json`, `journal.jsonl` and the
+//! module cache. Every file is replaced atomically (write a temp file, fsync, rename, fsync
+//! the directory), so a crash leaves either the old or the new content, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use klive_format::agent_state::{AgentState, Intent, JournalEntry, STATE_FORMAT};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} is corrupt ({reason}); move it aside and run `klive status` to rebuild it from the kernel"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("another klive command holds {path} (waited {waited_s} s); wait for it to finish")]
+    Busy { path: PathBuf, waited_s: u64 },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Journal files rotate past this size (one previous generation is kept).
+const JOURNAL_ROTATE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while a command may change the kernel or the state; released on drop (or process death).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Creates the directory (mode 0700) when missing.
+    pub fn ensure_dir(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io_err("creating", &self.dir))
+    }
+
+    /// Takes the exclusive lock, waiting up to `wait`.
+    pub fn lock(&self, wait: Duration) -> Result<Lock, StoreError> {
+        self.ensure_dir()?;
+        let path = self.path("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        let start = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Busy {
+                        path,
+                        waited_s: wait.as_secs(),
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
+            }
+        }
+    }
+
+    pub fn load_state(&self) -> Result<AgentState, StoreError> {
+        Ok(self.read_json("state.json")?.unwrap_or(AgentState {
+            format: STATE_FORMAT,
+            ..AgentState::default()
+        }))
+    }
+
+    pub fn save_state(&self, state: &AgentState) -> Result<(), StoreError> {
+        self.write_json("state.json", state)
+    }
+
+    pub fn load_intent(&self) -> Result<Option<Intent>, StoreError> {
+        self.read_json("intent.json")
+    }
+
+    pub fn save_intent(&self, intent: &Intent) -> Result<(), StoreError> {
+        self.write_json("intent.json", intent)
+    }
+
+    pub fn clear_intent(&self) -> Result<(), StoreError> {
+        let path = self.path("intent.json");
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Appends one entry to the journal and fsyncs it.
+    pub fn journal(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        self.ensure_dir()?;
+        let path = self.path("journal.jsonl");
+        if fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > JOURNAL_ROTATE_BYTES {
+            let old = self.path("journal.jsonl.1");
+            fs::rename(&path, &old).map_err(io_err("rotating", &path))?;
+        }
+        let mut line = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        f.write_all(&line).map_err(io_err("appending to", &path))?;
+        f.sync_data().map_err(io_err("syncing", &path))
+    }
+
+    /// Reads the journal, oldest first. A torn last line (crash while appending) is skipped.
+    pub fn read_journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut out = Vec::new();
+        for name in ["journal.jsonl.1", "journal.jsonl"] {
+            let path = self.path(name);
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("reading", &path)(e)),
+            };
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        Ok(out)
+    }
+
+    pub fn cache_dir(&self, build_id: &str) -> PathBuf {
+        self.dir.join("cache").join(build_id)
+    }
+
+    /// Stores module bytes in the cache under `name` (atomically) and returns the path.
+    pub fn cache_module(
+        &self,
+        build_id: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let dir = self.cache_dir(build_id);
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let path = dir.join(name);
+        write_atomic(&path, bytes)?;
+        Ok(path)
+    }
+
+    fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let path = self.path(name);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("reading", &path)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        self.ensure_dir()?;
+        let path = self.path(name);
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        write_atomic(&path, &bytes)
+    }
+}
+
+/// write temp, fsync, rename over, fsync directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        f.write_all(bytes).map_err(io_err("writing", &tmp))?;
+        f.sync_all().map_err(io_err("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use klive_format::agent_state::Operation;
+
+    #[test]
+    fn state_round_trip_and_corruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        assert_eq!(store.load_state().unwrap().last_good, None);
+        let mut s = store.load_state().unwrap();
+        s.last_interrupted = None;
+        store.save_state(&s).unwrap();
+        assert_eq!(store.load_state().unwrap(), s);
+        fs::write(
+            dir.path().join("state/state.json"),
+            b"{\"format\": 1, \"last_go",
+        )
+        .unwrap();
+        let err = store.load_state().unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("move it aside"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn intent_is_written_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let intent = Intent {
+            operation: Operation::Revert,
+            started_at: "now".into(),
+            pid: 1,
+            boot_id: "b".into(),
+            previous: None,
+        };
+        store.save_intent(&intent).unwrap();
+        assert_eq!(store.load_intent().unwrap(), Some(intent));
+        store.clear_intent().unwrap();
+        assert_eq!(store.load_intent().unwrap(), None);
+        store.clear_intent().unwrap();
+        // No temp files are left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn torn_journal_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let e = JournalEntry {
+            at: "t".into(),
+            operation: "apply".into(),
+            step: "begin".into(),
+            detail: String::new(),
+        };
+        store.journal(&e).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"at\":\"t\",\"oper").unwrap();
+        assert_eq!(store.read_journal().unwrap(), vec![e]);
+    }
+
+    #[test]
+    fn second_lock_waits_then_reports_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let _held = store.lock(Duration::ZERO).unwrap();
+        let err = store.lock(Duration::from_millis(120)).unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+    }
+}

@@ -1,0 +1,429 @@
+//! The agent's operations and CLI, end to end against the temp-dir fake kernel (no root).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use klive_agent::cli;
+use klive_kernel::fake::{self, Call, FakeKernel, TransitionPlan};
+use klive_kernel::{Kernel, livepatch};
+
+struct Host {
+    _dir: tempfile::TempDir,
+    kernel: FakeKernel,
+    state: PathBuf,
+    modules: PathBuf,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = FakeKernel::new(&dir.path().join("root")).unwrap();
+        let state = dir.path().join("state");
+        let modules = dir.path().join("modules");
+        std::fs::create_dir_all(&modules).unwrap();
+        Host {
+            _dir: dir,
+            kernel,
+            state,
+            modules,
+        }
+    }
+
+    fn module(&self, name: &str, level: u32) -> PathBuf {
+        fake::write_klive_module(&self.modules, name, level, fake::FAKE_BUILD_ID)
+    }
+
+    /// Runs `klive ARGS` in-process; returns (exit code, stdout, stderr).
+    fn klive(&self, args: &[&str]) -> (i32, String, String) {
+        let mut argv: Vec<OsString> = vec![
+            "klive".into(),
+            "--state-dir".into(),
+            self.state.clone().into(),
+        ];
+        argv.extend(args.iter().map(OsString::from));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = cli::run(argv, &self.kernel, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let (code, out, err) = self.klive(&a);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} / {err}"));
+        (code, v)
+    }
+
+    fn patch_names(&self) -> Vec<String> {
+        livepatch::patches(self.kernel.root())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    }
+
+    fn p(path: &Path) -> &str {
+        path.to_str().unwrap()
+    }
+}
+
+#[test]
+fn status_without_patch_exits_1_and_reports_identity() {
+    let h = Host::new();
+    let (code, v) = h.json(&["status"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["kernel"]["release"], fake::FAKE_RELEASE);
+    assert_eq!(v["kernel"]["build_id"], fake::FAKE_BUILD_ID);
+    assert_eq!(v["kernel"]["package_version"], "6.1.192-2");
+    assert_eq!(v["support"]["livepatch"], true);
+    assert_eq!(v["klive"], serde_json::Value::Null);
+    assert_eq!(v["effective_release"], fake::FAKE_RELEASE);
+}
+
+#[test]
+fn apply_then_replace_then_revert() {
+    let h = Host::new();
+    let l1 = h.module("klive_t_l1", 1);
+    let l2 = h.module("klive_t_l2", 2);
+
+    let (code, v) = h.json(&["apply", Host::p(&l1)]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"], "applied");
+    let (code, v) = h.json(&["status"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["klive"]["level"], 1);
+    assert_eq!(v["klive"]["state"], "applied");
+    assert!(
+        v["taint"]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["letter"] == "K")
+    );
+    assert_eq!(h.klive(&["uname", "-r"]).1.trim(), "6.1.0-56-amd64+klive.1");
+
+    let (code, v) = h.json(&["apply", Host::p(&l2)]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["replaced"], serde_json::json!(["klive_t_l1"]));
+    assert_eq!(h.patch_names(), vec!["klive_t_l2"]);
+    assert_eq!(
+        h.kernel.loaded_modules(),
+        vec!["klive_t_l2"],
+        "level 1 module is unloaded"
+    );
+
+    // Applying the same level again changes nothing.
+    let (code, v) = h.json(&["apply", Host::p(&l2)]);
+    assert_eq!((code, v["result"].as_str()), (0, Some("already-applied")));
+
+    let (code, _, err) = h.klive(&["revert"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(h.patch_names().is_empty());
+    assert!(h.kernel.loaded_modules().is_empty());
+    assert_eq!(h.json(&["status"]).0, 1);
+    // After an explicit revert, boot restores nothing.
+    let (code, v) = h.json(&["boot"]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (0, Some("nothing-to-restore"))
+    );
+}
+
+#[test]
+fn stalled_transition_is_reversed_and_reported() {
+    let h = Host::new();
+    let l1 = h.module("klive_t_l1", 1);
+    assert_eq!(h.klive(&["apply", Host::p(&l1)]).0, 0);
+    h.kernel.set_plan(TransitionPlan::Stalls {
+        pid: 4242,
+        comm: "reader".into(),
+        stack: "[<0>] pipe_read+0x2f0/0x480\n[<0>] vfs_read+0x2c4/0x2f0\n".into(),
+    });
+    let stall = h.module("klive_t_stall", 3);
+    let (code, out, err) = h.klive(&["apply", "--timeout", "0", Host::p(&stall)]);
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(
+        err.contains("pid 4242") && err.contains("reader") && err.contains("pipe_read"),
+        "{err}"
+    );
+    assert!(err.contains("klive_t_l1 is still active"), "{err}");
+    assert_eq!(
+        h.patch_names(),
+        vec!["klive_t_l1"],
+        "level 1 is still the active patch"
+    );
+    assert!(
+        !h.kernel
+            .loaded_modules()
+            .contains(&"klive_t_stall".to_string())
+    );
+    assert!(
+        h.kernel
+            .calls()
+            .contains(&Call::SetEnabled("klive_t_stall".into(), false))
+    );
+    let (code, v) = h.json(&["status"]);
+    assert_eq!((code, v["klive"]["level"].as_u64()), (0, Some(1)));
+}
+
+#[test]
+fn refusals_change_nothing() {
+    let h = Host::new();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            {
+                let p = h.modules.join("klive_wrong.ko");
+                std::fs::write(
+                    &p,
+                    fake::module_bytes(&[
+                        ("livepatch", "Y"),
+                        ("klive_level", "1"),
+                        ("klive_build_id", fake::FAKE_BUILD_ID),
+                        ("name", "klive_wrong"),
+                        (
+                            "vermagic",
+                            "6.1.0-99-amd64 SMP preempt mod_unload modversions ",
+                        ),
+                    ]),
+                )
+                .unwrap();
+                p
+            },
+            "built for kernel 6.1.0-99-amd64",
+        ),
+        (
+            fake::write_klive_module(
+                &h.modules,
+                "klive_other_build",
+                1,
+                "00112233445566778899aabbccddeeff00112233",
+            ),
+            "targets kernel build 001122334455",
+        ),
+        (
+            {
+                let p = h.modules.join("plain.ko");
+                std::fs::write(
+                    &p,
+                    fake::module_bytes(&[("name", "plain"), ("vermagic", fake::FAKE_VERMAGIC)]),
+                )
+                .unwrap();
+                p
+            },
+            "not a livepatch module",
+        ),
+        (
+            {
+                let good = std::fs::read(h.module("klive_t_l1", 1)).unwrap();
+                let p = h.modules.join("truncated.ko");
+                std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+                p
+            },
+            "not a valid ELF object",
+        ),
+        (h.modules.join("missing.ko"), "cannot read"),
+    ];
+    for (path, expected) in cases {
+        let (code, out, err) = h.klive(&["apply", Host::p(&path)]);
+        assert_eq!(code, 4, "{}: {out}{err}", path.display());
+        assert!(err.contains(expected), "{}: {err}", path.display());
+        assert!(err.contains("nothing was loaded"), "{err}");
+    }
+    assert!(h.kernel.calls().is_empty(), "{:?}", h.kernel.calls());
+    assert!(h.patch_names().is_empty());
+}
+
+#[test]
+fn load_failure_from_kernel_leaves_previous_level() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    h.kernel.fail_next_load(libc::ENOENT);
+    let (code, _, err) = h.klive(&["apply", Host::p(&h.module("klive_t_l2", 2))]);
+    assert_eq!(code, 6);
+    assert!(err.contains("symbols this kernel lacks"), "{err}");
+    assert_eq!(h.patch_names(), vec!["klive_t_l1"]);
+    let (_, v) = h.json(&["status"]);
+    assert_eq!(v["klive"]["level"], 1);
+    assert_eq!(v["last_interrupted"], serde_json::Value::Null);
+}
+
+#[test]
+fn unsupported_kernel_exits_3() {
+    let h = Host::new();
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch")).unwrap();
+    let (code, out, _) = h.klive(&["status"]);
+    assert_eq!(code, 3);
+    assert!(out.contains("CONFIG_LIVEPATCH"), "{out}");
+    let (code, _, err) = h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]);
+    assert_eq!(code, 3, "{err}");
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let h = Host::new();
+    assert_eq!(h.klive(&["frobnicate"]).0, 64);
+    assert_eq!(h.klive(&["apply"]).0, 64);
+    assert_eq!(h.klive(&["--help"]).0, 0);
+}
+
+#[test]
+fn boot_restores_last_good_level_after_reboot() {
+    let h = Host::new();
+    let l2 = h.module("klive_t_l2", 2);
+    assert_eq!(h.klive(&["apply", Host::p(&l2)]).0, 0);
+    std::fs::remove_file(&l2).unwrap(); // only the cache has it now
+    // "Reboot": the kernel forgets every module.
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l2")).unwrap();
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l2")).unwrap();
+    let (code, out, _) = h.klive(&["status"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("run `klive boot`"), "{out}");
+    let (code, v) = h.json(&["boot"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["result"], "applied");
+    assert_eq!(h.patch_names(), vec!["klive_t_l2"]);
+}
+
+#[test]
+fn boot_refuses_a_tampered_cache() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
+    let cache = h.state.join("cache").join(fake::FAKE_BUILD_ID);
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    let (code, _, err) = h.klive(&["boot"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("does not match the digest"), "{err}");
+    assert!(h.patch_names().is_empty());
+}
+
+#[test]
+fn boot_on_another_kernel_build_does_not_apply() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
+    std::fs::write(h.kernel.root().path("/sys/kernel/notes"), b"").unwrap();
+    let (code, v) = h.json(&["boot"]);
+    assert_eq!((code, v["result"].as_str()), (0, Some("kernel-changed")));
+    assert!(h.patch_names().is_empty());
+}
+
+#[test]
+fn interrupted_apply_is_rolled_forward_when_the_kernel_finished() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    // Simulate a crash right after finit_module: the kernel completed level 2, the agent
+    // never unloaded level 1 nor recorded level 2.
+    let l2 = h.module("klive_t_l2", 2);
+    let state_before = std::fs::read_to_string(h.state.join("state.json")).unwrap();
+    let intent = serde_json::json!({
+        "operation": {"kind": "apply", "module": "klive_t_l2", "level": 2,
+                      "cached_file": "klive_t_l2.ko", "sha256": "00", "fixes": []},
+        "started_at": "2026-11-22T10:00:00Z", "pid": 999999, "boot_id": "",
+        "previous": "klive_t_l1"
+    });
+    std::fs::write(h.state.join("intent.json"), intent.to_string()).unwrap();
+    h.kernel.load_module(&l2).unwrap();
+    assert!(
+        h.kernel
+            .loaded_modules()
+            .contains(&"klive_t_l1".to_string())
+    );
+    let (code, v) = h.json(&["status"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["klive"]["level"], 2);
+    assert!(
+        v["last_interrupted"]["resolution"]
+            .as_str()
+            .unwrap()
+            .contains("completed the transition"),
+        "{v}"
+    );
+    assert_eq!(h.kernel.loaded_modules(), vec!["klive_t_l2"]);
+    assert!(!h.state.join("intent.json").exists());
+    assert_ne!(
+        std::fs::read_to_string(h.state.join("state.json")).unwrap(),
+        state_before
+    );
+}
+
+#[test]
+fn interrupted_apply_is_reversed_when_the_transition_is_stuck() {
+    let h = Host::new();
+    h.kernel.set_plan(TransitionPlan::Stalls {
+        pid: 77,
+        comm: "sleeper".into(),
+        stack: "[<0>] pipe_read+0x1/0x2\n".into(),
+    });
+    let l1 = h.module("klive_t_l1", 1);
+    h.kernel.load_module(&l1).unwrap();
+    let intent = serde_json::json!({
+        "operation": {"kind": "apply", "module": "klive_t_l1", "level": 1,
+                      "cached_file": "klive_t_l1.ko", "sha256": "00", "fixes": []},
+        "started_at": "2026-11-22T10:00:00Z", "pid": 999999, "boot_id": "",
+        "previous": null
+    });
+    std::fs::create_dir_all(&h.state).unwrap();
+    std::fs::write(h.state.join("intent.json"), intent.to_string()).unwrap();
+    // `revert` with a zero timeout reconciles first: the stuck transition gets reversed.
+    let (code, _, err) = h.klive(&["revert", "--timeout", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(h.patch_names().is_empty());
+    assert!(h.kernel.loaded_modules().is_empty());
+    let (_, v) = h.json(&["status"]);
+    assert!(
+        v["last_interrupted"]["resolution"]
+            .as_str()
+            .unwrap()
+            .contains("reversed"),
+        "{v}"
+    );
+}
+
+#[test]
+fn list_shows_foreign_patches_and_apply_refuses_to_replace_them() {
+    let h = Host::new();
+    for (f, v) in [
+        ("enabled", "1"),
+        ("transition", "0"),
+        ("replace", "0"),
+        ("vmlinux/patched", "1"),
+    ] {
+        h.kernel
+            .put(&format!("/sys/kernel/livepatch/vendor_fix/{f}"), v)
+            .unwrap();
+    }
+    let (code, out, _) = h.klive(&["list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("vendor_fix") && out.contains("foreign"),
+        "{out}"
+    );
+    let (code, _, err) = h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]);
+    assert_eq!(code, 4);
+    assert!(err.contains("vendor_fix"), "{err}");
+}

@@ -1,0 +1,399 @@
+//! A fake kernel over a temp-dir sysfs, for tests that must not need root.
+//!
+//! It materialises what a real kernel shows after each operation (livepatch directories,
+//! `/sys/module/<name>`, the taint bit, per-task `patch_state`), records every call, and can
+//! be told to fail a syscall or to stall a transition on a blocked task.
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::livepatch::LIVEPATCH_DIR;
+use crate::module;
+use crate::{Kernel, KernelError, SysRoot};
+
+/// One call the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Load(String),
+    Delete(String),
+    SetEnabled(String, bool),
+}
+
+/// How the next patching transition behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionPlan {
+    /// Every task switches at once.
+    Completes,
+    /// The task `pid` sleeps in a patched function and never switches.
+    Stalls {
+        pid: u32,
+        comm: String,
+        stack: String,
+    },
+}
+
+#[derive(Debug)]
+struct Behaviour {
+    plan: TransitionPlan,
+    fail_load: Option<i32>,
+    fail_delete: Vec<(String, i32)>,
+}
+
+#[derive(Debug)]
+pub struct FakeKernel {
+    root: SysRoot,
+    dir: PathBuf,
+    behaviour: RefCell<Behaviour>,
+    calls: RefCell<Vec<Call>>,
+}
+
+/// Identity of the fake kernel.
+pub const FAKE_RELEASE: &str = "6.1.0-56-amd64";
+pub const FAKE_BUILD_ID: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+pub const FAKE_VERMAGIC: &str = "6.1.0-56-amd64 SMP preempt mod_unload modversions ";
+
+impl FakeKernel {
+    /// A host with livepatch support, no patches and no taint, rooted at `dir`.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let k = Self {
+            root: SysRoot::new(dir),
+            dir: dir.to_owned(),
+            behaviour: RefCell::new(Behaviour {
+                plan: TransitionPlan::Completes,
+                fail_load: None,
+                fail_delete: Vec::new(),
+            }),
+            calls: RefCell::new(Vec::new()),
+        };
+        k.put("/proc/sys/kernel/osrelease", FAKE_RELEASE)?;
+        k.put(
+            "/proc/sys/kernel/version",
+            "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-10-01)",
+        )?;
+        k.put("/proc/sys/kernel/arch", "x86_64")?;
+        k.put("/proc/sys/kernel/tainted", "0")?;
+        k.put("/proc/sys/kernel/modules_disabled", "0")?;
+        k.put("/proc/cmdline", "console=ttyS0")?;
+        k.put(
+            "/etc/os-release",
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+        )?;
+        k.put("/sys/module/module/parameters/sig_enforce", "N")?;
+        k.put(
+            "/sys/kernel/security/lockdown",
+            "[none] integrity confidentiality",
+        )?;
+        fs::create_dir_all(k.root.path(LIVEPATCH_DIR))?;
+        let mut notes = Vec::new();
+        let id: Vec<u8> = (0..FAKE_BUILD_ID.len() / 2)
+            .map(|i| u8::from_str_radix(&FAKE_BUILD_ID[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        notes.extend(4u32.to_ne_bytes());
+        notes.extend((id.len() as u32).to_ne_bytes());
+        notes.extend(3u32.to_ne_bytes());
+        notes.extend(b"GNU\0");
+        notes.extend(&id);
+        fs::create_dir_all(k.root.path("/sys/kernel"))?;
+        fs::write(k.root.path("/sys/kernel/notes"), notes)?;
+        // PID 1, always present, always able to switch.
+        k.put("/proc/1/comm", "init")?;
+        k.put("/proc/1/task/1/comm", "init")?;
+        k.put("/proc/1/task/1/patch_state", "-1")?;
+        Ok(k)
+    }
+
+    /// Writes a pseudo-file of the fake host.
+    pub fn put(&self, rel: &str, content: &str) -> std::io::Result<()> {
+        let p = self.root.path(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(p, content)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn set_plan(&self, plan: TransitionPlan) {
+        self.behaviour.borrow_mut().plan = plan;
+    }
+
+    /// The next `finit_module` fails with `errno`.
+    pub fn fail_next_load(&self, errno: i32) {
+        self.behaviour.borrow_mut().fail_load = Some(errno);
+    }
+
+    /// Every `delete_module(name)` fails with `errno`.
+    pub fn fail_delete(&self, name: &str, errno: i32) {
+        self.behaviour
+            .borrow_mut()
+            .fail_delete
+            .push((name.to_owned(), errno));
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    /// Names of loaded modules (`/sys/module/*` with a `version` or livepatch).
+    pub fn loaded_modules(&self) -> Vec<String> {
+        self.root
+            .list_dir("/sys/module")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m != "module")
+            .collect()
+    }
+
+    fn err(op: &'static str, object: &str, errno: i32) -> KernelError {
+        KernelError::Syscall {
+            op,
+            object: object.to_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    fn task_dirs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for pid in self.root.list_dir("/proc").unwrap_or_default() {
+            if pid.parse::<u32>().is_err() {
+                continue;
+            }
+            for tid in self
+                .root
+                .list_dir(&format!("/proc/{pid}/task"))
+                .unwrap_or_default()
+            {
+                out.push(format!("/proc/{pid}/task/{tid}"));
+            }
+        }
+        out
+    }
+
+    fn set_all_task_states(&self, state: &str) -> std::io::Result<()> {
+        for t in self.task_dirs() {
+            self.put(&format!("{t}/patch_state"), state)?;
+        }
+        Ok(())
+    }
+
+    /// What the kernel does when a transition ends: replaced and disabled patches are freed.
+    fn finish_transition(&self, name: &str) -> std::io::Result<()> {
+        let dir = format!("{LIVEPATCH_DIR}/{name}");
+        let enabled = self
+            .root
+            .read_trimmed(&format!("{dir}/enabled"))
+            .unwrap_or_default()
+            == "1";
+        self.put(&format!("{dir}/transition"), "0")?;
+        self.set_all_task_states("-1")?;
+        if enabled {
+            let replace = self
+                .root
+                .read_trimmed(&format!("{dir}/replace"))
+                .unwrap_or_default()
+                == "1";
+            if replace {
+                for other in self.root.list_dir(LIVEPATCH_DIR).unwrap_or_default() {
+                    if other != name {
+                        fs::remove_dir_all(self.root.path(&format!("{LIVEPATCH_DIR}/{other}")))?;
+                    }
+                }
+            }
+            for obj in self.root.list_dir(&dir).unwrap_or_default() {
+                if self.root.exists(&format!("{dir}/{obj}/patched")) {
+                    self.put(&format!("{dir}/{obj}/patched"), "1")?;
+                }
+            }
+        } else {
+            fs::remove_dir_all(self.root.path(&dir))?;
+        }
+        Ok(())
+    }
+
+    fn io<'a>(op: &'static str, object: &'a str) -> impl Fn(std::io::Error) -> KernelError + 'a {
+        move |source| KernelError::Syscall {
+            op,
+            object: object.to_owned(),
+            source,
+        }
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn root(&self) -> &SysRoot {
+        &self.root
+    }
+
+    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
+        let shown = path.display().to_string();
+        self.calls.borrow_mut().push(Call::Load(shown.clone()));
+        if let Some(errno) = self.behaviour.borrow_mut().fail_load.take() {
+            return Err(Self::err("finit_module", &shown, errno));
+        }
+        let info =
+            module::inspect(path).map_err(|_| Self::err("finit_module", &shown, libc::ENOEXEC))?;
+        if self.root.is_dir(&format!("/sys/module/{}", info.name)) {
+            return Err(Self::err("finit_module", &shown, libc::EEXIST));
+        }
+        let release = self.root.read_trimmed("/proc/sys/kernel/osrelease")?;
+        if info.vermagic_release() != release {
+            return Err(Self::err("finit_module", &shown, libc::ENOEXEC));
+        }
+        let io = Self::io("finit_module", &shown);
+        let name = info.name.clone();
+        self.put(
+            &format!("/sys/module/{name}/version"),
+            &info.klive_level.map(|l| l.to_string()).unwrap_or_default(),
+        )
+        .map_err(&io)?;
+        let mut taint: u64 = self.root.read_int("/proc/sys/kernel/tainted")?;
+        taint |= 1 << 12 | 1 << 13;
+        if !info.livepatch {
+            self.put("/proc/sys/kernel/tainted", &taint.to_string())
+                .map_err(&io)?;
+            return Ok(());
+        }
+        if self.root.list_dir(LIVEPATCH_DIR)?.iter().any(|p| {
+            self.root
+                .read_trimmed(&format!("{LIVEPATCH_DIR}/{p}/transition"))
+                .unwrap_or_default()
+                == "1"
+        }) {
+            fs::remove_dir_all(self.root.path(&format!("/sys/module/{name}"))).map_err(&io)?;
+            return Err(Self::err("finit_module", &shown, libc::EBUSY));
+        }
+        taint |= 1 << 15;
+        self.put("/proc/sys/kernel/tainted", &taint.to_string())
+            .map_err(&io)?;
+        let dir = format!("{LIVEPATCH_DIR}/{name}");
+        self.put(&format!("{dir}/enabled"), "1").map_err(&io)?;
+        self.put(&format!("{dir}/transition"), "1").map_err(&io)?;
+        self.put(&format!("{dir}/replace"), "1").map_err(&io)?;
+        self.put(&format!("{dir}/vmlinux/patched"), "0")
+            .map_err(&io)?;
+        fs::create_dir_all(
+            self.root
+                .path(&format!("{dir}/vmlinux/cmdline_proc_show,1")),
+        )
+        .map_err(&io)?;
+        let plan = self.behaviour.borrow().plan.clone();
+        match plan {
+            TransitionPlan::Completes => self.finish_transition(&name).map_err(&io)?,
+            TransitionPlan::Stalls { pid, comm, stack } => {
+                self.set_all_task_states("1").map_err(&io)?;
+                let t = format!("/proc/{pid}/task/{pid}");
+                self.put(&format!("/proc/{pid}/comm"), &comm).map_err(&io)?;
+                self.put(&format!("{t}/comm"), &comm).map_err(&io)?;
+                self.put(&format!("{t}/stack"), &stack).map_err(&io)?;
+                self.put(&format!("{t}/patch_state"), "0").map_err(&io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_module(&self, name: &str) -> Result<(), KernelError> {
+        self.calls.borrow_mut().push(Call::Delete(name.to_owned()));
+        if let Some((_, errno)) = self
+            .behaviour
+            .borrow()
+            .fail_delete
+            .iter()
+            .find(|(n, _)| n == name)
+        {
+            return Err(Self::err("delete_module", name, *errno));
+        }
+        if !self.root.is_dir(&format!("/sys/module/{name}")) {
+            return Err(Self::err("delete_module", name, libc::ENOENT));
+        }
+        if self.root.is_dir(&format!("{LIVEPATCH_DIR}/{name}")) {
+            return Err(Self::err("delete_module", name, libc::EBUSY));
+        }
+        fs::remove_dir_all(self.root.path(&format!("/sys/module/{name}")))
+            .map_err(Self::io("delete_module", name))
+    }
+
+    fn set_enabled(&self, patch: &str, enabled: bool) -> Result<(), KernelError> {
+        self.calls
+            .borrow_mut()
+            .push(Call::SetEnabled(patch.to_owned(), enabled));
+        let dir = format!("{LIVEPATCH_DIR}/{patch}");
+        let attr = format!("{dir}/enabled");
+        // The real attribute refuses a write of its current value with EINVAL.
+        let current = self.root.read_trimmed(&attr)? == "1";
+        if current == enabled {
+            return Err(Self::err("write enabled", patch, libc::EINVAL));
+        }
+        self.root.write(&attr, if enabled { "1" } else { "0" })?;
+        // Reversal or unpatching: the fake's tasks switch back at once.
+        self.finish_transition(patch)
+            .map_err(Self::io("write enabled", patch))
+    }
+}
+
+/// Bytes of a minimal ELF64 relocatable object that passes [`module::inspect`]: sections
+/// `.modinfo` (with the given tags) and `.gnu.linkonce.this_module`.
+pub fn module_bytes(tags: &[(&str, &str)]) -> Vec<u8> {
+    let mut modinfo = Vec::new();
+    for (k, v) in tags {
+        modinfo.extend(format!("{k}={v}").as_bytes());
+        modinfo.push(0);
+    }
+    let this_module = vec![0u8; 64];
+    let shstrtab = b"\0.modinfo\0.gnu.linkonce.this_module\0.shstrtab\0".to_vec();
+    let names = [0u32, 1, 10, 36];
+    let mut out = vec![0u8; 64];
+    let mut offsets = Vec::new();
+    for data in [&modinfo, &this_module, &shstrtab] {
+        offsets.push(out.len() as u64);
+        out.extend(data.iter());
+    }
+    while !out.len().is_multiple_of(8) {
+        out.push(0);
+    }
+    let shoff = out.len() as u64;
+    out.extend([0u8; 64]); // null section
+    let sizes = [modinfo.len(), this_module.len(), shstrtab.len()];
+    let types = [1u32, 1, 3]; // PROGBITS, PROGBITS, STRTAB
+    for i in 0..3 {
+        let mut sh = [0u8; 64];
+        sh[0..4].copy_from_slice(&names[i + 1].to_le_bytes());
+        sh[4..8].copy_from_slice(&types[i].to_le_bytes());
+        sh[24..32].copy_from_slice(&offsets[i].to_le_bytes());
+        sh[32..40].copy_from_slice(&(sizes[i] as u64).to_le_bytes());
+        sh[48..56].copy_from_slice(&1u64.to_le_bytes());
+        out.extend(sh);
+    }
+    out[..4].copy_from_slice(b"\x7fELF");
+    out[4] = 2;
+    out[5] = 1;
+    out[6] = 1;
+    out[16..18].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
+    out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    out[20..24].copy_from_slice(&1u32.to_le_bytes());
+    out[40..48].copy_from_slice(&shoff.to_le_bytes());
+    out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    out[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    out[60..62].copy_from_slice(&4u16.to_le_bytes()); // e_shnum
+    out[62..64].copy_from_slice(&3u16.to_le_bytes()); // e_shstrndx
+    out
+}
+
+/// Writes a fake klive livepatch module for the fake kernel and returns its path.
+pub fn write_klive_module(dir: &Path, name: &str, level: u32, build_id: &str) -> PathBuf {
+    let level = level.to_string();
+    let bytes = module_bytes(&[
+        ("license", "GPL"),
+        ("livepatch", "Y"),
+        ("klive_level", &level),
+        ("klive_build_id", build_id),
+        ("version", &level),
+        ("name", name),
+        ("vermagic", FAKE_VERMAGIC),
+    ]);
+    let path = dir.join(format!("{name}.ko"));
+    fs::write(&path, bytes).expect("writing a fake module into a test directory");
+    path
+}
