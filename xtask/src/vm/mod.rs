@@ -1,10 +1,35 @@
 //! VM end-to-end harness: builds the static agent and the test livepatch modules, packs an
 //! initramfs, boots the installed Debian kernel in QEMU and reads the guest's result lines.
-//! (Being written: see tests/vm/README.md.)
+//!
+//! A test run boots the guest twice on one fresh disk image: phase 1 runs
+//! `tests/vm/scenarios/phase1/*.sh`, phase 2 (a "reboot" keeping the disk) runs
+//! `tests/vm/scenarios/phase2/*.sh`. The guest side (init, result protocol, helpers) is in
+//! `tests/vm/`; the modules are built from `tests/modules/`. Everything generated goes to
+//! `target/vm/`, including the console logs `phase1.log`, `phase2.log` and `demo.log`.
+//!
+//! Environment: `KLIVE_VM_ACCEL=tcg|kvm` skips the KVM probe; `KLIVE_VM_TIMEOUT=SECS`
+//! changes the wall-clock limit of one boot (default 300); `KLIVE_VM_AGENT=PATH` puts that
+//! static binary in the guest as `/bin/klive` instead of building the agent (for iterating
+//! on the harness while the agent does not build).
 
-use std::path::Path;
+mod initramfs;
+mod kernel;
+mod modules;
+mod qemu;
+mod results;
 
-use anyhow::{Result, bail};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::deps;
+use kernel::TargetKernel;
+use qemu::{Accel, Boot};
+use results::TestResult;
 
 /// Result lines counted from the guest console.
 #[derive(Debug, Default)]
@@ -13,14 +38,261 @@ pub struct Summary {
     pub failed: usize,
 }
 
-pub fn run_tests(_root: &Path) -> Result<Summary> {
-    bail!("the VM harness is not written yet")
+/// Debian packages the harness uses: QEMU, the kernel and its headers (kbuild), busybox for
+/// the guest, musl-gcc for C parts of the static agent, mkfs.ext4, make, and xz for reading
+/// the build-id out of the kernel image.
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "linux-image-amd64",
+    "linux-headers-amd64",
+    "busybox-static",
+    "musl-tools",
+    "e2fsprogs",
+    "make",
+    "xz-utils",
+];
+
+const DEFAULT_BOOT_LIMIT: Duration = Duration::from_secs(300);
+const DISK_SIZE: u64 = 64 << 20;
+
+/// Everything built for a boot.
+#[derive(Debug)]
+struct Guest {
+    kernel: TargetKernel,
+    initrd: PathBuf,
+    work: PathBuf,
+    accel: Accel,
 }
 
-pub fn demo(_root: &Path) -> Result<()> {
-    bail!("the demo is not written yet")
+pub fn run_tests(root: &Path) -> Result<Summary> {
+    let started = Instant::now();
+    let guest = prepare(root)?;
+    let disk = fresh_disk(&guest.work, "disk.img")?;
+    let limit = boot_limit()?;
+
+    let mut all: Vec<(String, TestResult)> = Vec::new();
+    for phase in ["1", "2"] {
+        eprintln!("xtask: == VM phase {phase} (console log: target/vm/phase{phase}.log)");
+        let prefix = format!("[vm phase{phase}] ");
+        let boot = boot(&guest, &disk, phase, "quiet", limit);
+        let outcome = boot.run(|line| println!("{prefix}{line}"))?;
+        eprintln!(
+            "xtask: phase {phase} boot took {:.1} s",
+            outcome.elapsed.as_secs_f64()
+        );
+        for result in results::tally(phase, &outcome.lines, outcome.timed_out, limit) {
+            all.push((results::label(phase), result));
+        }
+    }
+
+    let summary = Summary {
+        passed: all.iter().filter(|(_, r)| r.passed).count(),
+        failed: all.iter().filter(|(_, r)| !r.passed).count(),
+    };
+    println!();
+    println!("VM end-to-end results:");
+    for (phase, result) in &all {
+        let verdict = if result.passed { "PASS" } else { "FAIL" };
+        println!("  {verdict} [{phase}] {}", result.what);
+    }
+    eprintln!(
+        "xtask: VM tests took {:.0} s in all ({}); console logs in {}",
+        started.elapsed().as_secs_f64(),
+        guest.accel,
+        guest.work.display()
+    );
+    println!("{} passed, {} failed", summary.passed, summary.failed);
+    Ok(summary)
+}
+
+pub fn demo(root: &Path) -> Result<()> {
+    let guest = prepare(root)?;
+    let disk = fresh_disk(&guest.work, "demo-disk.img")?;
+    let limit = boot_limit()?;
+    let boot = boot(&guest, &disk, "demo", "quiet loglevel=3", limit);
+    eprintln!(
+        "xtask: booting {} in QEMU ({}); the demo starts in about 5 s",
+        guest.kernel.release, guest.accel
+    );
+    let start = results::phase_start("demo");
+    let end = results::phase_end("demo");
+    let mut showing = false;
+    let mut stdout = std::io::stdout();
+    let outcome = boot.run(|line| {
+        if line.trim_end().ends_with(&start) {
+            showing = true;
+        } else if line.trim_end().ends_with(&end) {
+            showing = false;
+        } else if showing {
+            let _ = writeln!(stdout, "{line}");
+        }
+    })?;
+    let failures: Vec<TestResult> =
+        results::tally("demo", &outcome.lines, outcome.timed_out, limit)
+            .into_iter()
+            .filter(|r| !r.passed)
+            .collect();
+    if !failures.is_empty() {
+        let list: Vec<&str> = failures.iter().map(|r| r.what.as_str()).collect();
+        bail!(
+            "the demo failed: {}; the whole console is in {}",
+            list.join("; "),
+            boot.log.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn bench_agent(_root: &Path) -> Result<()> {
     bail!("the agent benchmark is not written yet")
+}
+
+/// Installs what is missing, then builds the agent, the modules and the initramfs.
+fn prepare(root: &Path) -> Result<Guest> {
+    deps::ensure_apt(PACKAGES)?;
+    deps::ensure_musl_target()?;
+    let work = target_dir(root).join("vm");
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let kernel = TargetKernel::discover()?;
+    let build_id = kernel::build_id(&kernel, &work)?;
+    eprintln!(
+        "xtask: target kernel {} (build-id {build_id})",
+        kernel.release
+    );
+
+    let agent = timed("building the static agent", || build_agent(root))?;
+    let modules = timed("building the test modules", || {
+        modules::build(root, &kernel, &build_id, &work)
+    })?;
+    let initrd = work.join("initramfs.cpio");
+    timed("packing the initramfs", || {
+        initramfs::write(
+            &initramfs::Contents {
+                root,
+                kernel: &kernel,
+                build_id: &build_id,
+                agent: &agent,
+                modules: &modules,
+            },
+            &initrd,
+        )
+    })?;
+    let accel = Accel::pick(&kernel.image);
+    Ok(Guest {
+        kernel,
+        initrd,
+        work,
+        accel,
+    })
+}
+
+fn boot<'a>(
+    guest: &'a Guest,
+    disk: &'a Path,
+    phase: &str,
+    verbosity: &str,
+    limit: Duration,
+) -> Boot<'a> {
+    Boot {
+        accel: guest.accel,
+        kernel: &guest.kernel.image,
+        initrd: &guest.initrd,
+        disk,
+        append: format!("console=ttyS0 {verbosity} panic=-1 klive.phase={phase}"),
+        log: guest.work.join(format!("{}.log", results::label(phase))),
+        limit,
+    }
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    eprintln!("xtask: {what}");
+    let value = f()?;
+    eprintln!("xtask: {what}: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(value)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+fn boot_limit() -> Result<Duration> {
+    match std::env::var("KLIVE_VM_TIMEOUT") {
+        Ok(secs) => {
+            let secs: u64 = secs
+                .trim()
+                .parse()
+                .with_context(|| format!("KLIVE_VM_TIMEOUT={secs:?} is not a number of seconds"))?;
+            Ok(Duration::from_secs(secs))
+        }
+        Err(_) => Ok(DEFAULT_BOOT_LIMIT),
+    }
+}
+
+/// `cargo build --release --target x86_64-unknown-linux-musl -p klive-agent`.
+fn build_agent(root: &Path) -> Result<PathBuf> {
+    if let Some(agent) = std::env::var_os("KLIVE_VM_AGENT") {
+        let agent = PathBuf::from(agent);
+        eprintln!(
+            "xtask: KLIVE_VM_AGENT set: using {} as the agent, not building it",
+            agent.display()
+        );
+        if !agent.is_file() {
+            bail!("KLIVE_VM_AGENT={} is not a file", agent.display());
+        }
+        return Ok(agent);
+    }
+    let mut cmd = crate::cargo(&[
+        "build",
+        "--release",
+        "--target",
+        deps::MUSL_TARGET,
+        "-p",
+        "klive-agent",
+    ]);
+    cmd.env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+    crate::run(cmd).context("building the static klive agent failed: fix the errors above")?;
+    let agent = target_dir(root)
+        .join(deps::MUSL_TARGET)
+        .join("release/klive");
+    if !agent.is_file() {
+        bail!(
+            "the agent build succeeded but {} is missing",
+            agent.display()
+        );
+    }
+    Ok(agent)
+}
+
+/// A new raw disk image formatted ext4, so every run starts from an empty state dir.
+fn fresh_disk(work: &Path, name: &str) -> Result<PathBuf> {
+    let disk = work.join(name);
+    let file = fs::File::create(&disk).with_context(|| format!("creating {}", disk.display()))?;
+    file.set_len(DISK_SIZE)
+        .with_context(|| format!("sizing {}", disk.display()))?;
+    drop(file);
+    // /usr/sbin is not on the PATH of ordinary users.
+    let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mkfs.ext4");
+    let output = Command::new(mkfs)
+        .args(["-q", "-F", "-L", "klive-state"])
+        // Initialise everything now: the lazy-init thread would otherwise run in the guest.
+        .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(&disk)
+        .output()
+        .context("running mkfs.ext4: install e2fsprogs")?;
+    if !output.status.success() {
+        bail!(
+            "mkfs.ext4 {} failed: {}",
+            disk.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(disk)
 }

@@ -1,0 +1,373 @@
+//! The guest's initramfs: an uncompressed newc cpio archive written here, holding busybox,
+//! the agent, the test modules, the scenarios and the few Debian modules needed to mount
+//! the state disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::kernel::TargetKernel;
+
+/// Kernel modules the guest loads at boot for the state disk: virtio PCI transport, virtio
+/// block device, ext4 and the crc32c it checksums metadata with. Their dependencies are
+/// added from modules.dep; any that the kernel has built in are skipped.
+pub const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+
+/// A newc ("070701") cpio archive being built in memory.
+#[derive(Debug, Default)]
+pub struct Cpio {
+    data: Vec<u8>,
+    next_inode: u32,
+    dirs: BTreeSet<String>,
+}
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+
+impl Cpio {
+    /// Adds a directory and, first, any parent directories not added yet.
+    pub fn dir(&mut self, path: &str) {
+        let path = path.trim_matches('/');
+        if path.is_empty() || self.dirs.contains(path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.insert(path.to_string());
+        self.entry(path, S_IFDIR | 0o755, b"");
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) {
+        let path = path.trim_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entry(path, S_IFREG | mode, contents);
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let path = path.trim_matches('/');
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.entry(path, S_IFLNK | 0o777, target.as_bytes());
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, contents: &[u8]) {
+        self.next_inode += 1;
+        let nlink = if mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
+        self.header(self.next_inode, mode, nlink, contents.len(), name);
+        self.data.extend_from_slice(contents);
+        self.pad();
+    }
+
+    fn header(&mut self, inode: u32, mode: u32, nlink: u32, size: usize, name: &str) {
+        // Sizes above 4 GiB cannot occur here: the inputs are a few megabytes.
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let namesize = u32::try_from(name.len() + 1).unwrap_or(u32::MAX);
+        let fields = [inode, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, namesize, 0];
+        self.data.extend_from_slice(b"070701");
+        for field in fields {
+            self.data
+                .extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.data.len().is_multiple_of(4) {
+            self.data.push(0);
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.header(0, 0, 1, 0, "TRAILER!!!");
+        self.data
+    }
+}
+
+/// What goes into the initramfs besides the fixed layout.
+#[derive(Debug)]
+pub struct Contents<'a> {
+    pub root: &'a Path,
+    pub kernel: &'a TargetKernel,
+    pub build_id: &'a str,
+    pub agent: &'a Path,
+    pub modules: &'a Path,
+}
+
+/// Writes the initramfs to `out`.
+///
+/// Layout: `/init`, busybox in `/bin` with its applet links, `/bin/klive`, `/modules/*.ko`,
+/// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
+/// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/demo/`, and facts about the
+/// target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
+pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
+    let mut cpio = Cpio::default();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "var/lib/klive",
+        "mnt",
+        "root",
+        "etc",
+    ] {
+        cpio.dir(dir);
+    }
+    add_busybox(&mut cpio)?;
+    cpio.file("bin/klive", 0o755, &read(contents.agent)?);
+
+    let mut names: Vec<PathBuf> = fs::read_dir(contents.modules)
+        .with_context(|| format!("listing {}", contents.modules.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ko"))
+        .collect();
+    names.sort();
+    for path in names {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        cpio.file(&format!("modules/{name}"), 0o644, &read(&path)?);
+    }
+
+    let boot = boot_modules(contents.kernel)?;
+    let mut order = String::new();
+    for (name, path) in &boot {
+        cpio.file(
+            &format!("lib/klive-boot/{name}.ko"),
+            0o644,
+            &module_bytes(path)?,
+        );
+        order.push_str(name);
+        order.push('\n');
+    }
+    cpio.file("lib/klive-boot/order", 0o644, order.as_bytes());
+
+    let vm = contents.root.join("tests/vm");
+    cpio.file("init", 0o755, &read(&vm.join("init.sh"))?);
+    cpio.file("tests/lib.sh", 0o644, &read(&vm.join("lib.sh"))?);
+    for (dir, into) in [
+        (vm.join("scenarios/phase1"), "tests/phase1"),
+        (vm.join("scenarios/phase2"), "tests/phase2"),
+        (vm.join("demo"), "tests/demo"),
+    ] {
+        cpio.dir(into);
+        for script in scripts(&dir)? {
+            let name = script.file_name().unwrap_or_default().to_string_lossy();
+            cpio.file(&format!("{into}/{name}"), 0o755, &read(&script)?);
+        }
+    }
+
+    let release = &contents.kernel.release;
+    cpio.file(
+        "etc/klive-test/release",
+        0o644,
+        format!("{release}\n").as_bytes(),
+    );
+    cpio.file(
+        "etc/klive-test/build-id",
+        0o644,
+        format!("{}\n", contents.build_id).as_bytes(),
+    );
+    let wrong = super::modules::other_release(release);
+    cpio.file(
+        "etc/klive-test/wrong-release",
+        0o644,
+        format!("{wrong}\n").as_bytes(),
+    );
+    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    cpio.file("etc/group", 0o644, b"root:x:0:\n");
+
+    fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
+}
+
+/// The `*.sh` files of a directory in name order (a missing directory has none).
+pub fn scripts(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Busybox-static from Debian with a link for each applet, where busybox itself would put it.
+fn add_busybox(cpio: &mut Cpio) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    let output = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .context("running /bin/busybox --list-full: install busybox-static")?;
+    if !output.status.success() {
+        bail!("/bin/busybox --list-full failed: reinstall busybox-static");
+    }
+    let bytes = read(busybox)?;
+    if !is_static_elf(&bytes) {
+        bail!("/bin/busybox is not statically linked: install busybox-static instead of busybox");
+    }
+    cpio.file("bin/busybox", 0o755, &bytes);
+    let list = String::from_utf8_lossy(&output.stdout);
+    for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if applet == "bin/busybox" {
+            continue;
+        }
+        cpio.symlink(applet, "/bin/busybox");
+    }
+    Ok(())
+}
+
+/// A static executable has no PT_INTERP program header.
+fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let field = |at: usize, len: usize| elf.get(at..at + len);
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (field(0x20, 8), field(0x36, 2), field(0x38, 2))
+    else {
+        return false;
+    };
+    let phoff = u64::from_le_bytes(phoff.try_into().unwrap_or_default());
+    let phentsize = u16::from_le_bytes(phentsize.try_into().unwrap_or_default());
+    let phnum = u16::from_le_bytes(phnum.try_into().unwrap_or_default());
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        field(phoff + i * usize::from(phentsize), 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()) != PT_INTERP)
+    })
+}
+
+/// The boot modules and their dependencies in load order (dependencies first), with their
+/// paths under `/lib/modules/<release>`.
+pub fn boot_modules(kernel: &TargetKernel) -> Result<Vec<(String, PathBuf)>> {
+    let dep_file = kernel.modules_dir.join("modules.dep");
+    let deps =
+        fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
+    let builtin_file = kernel.modules_dir.join("modules.builtin");
+    let builtin = fs::read_to_string(&builtin_file).unwrap_or_default();
+    let order = load_order(&deps, &builtin, BOOT_MODULES)
+        .with_context(|| format!("resolving the disk modules from {}", dep_file.display()))?;
+    Ok(order
+        .into_iter()
+        .map(|(name, rel)| (name, kernel.modules_dir.join(rel)))
+        .collect())
+}
+
+/// `ext4` for `kernel/fs/ext4/ext4.ko` (also `.ko.xz` etc.); dashes become underscores as
+/// the kernel does for module names.
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+fn load_order(modules_dep: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<(String, String)>> {
+    let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
+    let mut graph: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    for line in modules_dep.lines() {
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let deps = rest.split_whitespace().map(module_name).collect();
+        graph.insert(module_name(path), (path.to_string(), deps));
+    }
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(
+        name: &str,
+        graph: &HashMap<String, (String, Vec<String>)>,
+        builtin: &BTreeSet<String>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<(String, String)>,
+    ) -> Result<()> {
+        if builtin.contains(name) || !seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        let Some((path, deps)) = graph.get(name) else {
+            bail!("module {name} is neither built in nor listed in modules.dep");
+        };
+        for dep in deps {
+            visit(dep, graph, builtin, seen, order)?;
+        }
+        order.push((name.to_string(), path.clone()));
+        Ok(())
+    }
+    for name in wanted {
+        visit(name, &graph, &builtin, &mut seen, &mut order)?;
+    }
+    Ok(order)
+}
+
+/// A module file, decompressed when the distribution compresses its modules (busybox insmod
+/// wants a plain ELF file).
+fn module_bytes(path: &Path) -> Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else if name.ends_with(".gz") {
+        "gzip"
+    } else {
+        return read(path);
+    };
+    let output = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool} to decompress {name}"))?;
+    if !output.status.success() {
+        bail!("{tool} could not decompress {name}");
+    }
+    Ok(output.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_load_first_and_builtins_are_skipped() {
+        let dep = "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
+                   kernel/fs/mbcache.ko:\n\
+                   kernel/fs/jbd2/jbd2.ko:\n\
+                   kernel/lib/crc16.ko:\n\
+                   kernel/drivers/virtio/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio.ko:\n";
+        let builtin = "kernel/fs/mbcache.ko\n";
+        let order = load_order(dep, builtin, &["virtio_blk", "ext4"]).unwrap();
+        let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["virtio", "virtio_blk", "crc16", "jbd2", "ext4"]);
+        assert!(load_order(dep, builtin, &["nope"]).is_err());
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_and_terminated() {
+        let mut cpio = Cpio::default();
+        cpio.file("a/b/c", 0o644, b"hello");
+        cpio.symlink("bin/sh", "/bin/busybox");
+        let data = cpio.finish();
+        assert_eq!(data.len() % 4, 0);
+        assert!(data.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&data);
+        for name in ["a\0", "a/b\0", "a/b/c\0", "bin/sh\0", "TRAILER!!!\0"] {
+            assert!(text.contains(name), "{name:?} missing");
+        }
+    }
+}
