@@ -255,6 +255,10 @@ fn execute<K: Kernel>(cli: Cli, kernel: &K, out: &mut dyn Write, err: &mut dyn W
                         r.module = Some(module);
                         r.level = Some(level);
                     }
+                    BootOutcome::DisabledOnCommandLine => {
+                        r.result = "disabled".into();
+                        r.message = "klive.boot=0 is on the kernel command line: not restoring any level".into();
+                    }
                     BootOutcome::NothingToRestore => {
                         r.result = "nothing-to-restore".into();
                         r.message = "no klive level was applied before; nothing to restore".into();

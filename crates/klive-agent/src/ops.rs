@@ -69,6 +69,8 @@ pub enum RevertOutcome {
 pub enum BootOutcome {
     Restored(ApplyOutcome),
     NothingToRestore,
+    /// `klive.boot=0` on the kernel command line: the escape hatch after a bad patch.
+    DisabledOnCommandLine,
     KernelChanged {
         level: PatchLevel,
         was: BuildId,
@@ -651,6 +653,14 @@ impl<'k, K: Kernel> Agent<'k, K> {
     /// `klive boot`: re-apply the last good level from the cache when the kernel build matches.
     pub fn boot(&self) -> Result<BootOutcome, AgentError> {
         let _lock = self.begin()?;
+        let cmdline = self
+            .kernel
+            .root()
+            .read_optional("/proc/cmdline")?
+            .unwrap_or_default();
+        if cmdline.split_whitespace().any(|w| w == "klive.boot=0") {
+            return Ok(BootOutcome::DisabledOnCommandLine);
+        }
         let state = self.store.load_state()?;
         let Some(good) = state.last_good else {
             return Ok(BootOutcome::NothingToRestore);

@@ -427,3 +427,20 @@ fn list_shows_foreign_patches_and_apply_refuses_to_replace_them() {
     assert_eq!(code, 4);
     assert!(err.contains("vendor_fix"), "{err}");
 }
+
+#[test]
+fn boot_honours_the_command_line_escape_hatch() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
+    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
+    h.kernel
+        .put("/proc/cmdline", "console=ttyS0 klive.boot=0")
+        .unwrap();
+    let (code, v) = h.json(&["boot"]);
+    assert_eq!((code, v["result"].as_str()), (0, Some("disabled")));
+    assert!(h.patch_names().is_empty());
+}
