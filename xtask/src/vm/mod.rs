@@ -62,6 +62,8 @@ struct Guest {
     initrd: PathBuf,
     work: PathBuf,
     accel: Accel,
+    /// Held until the boots are over: runs share `target/vm/` and the machine's cores.
+    _lock: fs::File,
 }
 
 pub fn run_tests(root: &Path) -> Result<Summary> {
@@ -153,6 +155,7 @@ fn prepare(root: &Path) -> Result<Guest> {
     deps::ensure_musl_target()?;
     let work = target_dir(root).join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let lock = lock_work_dir(&work)?;
 
     let kernel = TargetKernel::discover()?;
     let build_id = kernel::build_id(&kernel, &work)?;
@@ -184,6 +187,7 @@ fn prepare(root: &Path) -> Result<Guest> {
         initrd,
         work,
         accel,
+        _lock: lock,
     })
 }
 
@@ -203,6 +207,27 @@ fn boot<'a>(
         log: guest.work.join(format!("{}.log", results::label(phase))),
         limit,
     }
+}
+
+/// Waits for any other VM run of this workspace (tests, demo) to finish.
+fn lock_work_dir(work: &Path) -> Result<fs::File> {
+    let path = work.join("lock");
+    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "xtask: another VM run is using {}; waiting for it",
+                work.display()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
