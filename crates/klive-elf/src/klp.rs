@@ -33,7 +33,7 @@ fn klp_object(name: &str) -> Option<&str> {
 }
 
 /// Rewrites a kbuild-linked livepatch `.ko`. `gate` names the klp object (vmlinux or a
-/// module) whose load applies the relocations of each patched section.
+/// module) whose load applies the relocations; one gate per module for now.
 pub fn fixup_module(ko: &[u8], gate: &str) -> Result<(Vec<u8>, FixupSummary), ElfError> {
     let mut b = read_builder(ko, "linked module")?;
     let mut klp = BTreeMap::new();

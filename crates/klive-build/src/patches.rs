@@ -1,0 +1,115 @@
+//! Unified diffs: which translation units they touch, and applying them in order.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The files a unified diff changes (`+++ b/path`, `-p1`).
+pub fn touched_files(diff: &str) -> Vec<String> {
+    let mut files: Vec<String> = diff
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ "))
+        .map(|p| p.split('\t').next().unwrap_or(p).trim())
+        .filter(|p| *p != "/dev/null")
+        .map(|p| p.split_once('/').map_or(p, |(_, rest)| rest).to_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// The objects to compile for the touched files; refuses what cannot be patched this way.
+pub fn translation_units(files: &[String]) -> Result<Vec<String>> {
+    let mut tus = Vec::new();
+    for f in files {
+        if f.ends_with(".S") || f.ends_with(".s") {
+            bail!(
+                "{f}: assembly files cannot be live-patched; drop this hunk or patch the C caller"
+            );
+        }
+        if f.ends_with(".h") {
+            bail!(
+                "{f}: header changes can change data layouts or inline code in files this build does not recompile; rewrite the fix in the .c files"
+            );
+        }
+        if let Some(stem) = f.strip_suffix(".c") {
+            tus.push(format!("{stem}.o"));
+        } else {
+            bail!("{f}: only C sources can be patched");
+        }
+    }
+    if tus.is_empty() {
+        bail!("the diffs change no file; nothing to patch");
+    }
+    Ok(tus)
+}
+
+/// Applies the diffs in order; on failure, reverts the ones applied and names the diff.
+pub fn apply_all(root: &Path, diffs: &[PathBuf]) -> Result<()> {
+    for (i, d) in diffs.iter().enumerate() {
+        let ok = patch(root, d, &["--dry-run"]);
+        if let Err(e) = ok {
+            revert_all(root, &diffs[..i]);
+            return Err(e.context(format!(
+                "{} does not apply to the kernel source after the diffs before it; rebase it on this kernel version",
+                d.display()
+            )));
+        }
+        patch(root, d, &[])?;
+    }
+    Ok(())
+}
+
+/// Reverts applied diffs in reverse order, best effort.
+pub fn revert_all(root: &Path, diffs: &[PathBuf]) {
+    for d in diffs.iter().rev() {
+        if let Err(e) = patch(root, d, &["-R"]) {
+            eprintln!("klive-build: could not revert {}: {e:#}", d.display());
+        }
+    }
+}
+
+fn patch(root: &Path, diff: &Path, extra: &[&str]) -> Result<()> {
+    let out = Command::new("patch")
+        .current_dir(root)
+        .args([
+            "-p1",
+            "--batch",
+            "--forward",
+            "--no-backup-if-mismatch",
+            "-i",
+        ])
+        .arg(
+            diff.canonicalize()
+                .with_context(|| format!("reading {}", diff.display()))?,
+        )
+        .args(extra)
+        .output()
+        .context("running patch; install it (apt-get install patch)")?;
+    if !out.status.success() {
+        bail!(
+            "patch {}: {}",
+            extra.join(" "),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_units() {
+        let d = "--- a/fs/proc/cmdline.c\t2026\n+++ b/fs/proc/cmdline.c\t2026\n@@ -1 +1 @@\n";
+        let f = touched_files(d);
+        assert_eq!(f, ["fs/proc/cmdline.c"]);
+        assert_eq!(translation_units(&f).unwrap(), ["fs/proc/cmdline.o"]);
+        let err = translation_units(&["arch/x86/entry/entry_64.S".into()]).unwrap_err();
+        assert!(err.to_string().contains("assembly"), "{err}");
+        assert!(translation_units(&["include/linux/fs.h".into()]).is_err());
+        assert!(translation_units(&[]).is_err());
+    }
+}
