@@ -5,6 +5,7 @@
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
 mod deps;
+mod pg;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,7 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
         ]),
     )?;
     step("cargo test", cargo(&["test", "--workspace"]))?;
+    pg::test_server()?;
     if no_vm {
         eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run");
         return Ok(());

@@ -1,0 +1,162 @@
+//! The database: one `sqlx::AnyPool` over SQLite (embedded default) or PostgreSQL, with the
+//! same portable SQL for both. Migrations are compiled into the binary and applied in order.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::error::Error;
+
+/// Compiled-in migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[(&str, &str)] = &[("init", include_str!("../migrations/0001_init.sql"))];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool plus what kind of database is behind it.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// A write transaction that holds the audit chain's head, see [`Db::begin_audited`].
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Db {
+    /// Opens (creating if needed) `DIR/klive.db`.
+    pub async fn open_sqlite_dir(dir: &Path) -> Result<Db, Error> {
+        let path = dir.join("klive.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Db::connect(&url).await
+    }
+
+    /// Connects to `sqlite://PATH?mode=rwc` or `postgres://...`, then applies migrations.
+    pub async fn connect(url: &str) -> Result<Db, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(Error::Config(
+                "the database url must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(|e| Error::DatabaseConnect {
+            backend,
+            detail: e.to_string(),
+        })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::DatabaseConnect {
+                backend,
+                detail: e.to_string(),
+            })?;
+        let db = Db { pool, backend };
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed while one writer commits; the setting is kept in the file.
+            db.pool.execute("PRAGMA journal_mode=WAL").await?;
+        }
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        self.pool
+            .execute(
+                "CREATE TABLE IF NOT EXISTS klive_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .await?;
+        for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
+            let version = index as i64 + 1;
+            let mut tx = self.pool.begin().await?;
+            // Taking a write lock first makes two servers starting at once apply it only once:
+            // the loser fails on the primary key and retries as already applied.
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM klive_schema WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(*name)
+                .bind(crate::clock::system_now_ms())
+                .execute(&mut *tx)
+                .await?;
+            for statement in split_statements(sql) {
+                tx.execute(sqlx::AssertSqlSafe(statement)).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Begins a transaction that first takes the audit chain's head row, so the transaction
+    /// holds the write lock from its first statement (SQLite) or serialises with every other
+    /// audited writer (PostgreSQL). Every admin action runs in one of these.
+    pub async fn begin_audited(&self) -> Result<Tx, Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// The current schema version.
+    pub async fn schema_version(&self) -> Result<i64, Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM klive_schema")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("v")?)
+    }
+}
+
+/// Splits a migration into statements at `;` line ends, dropping `--` comment lines.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let stmt = current.trim().trim_end_matches(';').to_owned();
+            out.push(stmt);
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_splits_into_statements_without_comments() {
+        let stmts = split_statements(MIGRATIONS[0].1);
+        assert!(stmts.iter().all(|s| !s.contains("--") && !s.ends_with(';')));
+        assert!(
+            stmts
+                .iter()
+                .any(|s| s.starts_with("CREATE TABLE audit_log"))
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! klive-server: stores releases per kernel build, moves them through ordered channels with
+//! maker-checker promotion, registers hosts and answers their check-ins, and keeps a
+//! hash-chained audit log of everything. SQLite and a local blob directory by default;
+//! PostgreSQL by URL, with the same SQL.
+
+pub mod api;
+pub mod audit;
+pub mod blobs;
+pub mod clock;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod modinfo;
+pub mod service;
+
+use std::path::Path;
+
+pub use error::Error;
+pub use service::Service;
+
+/// Opens the server's state: `DATA/klive.db` (or `database_url`) and `DATA/blobs/`.
+pub async fn open(data: &Path, database_url: Option<&str>) -> Result<Service, Error> {
+    std::fs::create_dir_all(data).map_err(|e| Error::Io {
+        what: format!("creating the data directory {}", data.display()),
+        source: e,
+    })?;
+    let db = match database_url {
+        Some(url) => db::Db::connect(url).await?,
+        None => db::Db::open_sqlite_dir(data).await?,
+    };
+    let blobs = blobs::Blobs::local(&data.join("blobs"))?;
+    Ok(Service::new(db, blobs))
+}

@@ -1,0 +1,454 @@
+//! `klive-server`: the patch server and its admin commands. Admin commands act on the same
+//! data directory or database as the server, as a named user (`--as`), with the same role
+//! checks and audit records as the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use klive_format::api::{ChannelRequest, EnrollTokenRequest, PromoteRequest, Role};
+use klive_format::release::ReleaseManifest;
+use klive_format::{BuildId, PatchLevel};
+use klive_server::Service;
+use klive_server::audit::{self, Verdict};
+use klive_server::service::AuthUser;
+
+#[derive(Parser)]
+#[command(name = "klive-server", version, about = "klive patch server")]
+struct Cli {
+    /// Directory for the SQLite database and the blob store.
+    #[arg(
+        long,
+        global = true,
+        env = "KLIVE_DATA",
+        default_value = "./klive-data"
+    )]
+    data: PathBuf,
+    /// PostgreSQL URL (postgres://...) instead of DATA/klive.db.
+    #[arg(long, global = true, env = "KLIVE_DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8750")]
+        listen: SocketAddr,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage channels.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+    /// Manage releases.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+    /// Promote a release to the next channel.
+    Promote {
+        build_id: BuildId,
+        level: PatchLevel,
+        #[arg(long)]
+        to: String,
+        /// Effective at once, without approval or soak time; needs --reason.
+        #[arg(long)]
+        emergency: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        /// The user doing this.
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+    /// Approve a pending or emergency promotion.
+    Approve {
+        promotion_id: String,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+    /// Withdraw a release from every channel.
+    Withdraw {
+        build_id: BuildId,
+        level: PatchLevel,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+    /// Manage enrollment tokens.
+    EnrollToken {
+        #[command(subcommand)]
+        command: EnrollCommand,
+    },
+    /// Inspect the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user and print its first API token.
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The admin doing this; omit only to create the first admin.
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: Option<String>,
+    },
+    List {
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token for a user (printed once).
+    Create {
+        user: String,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    List,
+    /// Append a channel after the last one.
+    Add {
+        name: String,
+        /// Time a release must spend in the previous channel first, e.g. 24h.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        min_soak: u64,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+    /// Change a channel's minimum soak time.
+    SetSoak {
+        name: String,
+        #[arg(value_parser = parse_duration)]
+        min_soak: u64,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Publish a module with its manifest into the first channel.
+    Add {
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum EnrollCommand {
+    /// Create an enrollment token for `klive register --token`.
+    Create {
+        #[arg(long)]
+        channel: String,
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        expires: u64,
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit 1 and name the first broken record if any.
+    Verify,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a role: viewer, publisher, approver or admin"))
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d: {e}"))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KLIVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let service = klive_server::open(&cli.data, cli.database_url.as_deref())
+        .await
+        .with_context(|| format!("opening the server state in {}", cli.data.display()))?;
+    let user = |name: String| {
+        let service = service.clone();
+        async move {
+            service.user_by_name(&name).await.with_context(|| {
+                format!("--as {name}: add the user first with `klive-server user add`")
+            })
+        }
+    };
+    match cli.command {
+        Command::Serve { listen } => serve(service, listen).await?,
+        Command::User { command } => match command {
+            UserCommand::Add { name, role, actor } => {
+                let by = match actor {
+                    Some(a) => Some(user(a).await?),
+                    None => {
+                        require_bootstrap(&service).await?;
+                        None
+                    }
+                };
+                service.add_user(by.as_ref(), &name, role).await?;
+                let token = service.create_token(by.as_ref(), &name).await?;
+                println!("added {name} ({})", role.as_str());
+                println!("api token (shown once): {}", token.token);
+            }
+            UserCommand::List { actor } => {
+                for u in service.users(&user(actor).await?).await? {
+                    println!("{}\t{}\t{}", u.name, u.role.as_str(), u.created_at);
+                }
+            }
+        },
+        Command::Token {
+            command: TokenCommand::Create { user: name, actor },
+        } => {
+            let by = match actor {
+                Some(a) => Some(user(a).await?),
+                None => None,
+            };
+            let token = service.create_token(by.as_ref(), &name).await?;
+            println!("{}", token.token);
+        }
+        Command::Channel { command } => match command {
+            ChannelCommand::List => {
+                for c in service.channels().await? {
+                    println!("{}\t{}\tmin soak {}s", c.position, c.name, c.min_soak_secs);
+                }
+            }
+            ChannelCommand::Add {
+                name,
+                min_soak,
+                actor,
+            } => {
+                let c = service
+                    .add_channel(
+                        &user(actor).await?,
+                        &ChannelRequest {
+                            name,
+                            min_soak_secs: min_soak,
+                        },
+                    )
+                    .await?;
+                println!("added channel {} at position {}", c.name, c.position);
+            }
+            ChannelCommand::SetSoak {
+                name,
+                min_soak,
+                actor,
+            } => {
+                let c = service
+                    .set_channel_soak(&user(actor).await?, &name, min_soak)
+                    .await?;
+                println!("channel {} now needs {}s of soak", c.name, c.min_soak_secs);
+            }
+        },
+        Command::Release { command } => match command {
+            ReleaseCommand::Add {
+                manifest,
+                module,
+                actor,
+            } => {
+                let by = user(actor).await?;
+                let text = std::fs::read_to_string(&manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?;
+                let manifest: ReleaseManifest = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing the manifest {}", manifest.display()))?;
+                let bytes = std::fs::read(&module)
+                    .with_context(|| format!("reading {}", module.display()))?;
+                let info = service
+                    .publish_with_module(&by, manifest, bytes.into())
+                    .await?;
+                println!(
+                    "published level {} for {} into {}",
+                    info.manifest.level,
+                    info.manifest.kernel.build_id,
+                    info.channels.first().map_or("?", |c| c.channel.as_str())
+                );
+            }
+            ReleaseCommand::List => {
+                for r in service.releases().await? {
+                    let channels: Vec<String> = r
+                        .channels
+                        .iter()
+                        .map(|c| {
+                            if c.awaiting_approval {
+                                format!("{}(emergency, unapproved)", c.channel)
+                            } else {
+                                c.channel.clone()
+                            }
+                        })
+                        .collect();
+                    println!(
+                        "{}\t{}\t{}\t{}{}",
+                        r.manifest.kernel.build_id.short(),
+                        r.manifest.level,
+                        r.manifest.kernel.release,
+                        channels.join(","),
+                        if r.withdrawn.is_some() {
+                            "\tWITHDRAWN"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        },
+        Command::Promote {
+            build_id,
+            level,
+            to,
+            emergency,
+            reason,
+            actor,
+        } => {
+            let by = user(actor).await?;
+            let p = service
+                .promote(
+                    &by,
+                    &build_id,
+                    level,
+                    &PromoteRequest {
+                        to,
+                        emergency,
+                        reason,
+                    },
+                )
+                .await?;
+            println!("promotion {}: {:?} to {}", p.id, p.status, p.to);
+        }
+        Command::Approve {
+            promotion_id,
+            actor,
+        } => {
+            let p = service.approve(&user(actor).await?, &promotion_id).await?;
+            println!("promotion {}: {:?} to {}", p.id, p.status, p.to);
+        }
+        Command::Withdraw {
+            build_id,
+            level,
+            reason,
+            actor,
+        } => {
+            service
+                .withdraw(&user(actor).await?, &build_id, level, &reason)
+                .await?;
+            println!("withdrew level {level} for {build_id}");
+        }
+        Command::EnrollToken {
+            command:
+                EnrollCommand::Create {
+                    channel,
+                    expires,
+                    max_uses,
+                    actor,
+                },
+        } => {
+            let t = service
+                .create_enroll_token(
+                    &user(actor).await?,
+                    &EnrollTokenRequest {
+                        channel,
+                        expires_in_secs: expires,
+                        max_uses,
+                    },
+                )
+                .await?;
+            println!("{}", t.token);
+            eprintln!(
+                "channel {}, {} use(s), expires {}",
+                t.channel, t.max_uses, t.expires_at
+            );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => match audit::verify(&service.db).await? {
+            Verdict::Intact { records, head } => {
+                println!("audit log intact: {records} records, head {head}")
+            }
+            Verdict::Broken { seq, reason } => {
+                bail!(
+                    "audit log broken at record {seq}: {reason}; the log was altered after it was written"
+                )
+            }
+        },
+    }
+    Ok(())
+}
+
+/// Creating a user without `--as` is only for the first admin.
+async fn require_bootstrap(service: &Service) -> Result<()> {
+    let admin = AuthUser {
+        name: String::new(),
+        role: Role::Admin,
+    };
+    if !service.users(&admin).await?.is_empty() {
+        bail!("users exist already: pass --as ADMIN (or set KLIVE_USER)");
+    }
+    Ok(())
+}
+
+async fn serve(service: Service, listen: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}: is another server running there?"))?;
+    tracing::info!(%listen, "klive-server listening");
+    axum::serve(listener, klive_server::api::router(service))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Reads the `.modinfo` section of a kernel module (`key=value` strings separated by NUL
+//! bytes) so the server can check that a module is the one its manifest describes.
+
+use object::{Object, ObjectSection};
+
+use crate::error::Error;
+
+/// The `key=value` pairs of the module's `.modinfo` section, in file order.
+pub fn read(module: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    let file = object::File::parse(module)
+        .map_err(|e| Error::InvalidModule(format!("not an ELF object ({e})")))?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(Error::InvalidModule("not an ELF object".into()));
+    }
+    let section = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| Error::InvalidModule("it has no .modinfo section".into()))?;
+    let data = section
+        .data()
+        .map_err(|e| Error::InvalidModule(format!("its .modinfo section cannot be read ({e})")))?;
+    let mut out = Vec::new();
+    for entry in data.split(|b| *b == 0) {
+        if entry.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(entry)
+            .map_err(|_| Error::InvalidModule("its .modinfo has a non-UTF-8 entry".into()))?;
+        if let Some((key, value)) = text.split_once('=') {
+            out.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    Ok(out)
+}
+
+/// The value of the first `tag` entry.
+pub fn get<'a>(info: &'a [(String, String)], tag: &str) -> Option<&'a str> {
+    info.iter().find(|(k, _)| k == tag).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use object::write;
+
+    use super::*;
+
+    /// A relocatable x86-64 ELF with the given `.modinfo` entries, as a kernel module has.
+    pub(crate) fn module_with_modinfo(entries: &[&str]) -> Vec<u8> {
+        let mut obj = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+        obj.append_section_data(text, &[0xc3], 1);
+        let modinfo = obj.add_section(
+            Vec::new(),
+            b".modinfo".to_vec(),
+            object::SectionKind::ReadOnlyData,
+        );
+        let mut data = Vec::new();
+        for e in entries {
+            data.extend_from_slice(e.as_bytes());
+            data.push(0);
+        }
+        obj.append_section_data(modinfo, &data, 1);
+        obj.write().expect("writing a test ELF")
+    }
+
+    #[test]
+    fn reads_tags_from_a_module() {
+        let ko = module_with_modinfo(&["license=GPL", "klive_level=3", "livepatch=Y"]);
+        let info = read(&ko).unwrap();
+        assert_eq!(get(&info, "klive_level"), Some("3"));
+        assert_eq!(get(&info, "license"), Some("GPL"));
+        assert_eq!(get(&info, "klive_build_id"), None);
+    }
+
+    #[test]
+    fn refuses_garbage_truncation_and_missing_section() {
+        assert!(matches!(read(b"not an elf"), Err(Error::InvalidModule(_))));
+        let ko = module_with_modinfo(&["klive_level=3"]);
+        for cut in [0, 10, 64, ko.len() / 2, ko.len() - 1] {
+            // must not panic; a cut file is refused or, if the section survives, read
+            let _ = read(&ko[..cut]);
+        }
+        assert!(read(&ko[..ko.len() / 2]).is_err());
+        let mut obj = write::Object::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+        let bare = obj.write().unwrap();
+        assert!(matches!(read(&bare), Err(Error::InvalidModule(m)) if m.contains(".modinfo")));
+    }
+}

@@ -1,0 +1,211 @@
+//! Shared test fixtures: a fresh service on SQLite (always) or PostgreSQL (when
+//! `KLIVE_TEST_DATABASE_URL` is set), users of every role, modules with modinfo tags.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "test fixtures used by several test files"
+)]
+
+use bytes::Bytes;
+use klive_format::api::Role;
+use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
+use klive_format::status::KernelInfo;
+use klive_format::{BuildId, PatchLevel};
+use klive_server::Service;
+use klive_server::blobs::Blobs;
+use klive_server::crypto::{new_id, sha256_hex};
+use klive_server::db::Db;
+use klive_server::service::AuthUser;
+
+pub const BUILD: &str = "3e0c8f6a1b2c4d5e";
+pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";
+
+/// Runs each listed async test body against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let fx = $crate::common::Fixture::sqlite().await;
+                    super::$name(fx).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(fx) = $crate::common::Fixture::postgres().await else { return };
+                    super::$name(fx).await;
+                }
+            )*
+        }
+    };
+}
+
+pub struct Fixture {
+    pub service: Service,
+    pub admin: AuthUser,
+    pub alice: AuthUser, // publisher
+    pub bob: AuthUser,   // approver
+    pub carol: AuthUser, // approver
+    pub vic: AuthUser,   // viewer
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    pub async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite_dir(dir.path()).await.unwrap();
+        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        Fixture::with(Service::new(db, blobs), Some(dir)).await
+    }
+
+    /// `None` (the test is skipped) only when `KLIVE_TEST_DATABASE_URL` is unset; when it is set
+    /// every failure to reach the database fails the test.
+    pub async fn postgres() -> Option<Fixture> {
+        let Ok(url) = std::env::var("KLIVE_TEST_DATABASE_URL") else {
+            eprintln!(
+                "KLIVE_TEST_DATABASE_URL is unset: PostgreSQL test skipped (cargo xtask test runs it)"
+            );
+            return None;
+        };
+        let url = fresh_database(&url).await;
+        let db = Db::connect(&url).await.unwrap_or_else(|e| {
+            panic!("KLIVE_TEST_DATABASE_URL is set but connecting failed: {e}")
+        });
+        Some(Fixture::with(Service::new(db, Blobs::in_memory()), None).await)
+    }
+
+    async fn with(service: Service, dir: Option<tempfile::TempDir>) -> Fixture {
+        let admin = service.add_user(None, "admin", Role::Admin).await.unwrap();
+        let admin = service.user_by_name(&admin.name).await.unwrap();
+        let make = async |name: &str, role| {
+            service.add_user(Some(&admin), name, role).await.unwrap();
+            service.user_by_name(name).await.unwrap()
+        };
+        let alice = make("alice", Role::Publisher).await;
+        let bob = make("bob", Role::Approver).await;
+        let carol = make("carol", Role::Approver).await;
+        let vic = make("vic", Role::Viewer).await;
+        Fixture {
+            service,
+            admin,
+            alice,
+            bob,
+            carol,
+            vic,
+            _dir: dir,
+        }
+    }
+
+    /// The data directory, for SQLite fixtures.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+}
+
+/// Creates an empty database next to the one in `url` and returns its URL.
+async fn fresh_database(url: &str) -> String {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(url).await.unwrap_or_else(|e| {
+        panic!("KLIVE_TEST_DATABASE_URL is set but connecting to {url} failed: {e}")
+    });
+    let name = format!("klive_test_{}", new_id().unwrap());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap_or_else(|e| panic!("creating a test database on {url}: {e}"));
+    admin.close().await;
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{name}{query}")
+}
+
+/// A relocatable x86-64 ELF with the given `.modinfo` entries.
+pub fn module(entries: &[String]) -> Vec<u8> {
+    use object::write;
+    let mut obj = write::Object::new(
+        object::BinaryFormat::Elf,
+        object::Architecture::X86_64,
+        object::Endianness::Little,
+    );
+    let text = obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+    obj.append_section_data(text, &[0xc3], 1);
+    let modinfo = obj.add_section(
+        Vec::new(),
+        b".modinfo".to_vec(),
+        object::SectionKind::ReadOnlyData,
+    );
+    let mut data = Vec::new();
+    for e in entries {
+        data.extend_from_slice(e.as_bytes());
+        data.push(0);
+    }
+    obj.append_section_data(modinfo, &data, 1);
+    obj.write().unwrap()
+}
+
+/// A module for `build` at `level` with matching tags, and its manifest.
+pub fn release(build: &str, level: u32) -> (ReleaseManifest, Bytes) {
+    let name = format!("klive_test_l{level}");
+    let ko = module(&[
+        "license=GPL".into(),
+        format!("name={name}"),
+        format!("klive_level={level}"),
+        format!("klive_build_id={build}"),
+    ]);
+    (manifest_for(build, level, &name, &ko), Bytes::from(ko))
+}
+
+pub fn manifest_for(build: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifest {
+    ReleaseManifest {
+        format: klive_format::release::MANIFEST_FORMAT,
+        module_name: name.to_owned(),
+        level: PatchLevel::new(level).unwrap(),
+        kernel: TargetKernel {
+            build_id: build.parse().unwrap(),
+            release: "6.1.0-56-amd64".into(),
+            version: None,
+            distro: Some("debian".into()),
+            arch: "x86_64".into(),
+        },
+        module: ModuleDigest {
+            file: format!("{name}.ko"),
+            sha256: sha256_hex(ko),
+            size: ko.len() as u64,
+        },
+        fixes: vec![Fix {
+            cve: "CVE-2024-26581".into(),
+            severity: Severity::High,
+            cvss: Some(7.8),
+            summary: "netfilter: nft_set_rbtree: skip end interval element from gc".into(),
+            reference: None,
+        }],
+    }
+}
+
+pub fn kernel(build: Option<&str>) -> KernelInfo {
+    KernelInfo {
+        release: "6.1.0-56-amd64".into(),
+        version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2".into(),
+        arch: "x86_64".into(),
+        build_id: build.map(|b| b.parse::<BuildId>().unwrap()),
+        package_version: Some("6.1.192-2".into()),
+        distro: Some("Debian GNU/Linux 12 (bookworm)".into()),
+    }
+}
+
+pub fn level(n: u32) -> PatchLevel {
+    PatchLevel::new(n).unwrap()
+}
+
+pub fn build(b: &str) -> BuildId {
+    b.parse().unwrap()
+}

@@ -1,0 +1,174 @@
+//! A throwaway PostgreSQL cluster on loopback for the server's tests: Debian's `postgresql`
+//! package, `initdb` into a temporary directory, started on a free port, stopped and removed
+//! when done (also when the tests fail).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::deps;
+
+/// Runs the server's tests against a fresh PostgreSQL cluster.
+pub fn test_server() -> Result<()> {
+    let cluster = Cluster::start()?;
+    eprintln!(
+        "xtask: == cargo test -p klive-server against PostgreSQL at {}",
+        cluster.url
+    );
+    let mut cmd = crate::cargo(&["test", "-p", "klive-server"]);
+    cmd.env("KLIVE_TEST_DATABASE_URL", &cluster.url);
+    crate::run(cmd).context("klive-server tests against PostgreSQL failed")
+}
+
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    url: String,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        deps::ensure_apt(&["postgresql"])?;
+        let bin = pg_bin_dir()?;
+        let as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!("klive-pg-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing a stale {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // From here on, Drop stops the server and removes the directory.
+        let mut cluster = Cluster {
+            bin,
+            dir,
+            url: String::new(),
+            as_postgres,
+        };
+        if as_postgres {
+            // initdb refuses to run as root; the cluster belongs to the `postgres` user.
+            let mut chown = Command::new("chown");
+            chown.args(["postgres:postgres"]).arg(&cluster.dir);
+            crate::run(chown)?;
+        }
+        let data = cluster.dir.join("data");
+        let mut initdb = cluster.pg("initdb");
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "klive", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(std::process::Stdio::null());
+        crate::run(initdb).context("initdb of the test cluster failed")?;
+        let port = free_port()?;
+        let mut start = cluster.pg("pg_ctl");
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(cluster.dir.join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+                cluster.dir.display()
+            ))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(std::process::Stdio::null());
+        if let Err(e) = crate::run(start) {
+            let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
+            bail!("starting the test PostgreSQL failed: {e:#}\n{log}");
+        }
+        cluster.url = format!("postgres://klive@127.0.0.1:{port}/postgres");
+        Ok(cluster)
+    }
+
+    /// A PostgreSQL tool, run as `postgres` when we are root.
+    fn pg(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let mut stop = self.pg("pg_ctl");
+            stop.arg("-D")
+                .arg(&data)
+                .args(["-m", "fast", "-w", "stop"])
+                .stdout(std::process::Stdio::null());
+            if let Err(e) = crate::run(stop) {
+                eprintln!("xtask: stopping the test PostgreSQL failed: {e:#}");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("xtask: removing {} failed: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/N/bin`.
+fn pg_bin_dir() -> Result<PathBuf> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}: is postgresql installed?", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no /usr/lib/postgresql/N/bin/initdb found; install Debian's postgresql")
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Installs and starts a real cluster: run with `cargo test -p xtask -- --ignored`.
+    #[test]
+    #[ignore = "installs postgresql and starts a server"]
+    fn cluster_serves_on_loopback_and_is_removed() {
+        let cluster = Cluster::start().unwrap();
+        let dir = cluster.dir.clone();
+        let port = cluster
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let mut ready = Command::new(cluster.bin.join("pg_isready"));
+        ready.args(["-h", "127.0.0.1", "-p", port]);
+        crate::run(ready).unwrap();
+        drop(cluster);
+        assert!(!dir.exists());
+    }
+}
