@@ -445,10 +445,28 @@ async fn serve(service: Service, listen: SocketAddr) -> Result<()> {
         .with_context(|| format!("listening on {listen}: is another server running there?"))?;
     tracing::info!(%listen, "klive-server listening");
     axum::serve(listener, klive_server::api::router(service))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, so systemd and Ctrl-C stop the server cleanly.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stop the server with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
