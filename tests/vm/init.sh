@@ -3,7 +3,8 @@
 # state disk, runs the scenario scripts of this boot's phase and powers off.
 #
 # Phase: `klive.phase=N` on the kernel command line runs /tests/phaseN/*.sh in name order;
-# `klive.phase=demo` runs /tests/demo/*.sh. Each script's results are lines
+# `klive.phase=demo` runs /tests/demo/*.sh, `klive.phase=bench` /tests/bench/*.sh.
+# Each script's results are lines
 # `KLIVE-RESULT PASS|FAIL <scenario>: <detail>` (see /tests/lib.sh); the host counts them.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -23,7 +24,7 @@ for arg in $(cat /proc/cmdline); do
 done
 
 case "$phase" in
-demo) label=demo ;;
+demo | bench) label=$phase ;;
 *) label=phase$phase ;;
 esac
 
@@ -55,7 +56,7 @@ else
 fi
 
 case "$phase" in
-demo) dir=/tests/demo ;;
+demo | bench) dir=/tests/$phase ;;
 *) dir=/tests/phase$phase ;;
 esac
 

@@ -107,7 +107,8 @@ pub struct Contents<'a> {
 ///
 /// Layout: `/init`, busybox in `/bin` with its applet links, `/bin/klive`, `/modules/*.ko`,
 /// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
-/// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/demo/`, and facts about the
+/// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/demo/`, `/tests/bench/`, and
+/// facts about the
 /// target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
 pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
     let mut cpio = Cpio::default();
@@ -158,6 +159,7 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
         (vm.join("scenarios/phase1"), "tests/phase1"),
         (vm.join("scenarios/phase2"), "tests/phase2"),
         (vm.join("demo"), "tests/demo"),
+        (vm.join("bench"), "tests/bench"),
     ] {
         cpio.dir(into);
         for script in scripts(&dir)? {

@@ -5,13 +5,16 @@
 //! `tests/vm/scenarios/phase1/*.sh`, phase 2 (a "reboot" keeping the disk) runs
 //! `tests/vm/scenarios/phase2/*.sh`. The guest side (init, result protocol, helpers) is in
 //! `tests/vm/`; the modules are built from `tests/modules/`. Everything generated goes to
-//! `target/vm/`, including the console logs `phase1.log`, `phase2.log` and `demo.log`.
+//! `target/vm/`, including the console logs `phase1.log`, `phase2.log`, `demo.log` and
+//! `bench.log`. The guest side and the scenario conventions are described in
+//! `tests/vm/README.md`.
 //!
 //! Environment: `KLIVE_VM_ACCEL=tcg|kvm` skips the KVM probe; `KLIVE_VM_TIMEOUT=SECS`
 //! changes the wall-clock limit of one boot (default 300); `KLIVE_VM_AGENT=PATH` puts that
 //! static binary in the guest as `/bin/klive` instead of building the agent (for iterating
 //! on the harness while the agent does not build).
 
+mod bench;
 mod initramfs;
 mod kernel;
 mod modules;
@@ -145,8 +148,56 @@ pub fn demo(root: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn bench_agent(_root: &Path) -> Result<()> {
-    bail!("the agent benchmark is not written yet")
+/// Times the agent's commands in the guest (`tests/vm/bench/agent.sh`) and prints a
+/// Markdown table, also written to `target/vm/bench-agent.md` for BENCHMARKS.md.
+pub fn bench_agent(root: &Path) -> Result<()> {
+    let guest = prepare(root)?;
+    let disk = fresh_disk(&guest.work, "bench-disk.img")?;
+    let limit = boot_limit()?;
+    let boot = boot(&guest, &disk, "bench", "quiet", limit);
+    eprintln!(
+        "xtask: == benchmark boot (console log: {})",
+        boot.log.display()
+    );
+    let outcome = boot.run(|line| println!("[vm bench] {line}"))?;
+    let failures: Vec<String> = results::tally("bench", &outcome.lines, outcome.timed_out, limit)
+        .into_iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.what)
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "the agent benchmark failed: {}; the whole console is in {}",
+            failures.join("; "),
+            boot.log.display()
+        );
+    }
+    let samples = bench::parse(&outcome.lines);
+    if samples.is_empty() {
+        bail!(
+            "the benchmark printed no KLIVE-BENCH lines; see {}",
+            boot.log.display()
+        );
+    }
+    let agent_size = fs::metadata(
+        target_dir(root)
+            .join(deps::MUSL_TARGET)
+            .join("release/klive"),
+    )
+    .map(|m| m.len())
+    .ok();
+    let report = bench::report(&bench::Setup {
+        release: &guest.kernel.release,
+        accel: guest.accel,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        agent_size,
+        samples: &samples,
+    });
+    let out = guest.work.join("bench-agent.md");
+    fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    println!("\n{report}");
+    eprintln!("xtask: written to {}", out.display());
+    Ok(())
 }
 
 /// Installs what is missing, then builds the agent, the modules and the initramfs.

@@ -1,0 +1,71 @@
+# `cargo xtask bench agent`: times the agent's commands in the guest. Prints
+#   KLIVE-BENCH <metric> <value> <unit>
+# lines the host aggregates; a command that fails prints a FAIL result instead.
+. /tests/lib.sh
+
+rounds=5
+
+# Wall-clock milliseconds, modulo 10^8 (busybox date has no %N, adjtimex shows microseconds;
+# busybox awk's %d is 32-bit).
+now_ms() {
+    adjtimex | awk '/tv_sec/ { s = $2 } /tv_usec/ { u = $2 }
+        END { printf "%d\n", (s % 100000) * 1000 + int(u / 1000) }'
+}
+
+# What taking a timestamp costs (the least of five), subtracted from every measurement.
+overhead=
+for _ in 1 2 3 4 5; do
+    a=$(now_ms)
+    b=$(now_ms)
+    echo "KLIVE-BENCH timestamp-overhead $((b - a)) ms"
+    if [ -z "$overhead" ] || [ $((b - a)) -lt "$overhead" ]; then
+        overhead=$((b - a))
+    fi
+done
+
+# timed METRIC EXPECTED_STATUS COMMAND...
+timed() {
+    _metric=$1
+    _want=$2
+    shift 2
+    _t0=$(now_ms)
+    "$@" > /tmp/bench.out 2>&1
+    _rc=$?
+    _t1=$(now_ms)
+    if [ "$_rc" -ne "$_want" ]; then
+        fail "$_metric: '$*' exited with $_rc: $(cat /tmp/bench.out)"
+        return 1
+    fi
+    echo "KLIVE-BENCH $_metric $((_t1 - _t0 - overhead)) ms"
+}
+
+# max_rss METRIC EXPECTED_STATUS COMMAND...: peak resident memory of the command.
+max_rss() {
+    _metric=$1
+    _want=$2
+    shift 2
+    time -v "$@" > /tmp/bench.out 2> /tmp/bench.time
+    _rc=$?
+    if [ "$_rc" -ne "$_want" ]; then
+        fail "$_metric: '$*' exited with $_rc: $(cat /tmp/bench.out)"
+        return 1
+    fi
+    echo "KLIVE-BENCH $_metric $(awk -F': ' '/Maximum resident/ { print $2 }' /tmp/bench.time) kB"
+}
+
+i=0
+while [ "$i" -lt "$rounds" ]; do
+    timed status-unpatched 1 klive status
+    timed apply-level1 0 klive apply /modules/klive_test_l1.ko
+    timed status-patched 0 klive status
+    timed replace-level1-by-level2 0 klive apply /modules/klive_test_l2.ko
+    timed list 0 klive list
+    timed revert 0 klive revert
+    timed refuse-wrong-kernel 4 klive apply /modules/klive_test_wrongkernel.ko
+    i=$((i + 1))
+done
+
+max_rss max-rss-status 1 klive status
+max_rss max-rss-apply 0 klive apply /modules/klive_test_l1.ko
+max_rss max-rss-revert 0 klive revert
+pass "$rounds rounds measured"
