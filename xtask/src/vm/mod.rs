@@ -77,9 +77,12 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
 
     let mut all: Vec<(String, TestResult)> = Vec::new();
     for phase in ["1", "2"] {
-        eprintln!("xtask: == VM phase {phase} (console log: target/vm/phase{phase}.log)");
-        let prefix = format!("[vm phase{phase}] ");
         let boot = boot(&guest, &disk, phase, "quiet", limit);
+        eprintln!(
+            "xtask: == VM phase {phase} (console log: {})",
+            boot.log.display()
+        );
+        let prefix = format!("[vm phase{phase}] ");
         let outcome = boot.run(|line| println!("{prefix}{line}"))?;
         eprintln!(
             "xtask: phase {phase} boot took {:.1} s",
