@@ -54,7 +54,7 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Demo => vm::demo(&root),
         Task::Test { no_vm } => test(&root, no_vm),
-        Task::VmTest => vm::run_tests(&root).map(|_| ()),
+        Task::VmTest => check_vm_summary(&vm::run_tests(&root)?),
         Task::Bench { what } => match what {
             BenchTarget::Agent => vm::bench_agent(&root),
         },
@@ -83,7 +83,12 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
         eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run");
         return Ok(());
     }
-    let summary = vm::run_tests(root)?;
+    check_vm_summary(&vm::run_tests(root)?)?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+fn check_vm_summary(summary: &vm::Summary) -> Result<()> {
     if summary.failed > 0 || summary.passed == 0 {
         bail!(
             "VM end-to-end tests: {} passed, {} failed",
@@ -91,7 +96,6 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
             summary.failed
         );
     }
-    eprintln!("xtask: all tests passed");
     Ok(())
 }
 

@@ -53,8 +53,24 @@ max_rss() {
     echo "KLIVE-BENCH $_metric $(awk -F': ' '/Maximum resident/ { print $2 }' /tmp/bench.time) kB"
 }
 
+# The baseline for `klive apply`: what a bare script does to load the same module, insmod
+# then a busy poll of `transition` with shell builtins only (no process per poll).
+raw_apply() {
+    insmod "$1" || return 1
+    while read -r _t < "/sys/kernel/livepatch/$2/transition"; [ "$_t" != 0 ]; do :; done
+}
+
+# Undoes raw_apply (not timed).
+raw_revert() {
+    echo 0 > "/sys/kernel/livepatch/$1/enabled"
+    while [ -d "/sys/kernel/livepatch/$1" ]; do :; done
+    while ! rmmod "$1" 2> /dev/null; do :; done
+}
+
 i=0
 while [ "$i" -lt "$rounds" ]; do
+    timed raw-insmod-apply-level1 0 raw_apply /modules/klive_test_l1.ko klive_test_l1
+    raw_revert klive_test_l1
     timed status-unpatched 1 klive status
     timed apply-level1 0 klive apply /modules/klive_test_l1.ko
     timed status-patched 0 klive status

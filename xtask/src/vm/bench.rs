@@ -92,7 +92,26 @@ pub fn report(setup: &Setup<'_>) -> String {
             sorted[sorted.len() - 1]
         );
     }
+    if let (Some(agent), Some(raw)) = (
+        median(setup.samples, "apply-level1"),
+        median(setup.samples, "raw-insmod-apply-level1"),
+    ) && raw > 0.0
+    {
+        let _ = writeln!(
+            out,
+            "\n`klive apply` / raw `insmod` + sysfs polling of the same module, same boot \
+             (medians): {agent} ms / {raw} ms = **{:.2}**",
+            agent / raw
+        );
+    }
     out
+}
+
+fn median(samples: &Samples, metric: &str) -> Option<f64> {
+    let (_, values) = samples.values.get(metric)?;
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 #[cfg(test)]
