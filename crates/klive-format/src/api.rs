@@ -17,6 +17,16 @@ pub const HOST_CREDENTIAL_PREFIX: &str = "klh_";
 /// Prefix of an enrollment token, given to `klive register --token`.
 pub const ENROLLMENT_TOKEN_PREFIX: &str = "kle_";
 
+/// TUF target name of a release's module in its channel's repository.
+pub fn tuf_module_target(build_id: &str, level: u32) -> String {
+    format!("{build_id}-{level}.ko")
+}
+
+/// TUF target name of a release's manifest (the exact JSON the server stores).
+pub fn tuf_manifest_target(build_id: &str, level: u32) -> String {
+    format!("{build_id}-{level}.manifest.json")
+}
+
 /// Every error the API returns has this body, with a stable `code` for programs and a
 /// `message` for humans.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

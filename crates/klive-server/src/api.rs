@@ -38,6 +38,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/checkin"),
     ("get", "/api/v1/host/releases/{build_id}/{level}/manifest"),
     ("get", "/api/v1/host/releases/{build_id}/{level}/module"),
+    ("get", "/api/v1/tuf/root.json"),
+    ("get", "/api/v1/tuf/{channel}/metadata/{file}"),
+    ("get", "/api/v1/tuf/{channel}/targets/{file}"),
     ("post", "/api/v1/blobs"),
     ("get", "/api/v1/releases"),
     ("post", "/api/v1/releases"),
@@ -71,6 +74,9 @@ pub fn router(service: Service) -> Router {
             get(host_manifest),
         )
         .route("/host/releases/{build_id}/{level}/module", get(host_module))
+        .route("/tuf/root.json", get(tuf_root))
+        .route("/tuf/{channel}/metadata/{file}", get(tuf_metadata))
+        .route("/tuf/{channel}/targets/{file}", get(tuf_target))
         .route("/releases", get(releases).post(publish))
         .route("/releases/{build_id}/{level}", get(release))
         .route("/releases/{build_id}/{level}/promote", post(promote))
@@ -339,6 +345,36 @@ async fn host_module(
         bytes,
     )
         .into_response())
+}
+
+fn octets(bytes: impl Into<axum::body::Body>, content_type: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        bytes.into(),
+    )
+        .into_response()
+}
+
+async fn tuf_root(State(s): State<Service>) -> Result<Response, ApiError> {
+    Ok(octets(s.tuf_root()?, "application/json"))
+}
+
+async fn tuf_metadata(
+    State(s): State<Service>,
+    host: AuthHost,
+    Path((channel, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let body = s.host_tuf_metadata(&host, &channel, &file).await?;
+    Ok(octets(body, "application/json"))
+}
+
+async fn tuf_target(
+    State(s): State<Service>,
+    host: AuthHost,
+    Path((channel, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let body = s.host_tuf_target(&host, &channel, &file).await?;
+    Ok(octets(body, "application/octet-stream"))
 }
 
 async fn upload_blob(

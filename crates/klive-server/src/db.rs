@@ -10,7 +10,10 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::error::Error;
 
 /// Compiled-in migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[(&str, &str)] = &[("init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("init", include_str!("../migrations/0001_init.sql")),
+    ("tuf", include_str!("../migrations/0002_tuf.sql")),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -54,6 +54,10 @@ pub enum Error {
     BadUserName(String),
     #[error("no host with id {0:?}")]
     HostNotFound(String),
+    #[error(
+        "no TUF file {0:?} here; check the channel, and run `klive-server keys init` if the server has no keys yet"
+    )]
+    MetadataNotFound(String),
     #[error("no promotion with id {0:?}")]
     PromotionNotFound(String),
 
@@ -104,6 +108,8 @@ pub enum Error {
     },
     #[error("cannot read random bytes from the operating system: {0}")]
     Random(String),
+    #[error("signing TUF metadata failed: {0}")]
+    Tuf(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("stored data is inconsistent: {0}")]
@@ -134,6 +140,7 @@ impl Error {
             Error::BadUserName(_) => "bad_user_name",
             Error::HostNotFound(_) => "host_not_found",
             Error::PromotionNotFound(_) => "promotion_not_found",
+            Error::MetadataNotFound(_) => "tuf_not_found",
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden { .. } => "forbidden",
             Error::MakerChecker(_) => "maker_checker",
@@ -149,6 +156,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Random(_)
             | Error::Config(_)
+            | Error::Tuf(_)
             | Error::Corrupt(_) => "internal",
         }
     }
@@ -170,7 +178,8 @@ impl Error {
             | "channel_not_found"
             | "user_not_found"
             | "host_not_found"
-            | "promotion_not_found" => 404,
+            | "promotion_not_found"
+            | "tuf_not_found" => 404,
             "duplicate_release" | "channel_exists" | "user_exists" | "promotion_refused"
             | "soak_not_elapsed" | "release_withdrawn" | "replayed_checkin" => 409,
             _ => 500,

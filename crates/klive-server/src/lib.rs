@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod modinfo;
 pub mod service;
+pub mod tuf;
 
 use std::path::Path;
 
@@ -29,5 +30,6 @@ pub async fn open(data: &Path, database_url: Option<&str>) -> Result<Service, Er
         None => db::Db::open_sqlite_dir(data).await?,
     };
     let blobs = blobs::Blobs::local(&data.join("blobs"))?;
-    Ok(Service::new(db, blobs))
+    let signer = tuf::Signer::load(data)?;
+    Ok(Service::new(db, blobs).with_signer(signer))
 }

@@ -41,6 +41,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8750")]
         listen: SocketAddr,
     },
+    /// Create the TUF keys: root keys to keep offline, online keys for the server.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -100,6 +105,21 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create root keys (any THRESHOLD of KEYS sign a new root) and the online targets,
+    /// snapshot and timestamp keys, then sign every channel's metadata.
+    Init {
+        #[arg(long, default_value_t = 3)]
+        root_keys: usize,
+        #[arg(long, default_value_t = 2)]
+        threshold: usize,
+        /// Lifetime of the first root metadata.
+        #[arg(long, default_value_t = 365)]
+        root_expires_days: i64,
     },
 }
 
@@ -231,6 +251,36 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Serve { listen } => serve(service, listen).await?,
+        Command::Keys {
+            command:
+                KeysCommand::Init {
+                    root_keys,
+                    threshold,
+                    root_expires_days,
+                },
+        } => {
+            let done =
+                klive_server::tuf::init_keys(&cli.data, root_keys, threshold, root_expires_days)
+                    .await?;
+            let signer = klive_server::tuf::Signer::load(&cli.data)?;
+            let channels = service.with_signer(signer).tuf_refresh(true).await?;
+            println!(
+                "root metadata: {} (sha256 {})",
+                done.root_json.display(),
+                done.root_sha256
+            );
+            println!("signed metadata for channels: {}", channels.join(", "));
+            println!(
+                "move the {} root keys in {} to offline storage now: {} of them are needed to sign a new root, none to run the server",
+                done.root_keys,
+                done.offline_dir.display(),
+                done.threshold
+            );
+            println!(
+                "agents pin the root: klive register ... --root-sha256 {}",
+                done.root_sha256
+            );
+        }
         Command::User { command } => match command {
             UserCommand::Add { name, role, actor } => {
                 let by = match actor {
@@ -443,6 +493,27 @@ async fn serve(service: Service, listen: SocketAddr) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}: is another server running there?"))?;
+    if service.signer.is_none() {
+        tracing::warn!("no TUF keys: agents cannot verify releases; run `klive-server keys init`");
+    }
+    service
+        .tuf_refresh(false)
+        .await
+        .context("signing TUF metadata")?;
+    let refresher = service.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match refresher.tuf_refresh(false).await {
+                Ok(done) if !done.is_empty() => tracing::info!(?done, "re-signed TUF timestamps"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "re-signing TUF metadata failed; agents will refuse expired timestamps")
+                }
+            }
+        }
+    });
     tracing::info!(%listen, "klive-server listening");
     axum::serve(listener, klive_server::api::router(service))
         .with_graceful_shutdown(shutdown_signal())

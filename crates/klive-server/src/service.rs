@@ -2,6 +2,8 @@
 //! their check-ins. Every method checks the caller's role, runs in one transaction and, when it
 //! changes anything, appends to the audit log in that same transaction.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::json;
 use sqlx::Row;
@@ -25,6 +27,7 @@ use crate::crypto::{new_id, new_secret, sha256_hex};
 use crate::db::{Db, Tx};
 use crate::error::{Error, on_unique};
 use crate::modinfo;
+use crate::tuf::Signer;
 
 /// Longest accepted enrollment token lifetime: one year.
 pub const MAX_ENROLL_SECS: u64 = 366 * 24 * 3600;
@@ -74,6 +77,8 @@ pub struct Service {
     pub clock: Clock,
     /// Suggested time between check-ins, sent to agents.
     pub checkin_interval_secs: u64,
+    /// Signs each channel's TUF metadata; `None` until `keys init`.
+    pub signer: Option<Arc<Signer>>,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -133,7 +138,61 @@ impl Service {
             blobs,
             clock: Clock::default(),
             checkin_interval_secs: 3600,
+            signer: None,
         }
+    }
+
+    pub fn with_signer(mut self, signer: Option<Signer>) -> Service {
+        self.signer = signer.map(Arc::new);
+        self
+    }
+
+    /// Re-signs the TUF metadata of `channels` inside `tx` (no-op before `keys init`).
+    async fn resign(&self, tx: &mut Tx, channels: &[&str], now: i64) -> Result<(), Error> {
+        if let Some(signer) = &self.signer {
+            for channel in channels {
+                signer.regenerate(tx, channel, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-signs every channel whose timestamp is missing or past half its lifetime (all of them
+    /// with `force`); returns the channels re-signed. The server calls this periodically so
+    /// agents never see an expired timestamp while it runs.
+    pub async fn tuf_refresh(&self, force: bool) -> Result<Vec<String>, Error> {
+        let Some(signer) = &self.signer else {
+            return Ok(Vec::new());
+        };
+        let now = self.now();
+        let half = signer.lifetimes.timestamp_secs * 1000 / 2;
+        let mut done = Vec::new();
+        for channel in self.channels().await? {
+            let expires: Option<i64> = sqlx::query_scalar(
+                "SELECT expires_at FROM tuf_metadata WHERE channel = $1 AND name = 'timestamp.json'",
+            )
+            .bind(&channel.name)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .flatten();
+            if !force && expires.is_some_and(|e| e - now > half) {
+                continue;
+            }
+            let mut tx = self.db.begin_audited().await?;
+            signer.regenerate(&mut tx, &channel.name, now).await?;
+            audit::append(
+                &mut tx,
+                now,
+                &Actor::System,
+                "tuf.refresh",
+                &channel.name,
+                json!({}),
+            )
+            .await?;
+            tx.commit().await?;
+            done.push(channel.name);
+        }
+        Ok(done)
     }
 
     fn now(&self) -> i64 {
@@ -446,6 +505,7 @@ impl Service {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        self.resign(&mut tx, &[&first], now).await?;
         audit::append(
             &mut tx,
             now,
@@ -603,6 +663,7 @@ impl Service {
             .bind(i64::from(req.emergency))
             .execute(&mut *tx)
             .await?;
+            self.resign(&mut tx, &[&to.name], now).await?;
         }
         let approved_by = (status == PromotionStatus::Approved).then(|| by.name.clone());
         sqlx::query(
@@ -725,6 +786,7 @@ impl Service {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                self.resign(&mut tx, &[&to_name], now).await?;
                 PromotionStatus::Approved
             }
             "emergency_unapproved" => {
@@ -815,6 +877,13 @@ impl Service {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
+        let channels: Vec<String> =
+            sqlx::query_scalar("SELECT channel FROM release_channels WHERE release_id = $1")
+                .bind(&id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+        self.resign(&mut tx, &channels, now).await?;
         audit::append(
             &mut tx,
             now,
@@ -1142,6 +1211,79 @@ impl Service {
         let row = self.host_release_row(host, build_id, level).await?;
         let sha256: String = row.try_get("sha256")?;
         self.blobs.get(&sha256).await
+    }
+
+    /// The trusted root (`1.root.json`), which agents pin at registration.
+    pub fn tuf_root(&self) -> Result<Vec<u8>, Error> {
+        self.signer
+            .as_ref()
+            .map(|s| s.root_bytes().to_vec())
+            .ok_or_else(|| Error::MetadataNotFound("root.json".into()))
+    }
+
+    /// A metadata file of the host's own channel's TUF repository.
+    pub async fn host_tuf_metadata(
+        &self,
+        host: &AuthHost,
+        channel: &str,
+        name: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let missing = || Error::MetadataNotFound(name.to_owned());
+        if channel != host.channel {
+            return Err(missing());
+        }
+        if name == "root.json" || name == "1.root.json" {
+            return self.tuf_root();
+        }
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM tuf_metadata WHERE channel = $1 AND name = $2")
+                .bind(channel)
+                .bind(name)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        body.map(String::into_bytes).ok_or_else(missing)
+    }
+
+    /// A target (`{sha256}.{name}`) of the host's own channel: a module or a manifest of a
+    /// release in that channel, not withdrawn, with that digest.
+    pub async fn host_tuf_target(
+        &self,
+        host: &AuthHost,
+        channel: &str,
+        file: &str,
+    ) -> Result<Bytes, Error> {
+        let missing = || Error::MetadataNotFound(file.to_owned());
+        if channel != host.channel {
+            return Err(missing());
+        }
+        let (sha, name) = file.split_once('.').ok_or_else(missing)?;
+        let (stem, is_module) = if let Some(stem) = name.strip_suffix(".manifest.json") {
+            (stem, false)
+        } else if let Some(stem) = name.strip_suffix(".ko") {
+            (stem, true)
+        } else {
+            return Err(missing());
+        };
+        let (build_id, level) = stem.rsplit_once('-').ok_or_else(missing)?;
+        let build_id: BuildId = build_id.parse().map_err(|_| missing())?;
+        let level: PatchLevel = level.parse().map_err(|_| missing())?;
+        let row = match self.host_release_row(host, &build_id, level).await {
+            Err(Error::ReleaseNotFound { .. }) => return Err(missing()),
+            other => other?,
+        };
+        if is_module {
+            let digest: String = row.try_get("sha256")?;
+            if digest != sha {
+                return Err(missing());
+            }
+            self.blobs.get(&digest).await
+        } else {
+            let manifest: String = row.try_get("manifest")?;
+            if sha256_hex(manifest.as_bytes()) != sha {
+                return Err(missing());
+            }
+            Ok(Bytes::from(manifest))
+        }
     }
 
     pub async fn hosts(&self, by: &AuthUser) -> Result<Vec<HostInfo>, Error> {

@@ -1,0 +1,364 @@
+//! The trust chain as an agent sees it: a `tough` client loads a channel's repository through
+//! the HTTP API and must refuse tampered targets and metadata, unknown keys, rollback, freeze
+//! and mix-and-match. Runs on SQLite and PostgreSQL.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use tough::{
+    IntoVec, RepositoryLoader, TargetName, Transport, TransportError, TransportErrorKind,
+    TransportStream,
+};
+use tower::ServiceExt;
+use url::Url;
+
+use klive_format::api::{
+    EnrollTokenRequest, RegisterRequest, tuf_manifest_target, tuf_module_target,
+};
+use klive_server::Service;
+use klive_server::tuf::{Signer, init_keys};
+
+use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
+
+both_backends!(
+    agent_reads_verified_releases_of_its_channel,
+    tampered_bytes_and_unknown_keys_are_refused,
+    rollback_and_freeze_are_refused,
+);
+
+/// How the fake network treats a response.
+#[derive(Clone, Debug)]
+enum Mangle {
+    None,
+    /// Flip a byte of every response whose path contains this.
+    Flip(&'static str),
+    /// Answer this file with these bytes.
+    Replace(&'static str, Arc<Vec<u8>>),
+}
+
+/// A `tough` transport that sends requests to the router in-process, with a host credential.
+#[derive(Clone, Debug)]
+struct RouterTransport {
+    router: Router,
+    credential: String,
+    mangle: Mangle,
+}
+
+#[tough::async_trait]
+impl Transport for RouterTransport {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        let request = Request::get(url.path())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.credential))
+            .body(Body::empty())
+            .map_err(|e| {
+                TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e)
+            })?;
+        let response = self.router.clone().oneshot(request).await.map_err(|e| {
+            TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e)
+        })?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(TransportError::new(
+                    TransportErrorKind::FileNotFound,
+                    url.as_str(),
+                ));
+            }
+            other => {
+                return Err(TransportError::new_with_cause(
+                    TransportErrorKind::Other,
+                    url.as_str(),
+                    format!("status {other}"),
+                ));
+            }
+        }
+        let mut body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .map_err(|e| {
+                TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e)
+            })?
+            .to_vec();
+        match &self.mangle {
+            Mangle::Flip(part) if url.path().contains(part) => {
+                let i = body.len() / 2;
+                body[i] ^= 0x01;
+            }
+            Mangle::Replace(part, bytes) if url.path().ends_with(part) => body = bytes.to_vec(),
+            _ => {}
+        }
+        let item: Result<bytes::Bytes, TransportError> = Ok(body.into());
+        Ok(Box::pin(futures_util::stream::iter([item])))
+    }
+}
+
+struct Host {
+    credential: String,
+    channel: String,
+}
+
+async fn with_keys(fx: &mut Fixture, keys: &Path) {
+    init_keys(keys, 3, 2, 365).await.unwrap();
+    let signer = Signer::load(keys).unwrap();
+    fx.service = fx.service.clone().with_signer(signer);
+    fx.service.tuf_refresh(true).await.unwrap();
+}
+
+async fn host(s: &Service, fx: &Fixture, channel: &str) -> Host {
+    let t = s
+        .create_enroll_token(
+            &fx.admin,
+            &EnrollTokenRequest {
+                channel: channel.into(),
+                expires_in_secs: 60,
+                max_uses: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let r = s
+        .register(&RegisterRequest {
+            enrollment_token: t.token,
+            hostname: "h".into(),
+            kernel: kernel(Some(BUILD)),
+            agent_version: "0".into(),
+        })
+        .await
+        .unwrap();
+    Host {
+        credential: r.credential,
+        channel: r.channel,
+    }
+}
+
+/// Loads the host's channel repository as the agent would, pinning `root`.
+async fn load(
+    s: &Service,
+    h: &Host,
+    root: &[u8],
+    datastore: &Path,
+    mangle: Mangle,
+) -> Result<tough::Repository, tough::error::Error> {
+    let base = format!("http://server/api/v1/tuf/{}/", h.channel);
+    RepositoryLoader::new(
+        &root.to_vec(),
+        Url::parse(&format!("{base}metadata/")).unwrap(),
+        Url::parse(&format!("{base}targets/")).unwrap(),
+    )
+    .transport(RouterTransport {
+        router: klive_server::api::router(s.clone()),
+        credential: h.credential.clone(),
+        mangle,
+    })
+    .datastore(datastore.to_path_buf())
+    .load()
+    .await
+}
+
+async fn read(
+    repo: &tough::Repository,
+    name: &str,
+) -> Result<Option<Vec<u8>>, tough::error::Error> {
+    match repo.read_target(&TargetName::new(name).unwrap()).await? {
+        Some(stream) => Ok(Some(stream.into_vec().await?)),
+        None => Ok(None),
+    }
+}
+
+fn store(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    with_keys(&mut fx, dir.path()).await;
+    let s = fx.service.clone();
+    let root = s.tuf_root().unwrap();
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m.clone(), ko.clone())
+        .await
+        .unwrap();
+    let canary = host(&s, &fx, "canary").await;
+    let stable = host(&s, &fx, "stable").await;
+
+    let repo = load(&s, &canary, &root, &store(dir.path(), "c"), Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 1))
+            .await
+            .unwrap()
+            .unwrap(),
+        ko.to_vec()
+    );
+    let manifest = read(&repo, &tuf_manifest_target(BUILD, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<klive_format::release::ReleaseManifest>(&manifest).unwrap(),
+        m
+    );
+
+    // The stable channel's repository does not list the canary release.
+    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 1)).await.unwrap(),
+        None
+    );
+    // A host cannot read another channel's repository.
+    let wrong = Host {
+        credential: stable.credential.clone(),
+        channel: "canary".into(),
+    };
+    assert!(
+        load(&s, &wrong, &root, &store(dir.path(), "w"), Mangle::None)
+            .await
+            .is_err()
+    );
+
+    // Promotion adds the target to stable; withdrawal removes it everywhere.
+    let to = klive_format::api::PromoteRequest {
+        to: "stable".into(),
+        emergency: false,
+        reason: None,
+    };
+    s.promote(&fx.bob, &build(BUILD), level(1), &to)
+        .await
+        .unwrap();
+    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 1))
+            .await
+            .unwrap()
+            .unwrap(),
+        ko.to_vec()
+    );
+    s.withdraw(&fx.alice, &build(BUILD), level(1), "regression")
+        .await
+        .unwrap();
+    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 1)).await.unwrap(),
+        None
+    );
+
+    // Mix-and-match: a release for another build is listed under its own name only, and its
+    // module served under this build's name fails verification.
+    let (m_other, ko_other) = release(OTHER_BUILD, 2);
+    s.publish_with_module(&fx.alice, m_other, ko_other.clone())
+        .await
+        .unwrap();
+    let (m2, ko2) = release(BUILD, 2);
+    s.publish_with_module(&fx.alice, m2, ko2).await.unwrap();
+    let repo = load(&s, &canary, &root, &store(dir.path(), "c"), Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 3)).await.unwrap(),
+        None
+    );
+    let swap = Mangle::Replace(".ko", Arc::new(ko_other.to_vec()));
+    let repo = load(&s, &canary, &root, &store(dir.path(), "c"), swap)
+        .await
+        .unwrap();
+    assert!(
+        read(&repo, &tuf_module_target(BUILD, 2)).await.is_err(),
+        "another build's module is refused"
+    );
+}
+
+async fn tampered_bytes_and_unknown_keys_are_refused(mut fx: Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    with_keys(&mut fx, dir.path()).await;
+    let s = fx.service.clone();
+    let root = s.tuf_root().unwrap();
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    let h = host(&s, &fx, "canary").await;
+
+    let repo = load(
+        &s,
+        &h,
+        &root,
+        &store(dir.path(), "a"),
+        Mangle::Flip("/targets/"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        read(&repo, &tuf_module_target(BUILD, 1)).await.is_err(),
+        "a flipped module byte is refused"
+    );
+    assert!(
+        read(&repo, &tuf_manifest_target(BUILD, 1)).await.is_err(),
+        "a flipped manifest byte is refused"
+    );
+    for file in ["timestamp.json", "snapshot.json", "targets.json"] {
+        let r = load(&s, &h, &root, &store(dir.path(), file), Mangle::Flip(file)).await;
+        assert!(r.is_err(), "tampered {file} is refused");
+    }
+
+    // Metadata signed by keys the pinned root does not know.
+    let other = tempfile::tempdir().unwrap();
+    init_keys(other.path(), 1, 1, 365).await.unwrap();
+    let foreign_root = std::fs::read(other.path().join("tuf/root.json")).unwrap();
+    let r = load(&s, &h, &foreign_root, &store(dir.path(), "f"), Mangle::None).await;
+    assert!(r.is_err(), "metadata signed by unknown keys is refused");
+}
+
+async fn rollback_and_freeze_are_refused(mut fx: Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    with_keys(&mut fx, dir.path()).await;
+    let s = fx.service.clone();
+    let root = s.tuf_root().unwrap();
+    let h = host(&s, &fx, "canary").await;
+    let datastore = store(dir.path(), "d");
+    load(&s, &h, &root, &datastore, Mangle::None).await.unwrap();
+    let old_timestamp = Arc::new(
+        s.host_tuf_metadata(
+            &s.authenticate_host(&h.credential).await.unwrap(),
+            "canary",
+            "timestamp.json",
+        )
+        .await
+        .unwrap(),
+    );
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    load(&s, &h, &root, &datastore, Mangle::None).await.unwrap();
+    let r = load(
+        &s,
+        &h,
+        &root,
+        &datastore,
+        Mangle::Replace("timestamp.json", old_timestamp),
+    )
+    .await;
+    let err = r
+        .expect_err("older metadata after newer was seen must be refused")
+        .to_string();
+    assert!(err.contains("version"), "{err}");
+
+    // Freeze: metadata whose timestamp has expired is refused.
+    s.clock.advance_secs(-2 * 86400);
+    s.tuf_refresh(true).await.unwrap();
+    s.clock.advance_secs(2 * 86400);
+    let r = load(&s, &h, &root, &store(dir.path(), "fresh"), Mangle::None).await;
+    let err = r
+        .expect_err("expired timestamp must be refused")
+        .to_string();
+    assert!(err.to_lowercase().contains("expired"), "{err}");
+}
