@@ -61,14 +61,35 @@ struct Cli {
     jobs: u32,
 }
 
+/// Exit status when the diffs change something a livepatch must not carry.
+pub const EXIT_REFUSED: i32 = 2;
+/// Exit status when the diffs change no function (comments, whitespace, line shifts).
+pub const EXIT_NOTHING_TO_PATCH: i32 = 3;
+
+/// Ends of a build that are not failures of the tool: the input cannot become a livepatch.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("nothing to patch: {0}")]
+    NothingToPatch(String),
+}
+
+impl Stop {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Stop::Refused(_) => EXIT_REFUSED,
+            Stop::NothingToPatch(_) => EXIT_NOTHING_TO_PATCH,
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
-    match build(&cli) {
-        Ok(()) => {}
-        Err(e) => {
-            eprintln!("klive-build: error: {e:#}");
-            std::process::exit(1);
-        }
+    if let Err(e) = build(&cli) {
+        eprintln!("klive-build: error: {e:#}");
+        let code = e.downcast_ref::<Stop>().map_or(1, Stop::exit_code);
+        std::process::exit(code);
     }
 }
 
@@ -263,14 +284,18 @@ fn build(cli: &Cli) -> Result<()> {
     let diff_secs = diff_start.elapsed().as_secs_f64();
     if refused {
         eprint!("{report}");
-        bail!(
-            "the diffs change things a livepatch cannot carry (see \"refused\" above); nothing was emitted"
-        );
+        return Err(Stop::Refused(
+            "the diffs change things a livepatch cannot carry (see \"refused\" above); nothing was emitted".into(),
+        )
+        .into());
     }
     let funcs: Vec<_> = emitted.iter().flat_map(|(_, e)| e.funcs.clone()).collect();
     if funcs.is_empty() {
         eprint!("{report}");
-        bail!("nothing to patch: the diffs change no function");
+        return Err(Stop::NothingToPatch(
+            "the diffs change no function (comments, whitespace or line numbers only); nothing was emitted".into(),
+        )
+        .into());
     }
 
     // The stub with the klp tables, linked by kbuild.

@@ -24,23 +24,25 @@ pub fn translation_units(files: &[String]) -> Result<Vec<String>> {
     let mut tus = Vec::new();
     for f in files {
         if f.ends_with(".S") || f.ends_with(".s") {
-            bail!(
+            return Err(crate::Stop::Refused(format!(
                 "{f}: assembly files cannot be live-patched; drop this hunk or patch the C caller"
-            );
+            ))
+            .into());
         }
         if f.ends_with(".h") {
-            bail!(
+            return Err(crate::Stop::Refused(format!(
                 "{f}: header changes can change data layouts or inline code in files this build does not recompile; rewrite the fix in the .c files"
-            );
+            ))
+            .into());
         }
         if let Some(stem) = f.strip_suffix(".c") {
             tus.push(format!("{stem}.o"));
         } else {
-            bail!("{f}: only C sources can be patched");
+            return Err(crate::Stop::Refused(format!("{f}: only C sources can be patched")).into());
         }
     }
     if tus.is_empty() {
-        bail!("the diffs change no file; nothing to patch");
+        return Err(crate::Stop::NothingToPatch("the diffs change no file".into()).into());
     }
     Ok(tus)
 }
@@ -109,6 +111,15 @@ mod tests {
         assert_eq!(translation_units(&f).unwrap(), ["fs/proc/cmdline.o"]);
         let err = translation_units(&["arch/x86/entry/entry_64.S".into()]).unwrap_err();
         assert!(err.to_string().contains("assembly"), "{err}");
+        assert!(matches!(
+            err.downcast_ref::<crate::Stop>(),
+            Some(crate::Stop::Refused(_))
+        ));
+        let err = translation_units(&[]).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<crate::Stop>(),
+            Some(crate::Stop::NothingToPatch(_))
+        ));
         assert!(translation_units(&["include/linux/fs.h".into()]).is_err());
         assert!(translation_units(&[]).is_err());
     }

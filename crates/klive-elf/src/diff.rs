@@ -82,6 +82,9 @@ pub struct DiffReport {
     /// Functions that differ only in line-number immediates: not patched.
     pub line_only: Vec<String>,
     pub removed_functions: Vec<String>,
+    /// Changed functions without an fentry call (notrace, e.g. a syscall's `__do_sys_*`):
+    /// copied into the patch, and the functions calling them are patched instead.
+    pub notrace_copied: Vec<String>,
     pub refusals: Vec<Refusal>,
 }
 
@@ -109,6 +112,11 @@ impl DiffReport {
         list(&mut out, "new data", &self.new_data);
         list(&mut out, "line numbers only (not patched)", &self.line_only);
         list(&mut out, "removed functions", &self.removed_functions);
+        list(
+            &mut out,
+            "changed without fentry (copied; callers patched)",
+            &self.notrace_copied,
+        );
         if !self.refusals.is_empty() {
             let _ = writeln!(out, "refused:");
             for r in &self.refusals {
@@ -528,6 +536,7 @@ fn location(e: &Elf, sec: usize) -> String {
 
 fn classify(a: &mut Analysis) {
     let mut report = DiffReport::default();
+    let mut notrace: Vec<usize> = Vec::new();
     let p = &a.patched;
     let o = &a.orig;
     let mut sections: Vec<usize> = a.status.keys().copied().collect();
@@ -608,10 +617,8 @@ fn classify(a: &mut Analysis) {
                         continue;
                     }
                     if !osec.is_some_and(|os| o.has_fentry(os)) {
-                        report.refusals.push(Refusal {
-                            kind: RefusalKind::NoFentry,
-                            location: location(p, si),
-                        });
+                        // Resolved below: a local one is copied and its callers patched.
+                        notrace.push(si);
                         continue;
                     }
                     a.changed_funcs.insert(
@@ -649,6 +656,9 @@ fn classify(a: &mut Analysis) {
             Status::Same => {}
         }
     }
+    patch_callers_of_notrace(a, notrace, &mut report);
+    let p = &a.patched;
+    let o = &a.orig;
     // Size changes of correlated variables.
     for (&ps, &os) in &a.sym_twin {
         let (Some(psym), Some(osym)) = (p.sym(ps), o.sym(os)) else {
@@ -687,9 +697,108 @@ fn classify(a: &mut Analysis) {
     report.new_data.sort();
     report.line_only.sort();
     report.removed_functions.sort();
+    report.notrace_copied.sort();
     report.refusals.sort();
     report.refusals.dedup();
     a.report = report;
+}
+
+/// Sections that only refer to code locations (tables regenerated per function): they do
+/// not make a function a caller.
+fn is_code_table(name: &str) -> bool {
+    is_ignored_section(name) || name.starts_with(".discard")
+}
+
+/// A changed function without `call __fentry__` cannot be redirected, but if it is local
+/// and only called (never address-taken) from functions of this file, a private copy goes
+/// into the patch and each caller is patched instead, recursively. Anything else is refused.
+fn patch_callers_of_notrace(a: &mut Analysis, notrace: Vec<usize>, report: &mut DiffReport) {
+    let mut seen: BTreeSet<usize> = BTreeSet::new();
+    let mut work = notrace;
+    while let Some(si) = work.pop() {
+        if !seen.insert(si) {
+            continue;
+        }
+        let p = &a.patched;
+        let Some(sym_i) = p.sec(si).and_then(|s| s.bundled) else {
+            continue;
+        };
+        let Some(sym) = p.sym(sym_i) else { continue };
+        if !sym.is_local() {
+            report.refusals.push(Refusal {
+                kind: RefusalKind::NoFentry,
+                location: location(p, si),
+            });
+            continue;
+        }
+        let mut callers = Vec::new();
+        let mut address_taken = None;
+        for (ci, c) in p.sections() {
+            if ci == si || c.rela_base.is_some() || is_code_table(&c.name) {
+                continue;
+            }
+            let refers = c.relocs.iter().any(|r| {
+                p.resolve_target(r)
+                    .and_then(|(t, _)| p.sym(t))
+                    .is_some_and(|t| t.section == Some(si))
+            });
+            if !refers {
+                continue;
+            }
+            let caller = c
+                .bundled
+                .and_then(|b| p.sym(b).map(|s| (b, s)))
+                .filter(|(_, s)| s.is_func() && is_text_name(&c.name));
+            match caller {
+                Some((b, _)) => callers.push((ci, b)),
+                None => address_taken = Some(ci),
+            }
+        }
+        if let Some(ci) = address_taken {
+            report.refusals.push(Refusal {
+                kind: RefusalKind::NoFentry,
+                location: format!(
+                    "{} (referenced from {})",
+                    location(p, si),
+                    p.section_name(ci)
+                ),
+            });
+            continue;
+        }
+        if callers.is_empty() {
+            report.refusals.push(Refusal {
+                kind: RefusalKind::NoFentry,
+                location: format!("{} (no caller in this file)", location(p, si)),
+            });
+            continue;
+        }
+        report.notrace_copied.push(sym.name.clone());
+        a.included.insert(si);
+        for (ci, b) in callers {
+            a.included.insert(ci);
+            let Some(&ob) = a.sym_twin.get(&b) else {
+                // A new caller: it is copied anyway.
+                continue;
+            };
+            let osec = a.sec_twin.get(&ci).copied();
+            if osec.is_some_and(|os| a.orig.has_fentry(os)) {
+                let old_name = a.orig.sym(ob).map(|s| s.name.clone()).unwrap_or_default();
+                a.changed_funcs.entry(ci).or_insert(ChangedFunction {
+                    patched_sym: b,
+                    old_name,
+                    orig_sym: ob,
+                });
+            } else {
+                work.push(ci);
+            }
+        }
+    }
+}
+
+/// The out-of-line cold part of a function (`foo.cold`, `foo.part.0.cold`): entered by a
+/// jump from its parent and jumping back into it, so it must be copied with the parent.
+fn is_cold_part(name: &str) -> bool {
+    name.ends_with(".cold") || mangled(name).ends_with(".cold")
 }
 
 /// Adds to `a.included` every section that included code needs a private copy of: new
@@ -715,8 +824,16 @@ pub fn include_closure(a: &mut Analysis, roots: Vec<usize>) {
             };
             let st = a.status.get(&tsec).copied().unwrap_or(Status::Same);
             let name = ts.name.as_str();
+            let cold = a
+                .patched
+                .sym(t)
+                .is_some_and(|s| s.is_func() && is_cold_part(&s.name))
+                && is_text_name(name)
+                // Code tables list every function of the file; only code pulls cold parts in.
+                && is_text_name(&sec.name);
             let take = (st == Status::New && !is_init(name) && !is_ignored_section(name))
-                || is_fresh_copy(ts, &a.patched);
+                || is_fresh_copy(ts, &a.patched)
+                || cold;
             if take {
                 a.included.insert(tsec);
                 work.push(tsec);

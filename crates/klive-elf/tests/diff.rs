@@ -268,3 +268,31 @@ fn garbage_input_is_an_error() {
     }
     assert!(analyze(b"not an elf", &o).is_err());
 }
+
+#[test]
+fn changed_notrace_static_is_copied_and_its_callers_patched() {
+    let src = "static __attribute__((noinline, no_instrument_function)) int quiet(int a) { return a * 7 + 1; }\n\
+               int caller(int a) { return quiet(a) * 2; }\n\
+               int caller2(int a) { return quiet(a + 1) * 3; }\n";
+    let (o, p) = pair(src, &src.replace("a * 7 + 1", "a * 7 + 2"));
+    let a = analyze(&o, &p).unwrap();
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    assert_eq!(a.report.notrace_copied, ["quiet"]);
+    assert_eq!(a.report.changed_functions, ["caller", "caller2"]);
+}
+
+#[test]
+fn notrace_static_whose_address_is_taken_is_refused() {
+    let src = "static __attribute__((noinline, no_instrument_function)) int quiet(int a) { return a * 7 + 1; }\n\
+               int (*hook)(int) = quiet;\n\
+               int caller(int a) { return quiet(a) * 2; }\n";
+    let (o, p) = pair(src, &src.replace("a * 7 + 1", "a * 7 + 2"));
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(a.report.refusals.len(), 1, "{}", a.report.render());
+    assert_eq!(a.report.refusals[0].kind, RefusalKind::NoFentry);
+    assert!(
+        a.report.refusals[0].location.contains("hook"),
+        "{}",
+        a.report.render()
+    );
+}
