@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod modinfo;
 pub mod service;
+pub mod tls;
 pub mod tuf;
 
 use std::path::Path;

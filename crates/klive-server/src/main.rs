@@ -35,11 +35,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API.
+    /// Serve the API: HTTPS with DATA/tls/server.pem when it exists (see `tls init`).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8750")]
         listen: SocketAddr,
+        /// Serve plain HTTP even though a certificate exists (behind a TLS-terminating proxy).
+        #[arg(long)]
+        plain_http: bool,
+    },
+    /// Create a CA and server certificate for HTTPS.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// Create the TUF keys: root keys to keep offline, online keys for the server.
     Keys {
@@ -105,6 +113,19 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Create DATA/tls/{ca.pem,ca.key,server.pem,server.key}; agents pin ca.pem.
+    Init {
+        /// DNS name or IP address agents use to reach the server (repeat for several).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Validity of the server certificate.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
     },
 }
 
@@ -250,7 +271,29 @@ async fn run(cli: Cli) -> Result<()> {
         }
     };
     match cli.command {
-        Command::Serve { listen } => serve(service, listen).await?,
+        Command::Serve { listen, plain_http } => {
+            let tls = klive_server::tls::TlsFiles::new(&cli.data);
+            let tls = (!plain_http && tls.exist()).then_some(tls);
+            serve(service, listen, tls).await?
+        }
+        Command::Tls {
+            command: TlsCommand::Init { names, days },
+        } => {
+            let files = klive_server::tls::init(&cli.data, &names, days)?;
+            println!(
+                "CA certificate (agents pin this): {}",
+                files.ca_cert.display()
+            );
+            println!(
+                "server certificate for {}: {}",
+                names.join(", "),
+                files.cert.display()
+            );
+            println!(
+                "move {} offline: it is needed only to issue the next server certificate",
+                files.ca_key.display()
+            );
+        }
         Command::Keys {
             command:
                 KeysCommand::Init {
@@ -489,7 +532,11 @@ async fn require_bootstrap(service: &Service) -> Result<()> {
     Ok(())
 }
 
-async fn serve(service: Service, listen: SocketAddr) -> Result<()> {
+async fn serve(
+    service: Service,
+    listen: SocketAddr,
+    tls: Option<klive_server::tls::TlsFiles>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}: is another server running there?"))?;
@@ -514,11 +561,26 @@ async fn serve(service: Service, listen: SocketAddr) -> Result<()> {
             }
         }
     });
-    tracing::info!(%listen, "klive-server listening");
-    axum::serve(listener, klive_server::api::router(service))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let router = klive_server::api::router(service);
+    match tls {
+        Some(files) => {
+            let config = klive_server::tls::server_config(&files.cert, &files.key)?;
+            let listener = klive_server::tls::TlsListener::new(listener, config)
+                .context("starting the TLS listener")?;
+            tracing::info!(%listen, cert = %files.cert.display(), "klive-server listening (https)");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("serving HTTPS")?;
+        }
+        None => {
+            tracing::warn!(%listen, "serving plain HTTP: run `klive-server tls init` for HTTPS");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("serving HTTP")?;
+        }
+    }
     Ok(())
 }
 

@@ -147,7 +147,10 @@ pub async fn init_keys(
         )));
     }
     for dir in [&paths.offline, &paths.online] {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("restricting {}", dir.display())))?;
     }
     let tuf_dir = paths.root_json.parent().unwrap_or(data);
     std::fs::create_dir_all(tuf_dir).map_err(io(format!("creating {}", tuf_dir.display())))?;
