@@ -1,6 +1,13 @@
 //! The agent's state directory: a lock, `state.json`, `intent.json`, `journal.jsonl` and the
-//! module cache. Every file is replaced atomically (write a temp file, fsync, rename, fsync
-//! the directory), so a crash leaves either the old or the new content, never a mix.
+//! module cache. Every file is replaced atomically (write a temp file, rename it over), so a
+//! crash leaves either the old or the new content, never a mix.
+//!
+//! Durability is spent only where a power loss could otherwise lose something that matters:
+//! - `state.json` and cached modules are fsynced before they are renamed into place (and
+//!   their directory after), because `klive boot` relies on them after a reboot;
+//! - `intent.json` and the journal are not fsynced: they guard against the agent process
+//!   dying, which leaves the page cache intact. After a power loss or kernel crash the kernel
+//!   restarts without any patch, so an intent that did not reach the disk loses nothing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -109,7 +116,7 @@ impl Store {
     }
 
     pub fn save_state(&self, state: &AgentState) -> Result<(), StoreError> {
-        self.write_json("state.json", state)
+        self.write_json("state.json", state, Durability::Durable)
     }
 
     pub fn load_intent(&self) -> Result<Option<Intent>, StoreError> {
@@ -117,19 +124,19 @@ impl Store {
     }
 
     pub fn save_intent(&self, intent: &Intent) -> Result<(), StoreError> {
-        self.write_json("intent.json", intent)
+        self.write_json("intent.json", intent, Durability::ProcessCrash)
     }
 
     pub fn clear_intent(&self) -> Result<(), StoreError> {
         let path = self.path("intent.json");
         match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("removing", &path)(e)),
         }
     }
 
-    /// Appends one entry to the journal and fsyncs it.
+    /// Appends one entry to the journal (one `write`, so lines never interleave).
     pub fn journal(&self, entry: &JournalEntry) -> Result<(), StoreError> {
         self.ensure_dir()?;
         let path = self.path("journal.jsonl");
@@ -147,8 +154,7 @@ impl Store {
             .append(true)
             .open(&path)
             .map_err(io_err("opening", &path))?;
-        f.write_all(&line).map_err(io_err("appending to", &path))?;
-        f.sync_data().map_err(io_err("syncing", &path))
+        f.write_all(&line).map_err(io_err("appending to", &path))
     }
 
     /// Reads the journal, oldest first. A torn last line (crash while appending) is skipped.
@@ -170,7 +176,8 @@ impl Store {
         self.dir.join("cache").join(build_id)
     }
 
-    /// Stores module bytes in the cache under `name` (atomically) and returns the path.
+    /// Stores module bytes in the cache under `name` (atomically, durably) and returns the
+    /// path. A cached file holding exactly these bytes is left as it is.
     pub fn cache_module(
         &self,
         build_id: &str,
@@ -180,7 +187,10 @@ impl Store {
         let dir = self.cache_dir(build_id);
         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let path = dir.join(name);
-        write_atomic(&path, bytes)?;
+        if fs::read(&path).is_ok_and(|cached| cached == bytes) {
+            return Ok(path);
+        }
+        write_atomic(&path, bytes, Durability::Durable)?;
         Ok(path)
     }
 
@@ -199,7 +209,12 @@ impl Store {
             })
     }
 
-    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+    fn write_json<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         self.ensure_dir()?;
         let path = self.path(name);
         let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Corrupt {
@@ -207,12 +222,22 @@ impl Store {
             reason: e.to_string(),
         })?;
         bytes.push(b'\n');
-        write_atomic(&path, &bytes)
+        write_atomic(&path, &bytes, durability)
     }
 }
 
-/// write temp, fsync, rename over, fsync directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// What a replaced file must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A power loss: data fsynced before the rename, directory fsynced after.
+    Durable,
+    /// Only the death of the process: the rename alone is atomic for other processes.
+    ProcessCrash,
+}
+
+/// Write a temp file, rename it over `path`; with [`Durability::Durable`] fsync the data
+/// before the rename and the directory after.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -222,9 +247,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let result = (|| {
         let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
         f.write_all(bytes).map_err(io_err("writing", &tmp))?;
-        f.sync_all().map_err(io_err("syncing", &tmp))?;
+        if durability == Durability::Durable {
+            f.sync_all().map_err(io_err("syncing", &tmp))?;
+        }
         fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-        sync_dir(dir)
+        if durability == Durability::Durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
