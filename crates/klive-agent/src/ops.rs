@@ -771,37 +771,27 @@ impl<'k, K: Kernel> Agent<'k, K> {
         let root = self.kernel.root();
         let build_id = identity::kernel_info(root)?.build_id;
         match livepatch::patch(root, module)? {
-            Some(p) if p.enabled && !p.transition => {
-                let Some(build_id) = build_id else {
-                    return Ok(
-                        "the patch is applied but the kernel has no build-id to record".into(),
-                    );
-                };
-                self.finish_apply(op, module, level, &build_id, cached_file, sha, fixes)?;
-                Ok(format!(
-                    "the kernel had completed the transition: level {level} is applied"
-                ))
-            }
-            Some(p) if p.enabled => match self
-                .wait_transition(module, self.opts.transition_timeout)?
-            {
-                Wait::Done => {
-                    let Some(build_id) = build_id else {
-                        return Ok(
-                            "the patch is applied but the kernel has no build-id to record".into(),
-                        );
-                    };
-                    self.finish_apply(op, module, level, &build_id, cached_file, sha, fixes)?;
-                    Ok(format!(
-                        "the transition completed: level {level} is applied"
-                    ))
-                }
-                _ => {
+            Some(p) if p.enabled => {
+                let how = if !p.transition {
+                    "the kernel had completed the transition"
+                } else if matches!(
+                    self.wait_transition(module, self.opts.transition_timeout)?,
+                    Wait::Done
+                ) {
+                    "the transition completed"
+                } else {
                     let tasks = self.stalled(TaskPatchState::Patched);
                     let e = self.reverse_apply(op, module, tasks, previous);
-                    Ok(format!("the transition had stalled and was reversed: {e}"))
-                }
-            },
+                    return Ok(format!("the transition had stalled and was reversed: {e}"));
+                };
+                let Some(build_id) = build_id else {
+                    return Ok(format!(
+                        "{how}, but the kernel has no build-id to record level {level} under"
+                    ));
+                };
+                self.finish_apply(op, module, level, &build_id, cached_file, sha, fixes)?;
+                Ok(format!("{how}: level {level} is applied"))
+            }
             Some(_) => {
                 self.wait_gone(
                     module,
