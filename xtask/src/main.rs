@@ -4,6 +4,7 @@
 //! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
+mod build_tests;
 mod deps;
 mod pg;
 mod vm;

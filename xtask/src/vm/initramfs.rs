@@ -160,6 +160,8 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
         (vm.join("scenarios/phase2"), "tests/phase2"),
         (vm.join("demo"), "tests/demo"),
         (vm.join("bench"), "tests/bench"),
+        // `klive.phase=kallsyms`: the boot that takes klive-build's symbol source.
+        (vm.join("scenarios/kallsyms"), "tests/phasekallsyms"),
     ] {
         cpio.dir(into);
         for script in scripts(&dir)? {

@@ -16,6 +16,7 @@
 
 mod bench;
 mod initramfs;
+mod kallsyms;
 mod kernel;
 mod modules;
 mod qemu;
@@ -62,6 +63,10 @@ const DISK_SIZE: u64 = 64 << 20;
 #[derive(Debug)]
 struct Guest {
     kernel: TargetKernel,
+    build_id: String,
+    agent: PathBuf,
+    /// The directory packed as the guest's `/modules`.
+    modules: PathBuf,
     initrd: PathBuf,
     work: PathBuf,
     accel: Accel,
@@ -72,6 +77,7 @@ struct Guest {
 pub fn run_tests(root: &Path) -> Result<Summary> {
     let started = Instant::now();
     let guest = prepare(root)?;
+    add_built_patches(root, &guest)?;
     let disk = fresh_disk(&guest.work, "disk.img")?;
     let limit = boot_limit()?;
 
@@ -238,10 +244,44 @@ fn prepare(root: &Path) -> Result<Guest> {
     let accel = Accel::pick(&kernel.image);
     Ok(Guest {
         kernel,
+        build_id,
+        agent,
+        modules,
         initrd,
         work,
         accel,
         _lock: lock,
+    })
+}
+
+/// klive-build's real-kernel tests (`crate::build_tests`): with a `/proc/kallsyms` dump of
+/// this kernel (one extra boot, cached per build-id), builds the diffs of `tests/build/`,
+/// adds the modules to the guest's `/modules` and packs the initramfs again.
+fn add_built_patches(root: &Path, guest: &Guest) -> Result<()> {
+    let dump = timed("taking /proc/kallsyms from the guest (cached)", || {
+        kallsyms::dump(guest)
+    })?;
+    let target = crate::build_tests::Target {
+        release: &guest.kernel.release,
+        build_id: &guest.build_id,
+        build_dir: &guest.kernel.build_dir,
+        modules_dir: &guest.kernel.modules_dir,
+        kallsyms: &dump,
+    };
+    timed("building the klive-build test patches", || {
+        crate::build_tests::build_into(root, &target, &guest.modules)
+    })?;
+    timed("packing the initramfs with the built patches", || {
+        initramfs::write(
+            &initramfs::Contents {
+                root,
+                kernel: &guest.kernel,
+                build_id: &guest.build_id,
+                agent: &guest.agent,
+                modules: &guest.modules,
+            },
+            &guest.initrd,
+        )
     })
 }
 
