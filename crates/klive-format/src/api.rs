@@ -186,6 +186,26 @@ pub struct HostInfo {
     pub last_error: Option<String>,
 }
 
+/// `GET /api/v1/fleet`: how many hosts run what, per channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSummary {
+    /// Registered, not revoked.
+    pub hosts: u64,
+    /// Hosts whose last check-in is older than twice the check-in interval (or that never
+    /// checked in).
+    pub stale_hosts: u64,
+    pub groups: Vec<FleetGroup>,
+}
+
+/// Hosts of one channel reporting the same level and state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetGroup {
+    pub channel: String,
+    pub level: Option<PatchLevel>,
+    pub state: Option<PatchState>,
+    pub hosts: u64,
+}
+
 /// `PUT /api/v1/hosts/{id}/policy`: replaces the host's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/promotions/{id}/approve"),
     ("get", "/api/v1/channels"),
     ("post", "/api/v1/channels"),
+    ("get", "/api/v1/fleet"),
     ("get", "/api/v1/hosts"),
     ("get", "/api/v1/hosts/{id}"),
     ("put", "/api/v1/hosts/{id}/policy"),
@@ -84,6 +85,7 @@ pub fn router(service: Service) -> Router {
         .route("/promotions", get(promotions))
         .route("/promotions/{id}/approve", post(approve))
         .route("/channels", get(channels).post(add_channel))
+        .route("/fleet", get(fleet))
         .route("/hosts", get(hosts))
         .route("/hosts/{id}", get(host))
         .route("/hosts/{id}/policy", put(set_policy))
@@ -455,6 +457,13 @@ async fn add_channel(
     JsonIn(req): JsonIn<ChannelRequest>,
 ) -> ApiResult<klive_format::api::Channel> {
     Ok(JsonOut(s.add_channel(&user, &req).await?))
+}
+
+async fn fleet(
+    State(s): State<Service>,
+    user: AuthUser,
+) -> ApiResult<klive_format::api::FleetSummary> {
+    Ok(JsonOut(s.fleet(&user).await?))
 }
 
 async fn hosts(

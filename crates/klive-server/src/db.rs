@@ -13,6 +13,10 @@ use crate::error::Error;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("init", include_str!("../migrations/0001_init.sql")),
     ("tuf", include_str!("../migrations/0002_tuf.sql")),
+    (
+        "fleet_index",
+        include_str!("../migrations/0003_fleet_index.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use sqlx::any::AnyRow;
 
 use klive_format::api::{
     Action, AppliedReport, BlobStored, Channel, ChannelEntry, ChannelRequest, CheckIn,
-    CheckInResponse, ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest,
-    HOST_CREDENTIAL_PREFIX, HostInfo, HostPolicy, PromoteRequest, Promotion, PromotionStatus,
-    RegisterRequest, RegisterResponse, ReleaseInfo, Role, TargetRelease, TokenCreated,
-    USER_TOKEN_PREFIX, User, Withdrawal,
+    CheckInResponse, ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetGroup,
+    FleetSummary, HOST_CREDENTIAL_PREFIX, HostInfo, HostPolicy, PromoteRequest, Promotion,
+    PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role, TargetRelease,
+    TokenCreated, USER_TOKEN_PREFIX, User, Withdrawal,
 };
 use klive_format::release::ReleaseManifest;
 use klive_format::status::PatchState;
@@ -1284,6 +1284,44 @@ impl Service {
             }
             Ok(Bytes::from(manifest))
         }
+    }
+
+    /// Counts of hosts per channel, level and state: one indexed aggregate, not a host list.
+    pub async fn fleet(&self, by: &AuthUser) -> Result<FleetSummary, Error> {
+        by.require(Role::Viewer)?;
+        let rows = sqlx::query(
+            "SELECT channel, applied_level, applied_state, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY channel, applied_level, applied_state ORDER BY channel, applied_level",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut summary = FleetSummary {
+            hosts: 0,
+            stale_hosts: 0,
+            groups: Vec::with_capacity(rows.len()),
+        };
+        for row in &rows {
+            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+            let state: Option<String> = row.try_get("applied_state")?;
+            summary.hosts += n;
+            summary.groups.push(FleetGroup {
+                channel: row.try_get("channel")?,
+                level: row
+                    .try_get::<Option<i64>, _>("applied_level")?
+                    .map(level_from_db)
+                    .transpose()?,
+                state: state.as_deref().and_then(parse_state),
+                hosts: n,
+            });
+        }
+        let stale_before = self.now() - 2 * self.checkin_interval_secs as i64 * 1000;
+        let stale: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND (last_checkin_at IS NULL OR last_checkin_at < $1)",
+        )
+        .bind(stale_before)
+        .fetch_one(&self.db.pool)
+        .await?;
+        summary.stale_hosts = stale.max(0) as u64;
+        Ok(summary)
     }
 
     pub async fn hosts(&self, by: &AuthUser) -> Result<Vec<HostInfo>, Error> {

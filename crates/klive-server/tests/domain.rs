@@ -23,6 +23,7 @@ both_backends!(
     replayed_and_revoked_checkins_are_refused,
     host_reads_only_its_channels_releases,
     audit_verify_finds_the_first_altered_record,
+    concurrent_checkins_and_admin_writes_all_succeed,
 );
 
 async fn counts(fx: &Fixture) -> (usize, u64) {
@@ -698,4 +699,47 @@ async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
         matches!(&verdict, Verdict::Broken { seq, .. } if *seq == records),
         "{verdict:?}"
     );
+}
+
+async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
+    let s = fx.service.clone();
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    let mut agents = Vec::new();
+    for _ in 0..8 {
+        agents.push(Agent::register(&fx, "canary").await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut agent in agents {
+        let s = s.clone();
+        tasks.spawn(async move {
+            for round in 0..10u32 {
+                agent.host = s.authenticate_host(&agent.credential).await?;
+                let mut c = agent.checkin();
+                // Alternate reports so that half the check-ins write audit records.
+                c.applied = (round % 2 == 0).then(|| AppliedReport {
+                    level: level(1),
+                    state: PatchState::Applied,
+                });
+                s.checkin(&agent.host, &c).await?;
+            }
+            Ok::<_, Error>(())
+        });
+    }
+    for n in 2..=5 {
+        let s = s.clone();
+        let alice = fx.alice.clone();
+        tasks.spawn(async move {
+            let (m, ko) = release(BUILD, n);
+            s.publish_with_module(&alice, m, ko).await?;
+            s.withdraw(&alice, &build(BUILD), level(n), "test").await?;
+            Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap().unwrap();
+    }
+    let (releases, records) = counts(&fx).await;
+    assert_eq!(releases, 5);
+    assert!(records > 40, "{records} audit records");
 }
