@@ -200,7 +200,7 @@ fn dpkg_version(package: &str) -> Option<String> {
 }
 
 /// `cargo build -p klive-build`; returns the binary.
-fn build_tool(root: &Path) -> Result<PathBuf> {
+pub fn build_tool(root: &Path) -> Result<PathBuf> {
     crate::run(crate::cargo(&["build", "-q", "-p", "klive-build"]))
         .context("building klive-build failed")?;
     let bin = target_dir(root).join("debug/klive-build");
@@ -210,7 +210,7 @@ fn build_tool(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
         None => root.join("target"),
@@ -227,11 +227,96 @@ pub struct Outcome {
     pub cached: bool,
 }
 
+/// Serialises users of the prepared tree (diffs are applied to it in place).
+pub fn lock_cache(root: &Path) -> Result<fs::File> {
+    let dir = target_dir(root);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("klive-build-cache.lock");
+    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// One klive-build run.
+#[derive(Debug)]
+pub struct Run {
+    pub seconds: f64,
+    pub status: std::process::ExitStatus,
+    /// stdout and stderr.
+    pub text: String,
+}
+
+impl Run {
+    /// A line `  <key>: <value>` of the report's timings, e.g. `compile original`.
+    pub fn timing(&self, key: &str) -> String {
+        let prefix = format!("  {key}: ");
+        self.text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or("?")
+            .to_owned()
+    }
+}
+
+/// Runs klive-build once for `case` into `out` with the tree cache `cache`.
+pub fn build_once(
+    root: &Path,
+    tool: &Path,
+    source: &Path,
+    target: &Target<'_>,
+    case: &Case,
+    out: &Path,
+    cache: &Path,
+) -> Result<Run> {
+    if out.exists() {
+        fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let started = Instant::now();
+    let mut cmd = Command::new(tool);
+    cmd.arg("--source")
+        .arg(source)
+        .arg("--config")
+        .arg(target.build_dir.join(".config"))
+        .arg("--kbuild")
+        .arg(target.build_dir)
+        .arg("--kallsyms")
+        .arg(target.kallsyms)
+        .args(["--name", case.module])
+        .args(["--level", &case.level.to_string()])
+        .args(["--build-id", target.build_id])
+        .args(["--release", target.release])
+        .args(["--fix", "CVE-0000-0000:low:klive-build test patch"])
+        .arg("--out")
+        .arg(out)
+        .arg("--cache")
+        .arg(cache);
+    for d in case.diffs {
+        cmd.arg("--patch").arg(root.join("tests/build").join(d));
+    }
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {}", tool.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::write(out.join("output.txt"), &text)?;
+    Ok(Run {
+        seconds: started.elapsed().as_secs_f64(),
+        status: output.status,
+        text,
+    })
+}
+
 /// Builds every case (cached), checks the refusals, and copies the modules plus the Debian
 /// modules the scenarios need into `guest_modules` (the guest's `/modules`).
 pub fn build_into(root: &Path, target: &Target<'_>, guest_modules: &Path) -> Result<Vec<Outcome>> {
     let source = ensure_source(target.release)?;
     let tool = build_tool(root)?;
+    let _lock = lock_cache(root)?;
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for case in CASES {
@@ -314,51 +399,25 @@ fn run_case(
             cached: true,
         });
     }
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let started = Instant::now();
-    let mut cmd = Command::new(tool);
-    cmd.arg("--source")
-        .arg(source)
-        .arg("--config")
-        .arg(target.build_dir.join(".config"))
-        .arg("--kbuild")
-        .arg(target.build_dir)
-        .arg("--kallsyms")
-        .arg(target.kallsyms)
-        .args(["--name", case.module])
-        .args(["--level", &case.level.to_string()])
-        .args(["--build-id", target.build_id])
-        .args(["--release", target.release])
-        .args(["--fix", "CVE-0000-0000:low:klive-build test patch"])
-        .arg("--out")
-        .arg(&out)
-        .arg("--cache")
-        .arg(target_dir(root).join("klive-build-cache"));
-    for d in case.diffs {
-        cmd.arg("--patch").arg(root.join("tests/build").join(d));
-    }
-    let output = cmd
-        .output()
-        .with_context(|| format!("running {}", tool.display()))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    fs::write(out.join("output.txt"), &text)?;
-    let code = output.status.code();
+    let run = build_once(
+        root,
+        tool,
+        source,
+        target,
+        case,
+        &out,
+        &target_dir(root).join("klive-build-cache"),
+    )?;
+    let (seconds, text, status) = (run.seconds, run.text, run.status);
+    let code = status.code();
     let tail = || -> String {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     };
     match case.expect {
         Expect::Module => {
-            if !output.status.success() {
-                bail!("klive-build exited with {}:\n{}", output.status, tail());
+            if !status.success() {
+                bail!("klive-build exited with {status}:\n{}", tail());
             }
             check_tags(&ko, case, target)?;
         }
@@ -370,8 +429,7 @@ fn run_case(
             };
             if code != Some(want) {
                 bail!(
-                    "klive-build exited with {} instead of {want}:\n{}",
-                    output.status,
+                    "klive-build exited with {status} instead of {want}:\n{}",
                     tail()
                 );
             }

@@ -4,6 +4,7 @@
 //! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
+mod build_bench;
 mod build_tests;
 mod deps;
 mod pg;
@@ -45,6 +46,8 @@ enum Task {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchTarget {
     Agent,
+    /// klive-build cold and warm beside a measured full-kernel-build sample.
+    Build,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
         Task::VmTest => check_vm_summary(&vm::run_tests(&root)?),
         Task::Bench { what } => match what {
             BenchTarget::Agent => vm::bench_agent(&root),
+            BenchTarget::Build => vm::bench_build(&root),
         },
     }
 }

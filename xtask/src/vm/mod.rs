@@ -254,6 +254,23 @@ fn prepare(root: &Path) -> Result<Guest> {
     })
 }
 
+/// `cargo xtask bench build` (`crate::build_bench`) for the harness's kernel, with the
+/// kallsyms dump the VM tests use; holds the VM lock, so no guest competes for the cores.
+pub fn bench_build(root: &Path) -> Result<()> {
+    let guest = prepare(root)?;
+    let dump = kallsyms::dump(&guest)?;
+    crate::build_bench::run(
+        root,
+        &crate::build_tests::Target {
+            release: &guest.kernel.release,
+            build_id: &guest.build_id,
+            build_dir: &guest.kernel.build_dir,
+            modules_dir: &guest.kernel.modules_dir,
+            kallsyms: &dump,
+        },
+    )
+}
+
 /// klive-build's real-kernel tests (`crate::build_tests`): with a `/proc/kallsyms` dump of
 /// this kernel (one extra boot, cached per build-id), builds the diffs of `tests/build/`,
 /// adds the modules to the guest's `/modules` and packs the initramfs again.
