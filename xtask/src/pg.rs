@@ -17,7 +17,8 @@ pub fn test_server() -> Result<()> {
         "xtask: == cargo test -p klive-server against PostgreSQL at {}",
         cluster.url
     );
-    let mut cmd = crate::cargo(&["test", "-p", "klive-server"]);
+    // Only the tests that take a database from the fixture: the rest ran in `cargo test`.
+    let mut cmd = crate::cargo(&["test", "-p", "klive-server", "--", "postgres"]);
     cmd.env("KLIVE_TEST_DATABASE_URL", &cluster.url);
     crate::run(cmd).context("klive-server tests against PostgreSQL failed")
 }

@@ -60,6 +60,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/users"),
     ("post", "/api/v1/users"),
     ("post", "/api/v1/users/{name}/tokens"),
+    ("post", "/api/v1/users/{name}/tokens/revoke"),
     ("get", "/api/v1/audit"),
 ];
 
@@ -93,6 +94,7 @@ pub fn router(service: Service) -> Router {
         .route("/enroll-tokens", post(enroll_token))
         .route("/users", get(users).post(add_user))
         .route("/users/{name}/tokens", post(create_token))
+        .route("/users/{name}/tokens/revoke", post(revoke_tokens))
         .route("/audit", get(audit_log))
         .layer(json_limit)
         // Registered after the layer so the module upload keeps its own, larger limit.
@@ -268,6 +270,20 @@ impl FromRequestParts<Service> for AuthHost {
     }
 }
 
+/// Path parameters, with a rejection in the API's error format.
+struct PathIn<T>(T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<Service> for PathIn<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, service)
+            .await
+            .map(|Path(v)| PathIn(v))
+            .map_err(|_| bad("a path parameter is not valid"))
+    }
+}
+
 /// `{build_id}/{level}` path parameters, validated.
 struct ReleaseKey(BuildId, PatchLevel);
 
@@ -364,7 +380,7 @@ async fn tuf_root(State(s): State<Service>) -> Result<Response, ApiError> {
 async fn tuf_metadata(
     State(s): State<Service>,
     host: AuthHost,
-    Path((channel, file)): Path<(String, String)>,
+    PathIn((channel, file)): PathIn<(String, String)>,
 ) -> Result<Response, ApiError> {
     let body = s.host_tuf_metadata(&host, &channel, &file).await?;
     Ok(octets(body, "application/json"))
@@ -373,7 +389,7 @@ async fn tuf_metadata(
 async fn tuf_target(
     State(s): State<Service>,
     host: AuthHost,
-    Path((channel, file)): Path<(String, String)>,
+    PathIn((channel, file)): PathIn<(String, String)>,
 ) -> Result<Response, ApiError> {
     let body = s.host_tuf_target(&host, &channel, &file).await?;
     Ok(octets(body, "application/octet-stream"))
@@ -439,7 +455,7 @@ async fn promotions(
 async fn approve(
     State(s): State<Service>,
     user: AuthUser,
-    Path(id): Path<String>,
+    PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::Promotion> {
     Ok(JsonOut(s.approve(&user, &id).await?))
 }
@@ -476,7 +492,7 @@ async fn hosts(
 async fn host(
     State(s): State<Service>,
     user: AuthUser,
-    Path(id): Path<String>,
+    PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::HostInfo> {
     Ok(JsonOut(s.host(&user, &id).await?))
 }
@@ -484,7 +500,7 @@ async fn host(
 async fn set_policy(
     State(s): State<Service>,
     user: AuthUser,
-    Path(id): Path<String>,
+    PathIn(id): PathIn<String>,
     JsonIn(policy): JsonIn<HostPolicy>,
 ) -> ApiResult<klive_format::api::HostInfo> {
     Ok(JsonOut(s.set_host_policy(&user, &id, &policy).await?))
@@ -493,7 +509,7 @@ async fn set_policy(
 async fn revoke(
     State(s): State<Service>,
     user: AuthUser,
-    Path(id): Path<String>,
+    PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::HostInfo> {
     Ok(JsonOut(s.revoke_host(&user, &id).await?))
 }
@@ -524,9 +540,20 @@ async fn add_user(
 async fn create_token(
     State(s): State<Service>,
     user: AuthUser,
-    Path(name): Path<String>,
+    PathIn(name): PathIn<String>,
 ) -> ApiResult<klive_format::api::TokenCreated> {
     Ok(JsonOut(s.create_token(Some(&user), &name).await?))
+}
+
+async fn revoke_tokens(
+    State(s): State<Service>,
+    user: AuthUser,
+    PathIn(name): PathIn<String>,
+) -> ApiResult<serde_json::Value> {
+    let revoked = s.revoke_tokens(Some(&user), &name).await?;
+    Ok(JsonOut(
+        serde_json::json!({"user": name, "revoked": revoked}),
+    ))
 }
 
 async fn audit_log(

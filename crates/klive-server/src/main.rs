@@ -169,6 +169,12 @@ enum TokenCommand {
         #[arg(long = "as", env = "KLIVE_USER")]
         actor: Option<String>,
     },
+    /// Revoke every API token of a user.
+    Revoke {
+        user: String,
+        #[arg(long = "as", env = "KLIVE_USER")]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -353,6 +359,16 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let token = service.create_token(by.as_ref(), &name).await?;
             println!("{}", token.token);
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { user: name, actor },
+        } => {
+            let by = match actor {
+                Some(a) => Some(user(a).await?),
+                None => None,
+            };
+            let n = service.revoke_tokens(by.as_ref(), &name).await?;
+            println!("revoked {n} token(s) of {name}");
         }
         Command::Channel { command } => match command {
             ChannelCommand::List => {

@@ -291,6 +291,36 @@ impl Service {
         })
     }
 
+    /// Revokes every API token of `user`; returns how many were active.
+    pub async fn revoke_tokens(&self, by: Option<&AuthUser>, user: &str) -> Result<u64, Error> {
+        if let Some(u) = by {
+            u.require(Role::Admin)?;
+        }
+        self.user_by_name(user).await?;
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        let n = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let actor = by.map_or(Actor::System, AuthUser::actor);
+        audit::append(
+            &mut tx,
+            now,
+            &actor,
+            "token.revoke",
+            user,
+            json!({"revoked": n}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     pub async fn user_by_name(&self, name: &str) -> Result<AuthUser, Error> {
         let row = sqlx::query("SELECT name, role FROM users WHERE name = $1")
             .bind(name)

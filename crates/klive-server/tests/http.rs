@@ -376,6 +376,22 @@ async fn roles_are_enforced_over_http(fx: Fixture) {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Revoked tokens stop working at once.
+    let admin = token(&fx, "admin").await;
+    let r = c
+        .post("/api/v1/users/vic/tokens/revoke", Some(&alice), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = c.get("/api/v1/fleet", Some(&vic)).await;
+    assert_eq!(r.json()["hosts"], 0);
+    let vic2 = token(&fx, "vic").await;
+    let r = c
+        .post("/api/v1/users/vic/tokens/revoke", Some(&admin), json!({}))
+        .await;
+    assert_eq!(r.json()["revoked"], 2);
+    let r = c.get("/api/v1/fleet", Some(&vic2)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let vic = token(&fx, "vic").await;
     let r = c.get("/api/v1/audit", Some(&vic)).await;
     assert_eq!(r.status, StatusCode::OK);
     let entries = r.json();
