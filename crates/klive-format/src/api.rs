@@ -206,6 +206,17 @@ pub struct FleetGroup {
     pub hosts: u64,
 }
 
+/// Query of `GET /api/v1/hosts`: hosts ordered by id, `limit` (default 1000, at most 10000)
+/// after the id `after`; ask for the next page with the last id received.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostListQuery {
+    #[serde(default)]
+    pub after: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// `PUT /api/v1/hosts/{id}/policy`: replaces the host's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,8 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use klive_format::api::{
-    ChannelRequest, CheckIn, EnrollTokenRequest, ErrorBody, ErrorDetail, HostPolicy,
+    ChannelRequest, CheckIn, EnrollTokenRequest, ErrorBody, ErrorDetail, HostListQuery, HostPolicy,
     PromoteRequest, RegisterRequest, UserRequest, WithdrawRequest,
 };
 use klive_format::release::ReleaseManifest;
@@ -485,8 +486,10 @@ async fn fleet(
 async fn hosts(
     State(s): State<Service>,
     user: AuthUser,
+    query: Result<Query<HostListQuery>, QueryRejection>,
 ) -> ApiResult<Vec<klive_format::api::HostInfo>> {
-    Ok(JsonOut(s.hosts(&user).await?))
+    let Query(q) = query.map_err(|e| bad(format!("the query string is not valid: {e}")))?;
+    Ok(JsonOut(s.hosts(&user, &q).await?))
 }
 
 async fn host(

@@ -12,9 +12,9 @@ use sqlx::any::AnyRow;
 use klive_format::api::{
     Action, AppliedReport, BlobStored, Channel, ChannelEntry, ChannelRequest, CheckIn,
     CheckInResponse, ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetGroup,
-    FleetSummary, HOST_CREDENTIAL_PREFIX, HostInfo, HostPolicy, PromoteRequest, Promotion,
-    PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role, TargetRelease,
-    TokenCreated, USER_TOKEN_PREFIX, User, Withdrawal,
+    FleetSummary, HOST_CREDENTIAL_PREFIX, HostInfo, HostListQuery, HostPolicy, PromoteRequest,
+    Promotion, PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role,
+    TargetRelease, TokenCreated, USER_TOKEN_PREFIX, User, Withdrawal,
 };
 use klive_format::release::ReleaseManifest;
 use klive_format::status::PatchState;
@@ -1354,9 +1354,13 @@ impl Service {
         Ok(summary)
     }
 
-    pub async fn hosts(&self, by: &AuthUser) -> Result<Vec<HostInfo>, Error> {
+    /// One page of hosts, ordered by id.
+    pub async fn hosts(&self, by: &AuthUser, q: &HostListQuery) -> Result<Vec<HostInfo>, Error> {
         by.require(Role::Viewer)?;
-        let rows = sqlx::query("SELECT * FROM hosts ORDER BY hostname, id")
+        let limit = i64::from(q.limit.unwrap_or(1000).clamp(1, 10_000));
+        let rows = sqlx::query("SELECT * FROM hosts WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(q.after.as_deref().unwrap_or(""))
+            .bind(limit)
             .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(host_row).collect()

@@ -4,7 +4,7 @@ mod common;
 
 use bytes::Bytes;
 use klive_format::api::{
-    Action, AppliedReport, CheckIn, EnrollTokenRequest, HostPolicy, PromoteRequest,
+    Action, AppliedReport, CheckIn, EnrollTokenRequest, HostListQuery, HostPolicy, PromoteRequest,
     PromotionStatus, RegisterRequest,
 };
 use klive_format::status::PatchState;
@@ -403,7 +403,28 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "enrollment_token_invalid");
-    assert_eq!(s.hosts(&fx.vic).await.unwrap().len(), 2);
+    let all = s.hosts(&fx.vic, &HostListQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    // Paging by id: one host per page, in order, then nothing.
+    let first = HostListQuery {
+        after: None,
+        limit: Some(1),
+    };
+    let page1 = s.hosts(&fx.vic, &first).await.unwrap();
+    let next = HostListQuery {
+        after: Some(page1[0].id.clone()),
+        limit: Some(1),
+    };
+    let page2 = s.hosts(&fx.vic, &next).await.unwrap();
+    assert_eq!(
+        [page1[0].id.clone(), page2[0].id.clone()],
+        [all[0].id.clone(), all[1].id.clone()]
+    );
+    let last = HostListQuery {
+        after: Some(page2[0].id.clone()),
+        limit: Some(1),
+    };
+    assert!(s.hosts(&fx.vic, &last).await.unwrap().is_empty());
     // Credentials are stored hashed only.
     let stored: Vec<String> = sqlx::query_scalar("SELECT credential_hash FROM hosts")
         .fetch_all(&s.db.pool)

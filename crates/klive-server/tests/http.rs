@@ -199,6 +199,14 @@ async fn agent_path_over_http(fx: Fixture) {
     let r = c.get("/api/v1/releases", Some(&host.credential)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
+    let r = c.get("/api/v1/hosts?limit=abc", Some(&admin)).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let r = c.get("/api/v1/hosts?limit=10", Some(&admin)).await;
+    assert_eq!(r.json()[0]["id"], host.host_id.as_str());
+
     // Admins see the host's report.
     let r = c
         .get(&format!("/api/v1/hosts/{}", host.host_id), Some(&admin))
