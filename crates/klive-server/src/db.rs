@@ -59,8 +59,20 @@ impl Db {
             backend,
             detail: e.to_string(),
         })?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 8 });
+        if backend == Backend::Sqlite {
+            // With WAL, NORMAL syncs at checkpoints instead of every commit: a committed
+            // transaction survives a crash of the process (kill -9), and the database is never
+            // corrupted; only an OS crash or power cut can lose the last commits.
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options
             .connect_with(options)
             .await
             .map_err(|e| Error::DatabaseConnect {
