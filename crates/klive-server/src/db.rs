@@ -72,13 +72,14 @@ impl Db {
                 })
             });
         }
-        let pool = pool_options
-            .connect_with(options)
-            .await
-            .map_err(|e| Error::DatabaseConnect {
-                backend,
-                detail: e.to_string(),
-            })?;
+        let pool =
+            pool_options
+                .connect_with(options)
+                .await
+                .map_err(|e| Error::DatabaseConnect {
+                    backend,
+                    detail: e.to_string(),
+                })?;
         let db = Db { pool, backend };
         if backend == Backend::Sqlite {
             // WAL lets readers proceed while one writer commits; the setting is kept in the file.
