@@ -124,6 +124,10 @@ pub struct CheckIn {
     /// The last update failure, if the previous attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// `/proc/sys/kernel/tainted`, when the agent reports it: the server records changes, so
+    /// evidence shows proprietary, out-of-tree or unsigned modules (taint P, O, E).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taint: Option<u64>,
 }
 
 /// What the host should do after a check-in.

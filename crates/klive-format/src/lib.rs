@@ -5,6 +5,7 @@
 
 pub mod agent_state;
 pub mod api;
+pub mod evidence;
 mod ids;
 pub mod release;
 pub mod status;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "fleet_index",
         include_str!("../migrations/0003_fleet_index.sql"),
     ),
+    ("evidence", include_str!("../migrations/0004_evidence.sql")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,6 +60,10 @@ pub enum Error {
     MetadataNotFound(String),
     #[error("no promotion with id {0:?}")]
     PromotionNotFound(String),
+    #[error("the file is not a valid CVE source, nothing was imported: {0}")]
+    InvalidFeed(String),
+    #[error("{0} was imported before (same sha256); nothing to do")]
+    AlreadyImported(String),
 
     // --- who may do what ----------------------------------------------------------------
     #[error("missing or unknown credentials; send `Authorization: Bearer <token>`")]
@@ -140,6 +144,8 @@ impl Error {
             Error::BadUserName(_) => "bad_user_name",
             Error::HostNotFound(_) => "host_not_found",
             Error::PromotionNotFound(_) => "promotion_not_found",
+            Error::InvalidFeed(_) => "invalid_feed",
+            Error::AlreadyImported(_) => "already_imported",
             Error::MetadataNotFound(_) => "tuf_not_found",
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden { .. } => "forbidden",
@@ -171,7 +177,8 @@ impl Error {
             | "module_size_mismatch"
             | "modinfo_mismatch"
             | "blob_missing"
-            | "bad_user_name" => 400,
+            | "bad_user_name"
+            | "invalid_feed" => 400,
             "unauthenticated" | "enrollment_token_invalid" => 401,
             "forbidden" | "maker_checker" => 403,
             "release_not_found"
@@ -181,7 +188,8 @@ impl Error {
             | "promotion_not_found"
             | "tuf_not_found" => 404,
             "duplicate_release" | "channel_exists" | "user_exists" | "promotion_refused"
-            | "soak_not_elapsed" | "release_withdrawn" | "replayed_checkin" => 409,
+            | "soak_not_elapsed" | "release_withdrawn" | "replayed_checkin"
+            | "already_imported" => 409,
             _ => 500,
         }
     }

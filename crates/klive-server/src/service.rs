@@ -68,6 +68,8 @@ pub struct AuthHost {
     pub applied_state: Option<String>,
     pub boot_id: Option<String>,
     pub last_error: Option<String>,
+    pub taint: Option<i64>,
+    pub last_checkin_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -1014,6 +1016,19 @@ impl Service {
         .bind(&req.agent_version)
         .execute(&mut *tx)
         .await?;
+        let state = crate::history::HostState::reported(
+            &host_id,
+            0,
+            now,
+            &["register"],
+            &req.kernel,
+            None,
+            None,
+            None,
+            None,
+            None,
+        );
+        crate::history::record(&mut tx, &state).await?;
         audit::append(&mut tx, now, &Actor::Host(host_id.clone()), "host.register", &host_id,
             json!({"hostname": hostname, "channel": channel, "kernel": req.kernel.release, "build_id": req.kernel.build_id})).await?;
         tx.commit().await?;
@@ -1030,7 +1045,7 @@ impl Service {
             return Err(Error::Unauthenticated);
         }
         let row = sqlx::query(
-            "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
+            "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
         )
         .bind(sha256_hex(credential.as_bytes()))
         .fetch_optional(&self.db.pool)
@@ -1047,6 +1062,8 @@ impl Service {
             applied_state: row.try_get("applied_state")?,
             boot_id: row.try_get("boot_id")?,
             last_error: row.try_get("last_error")?,
+            taint: row.try_get("taint")?,
+            last_checkin_at: row.try_get("last_checkin_at")?,
         })
     }
 
@@ -1070,6 +1087,7 @@ impl Service {
         let level = c.applied.as_ref().map(|a| i64::from(a.level.get()));
         let state = c.applied.as_ref().map(|a| state_name(a.state));
         let last_error = c.last_error.as_deref().map(|e| truncate(e, 2000));
+        let taint = c.taint.and_then(|t| i64::try_from(t).ok());
         let events = host_events(
             host,
             c,
@@ -1080,7 +1098,7 @@ impl Service {
         );
 
         let update = sqlx::query(
-            "UPDATE hosts SET last_sequence = $1, last_checkin_at = $2, kernel_release = $3, build_id = $4, applied_level = $5, applied_state = $6, boot_id = $7, uptime_secs = $8, agent_version = $9, last_error = $10 WHERE id = $11 AND last_sequence < $1 AND revoked_at IS NULL",
+            "UPDATE hosts SET last_sequence = $1, last_checkin_at = $2, kernel_release = $3, build_id = $4, applied_level = $5, applied_state = $6, boot_id = $7, uptime_secs = $8, agent_version = $9, last_error = $10, taint = $12 WHERE id = $11 AND last_sequence < $1 AND revoked_at IS NULL",
         )
         .bind(seq)
         .bind(now)
@@ -1092,13 +1110,31 @@ impl Service {
         .bind(i64::try_from(c.uptime_secs).unwrap_or(i64::MAX))
         .bind(&c.agent_version)
         .bind(last_error.clone())
-        .bind(&host.id);
+        .bind(&host.id)
+        .bind(taint);
         let affected = if events.is_empty() {
             update.execute(&self.db.pool).await?.rows_affected()
         } else {
             let mut tx = self.db.begin_audited().await?;
             let affected = update.execute(&mut *tx).await?.rows_affected();
             if affected == 1 {
+                let kinds: Vec<&str> = events
+                    .iter()
+                    .map(|(action, _)| action.trim_start_matches("host."))
+                    .collect();
+                let state = crate::history::HostState::reported(
+                    &host.id,
+                    seq,
+                    now,
+                    &kinds,
+                    &c.kernel,
+                    level.zip(state),
+                    Some(&c.boot_id),
+                    i64::try_from(c.uptime_secs).ok(),
+                    taint,
+                    last_error.as_deref(),
+                );
+                crate::history::record(&mut tx, &state).await?;
                 for (action, detail) in &events {
                     audit::append(
                         &mut tx,
@@ -1121,6 +1157,7 @@ impl Service {
                 last: host.last_sequence.max(0) as u64,
             });
         }
+        crate::history::count_daily(&self.db, host.last_checkin_at, now).await?;
         self.decide(host, c.kernel.build_id.as_ref(), c.applied.as_ref(), now)
             .await
     }
@@ -1533,6 +1570,11 @@ fn host_events(
     }
     if last_error.is_some() && host.last_error.as_deref() != last_error {
         events.push(("host.update_failed", json!({"error": last_error})));
+    }
+    if let Some(taint) = c.taint
+        && host.taint != i64::try_from(taint).ok()
+    {
+        events.push(("host.taint", json!({"taint": taint})));
     }
     events
 }

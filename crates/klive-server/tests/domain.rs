@@ -476,6 +476,7 @@ impl Agent {
             boot_id: self.boot_id.clone(),
             agent_version: "0.1.0".into(),
             last_error: None,
+            taint: None,
         }
     }
 
