@@ -2,17 +2,24 @@
 //! CLI in-process against the fake kernel.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use klive_format::api::{Action, FleetReport, FleetStatus, StatusReport};
 use klive_format::status::{ErrorReport, OperationReport, StalledTaskReport};
+use klive_format::{BuildId, PatchLevel};
 use klive_kernel::{Kernel, livepatch};
 
+use crate::fleet::{Fleet, FleetError, RegisterArgs, RootPin};
 use crate::ops::{Agent, ApplyOutcome, BootOutcome, Options, RevertOutcome};
 use crate::report;
 use crate::store::Store;
+use crate::transport::{Connector, UreqConnector};
 use crate::{AgentError, ExitCode};
 
 #[derive(Debug, Parser)]
@@ -44,10 +51,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Apply a klive livepatch module (replacing the current level atomically).
+    /// Apply a klive livepatch module (replacing the current level atomically), or a release
+    /// bundle directory from `klive bundle` (verified against the pinned TUF root first).
     Apply {
-        /// The `.ko` file.
+        /// The `.ko` file, or a bundle directory (metadata/, targets/).
         file: PathBuf,
+        /// For a bundle: the TUF root to verify it with, when this host is not registered.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// For a bundle: the level to apply (default: the highest for this kernel).
+        #[arg(long)]
+        level: Option<PatchLevel>,
         /// Seconds to wait for the transition before reversing it.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
@@ -78,6 +92,71 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Register this host with a klive server (stores its credential, pinned CA and TUF root).
+    Register {
+        /// The server's base URL, e.g. https://patch.example.com:8750.
+        server: String,
+        /// Enrollment token (`kle_...`) from the server's admin.
+        #[arg(long, env = "KLIVE_ENROLLMENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The CA the server's certificate must chain to (the server's DATA/tls/ca.pem).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The server's TUF root.json, copied out of band.
+        #[arg(
+            long,
+            conflicts_with = "root_sha256",
+            required_unless_present = "root_sha256"
+        )]
+        root: Option<PathBuf>,
+        /// SHA-256 of the server's TUF root.json (printed by `klive-server keys init`).
+        #[arg(long)]
+        root_sha256: Option<String>,
+        /// The name the server lists this host under (default: the kernel's hostname).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Accept an http:// server URL (the credential crosses the network in clear).
+        #[arg(long)]
+        allow_plain_http: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check in with the server; exit 2 when it asks for an update or a revert.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check in, then download, verify and apply the level the server names (or revert).
+    Update {
+        /// Keep retrying for this many seconds while the server cannot be reached.
+        #[arg(long, default_value_t = 0)]
+        retry_for: u64,
+        /// Seconds to wait for the transition before reversing it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep this host updated: `update` on a jittered interval (the server's, default 1 h),
+    /// backing off while the server is down; stops cleanly on SIGTERM or SIGINT.
+    Daemon {
+        /// Check-in interval in seconds instead of the server's.
+        #[arg(long)]
+        interval: Option<u64>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Export this host's channel (signed metadata and releases) to a directory, for
+    /// `klive apply DIR` on air-gapped hosts.
+    Bundle {
+        dir: PathBuf,
+        /// Kernel build the releases are for (default: the running kernel's).
+        #[arg(long)]
+        build_id: Option<BuildId>,
+        /// Only this level (default: every level in the channel).
+        #[arg(long)]
+        level: Option<PatchLevel>,
+    },
     /// At boot: re-apply the last good level from the local cache when the kernel matches.
     Boot {
         #[arg(long, default_value_t = 60)]
@@ -91,6 +170,17 @@ pub enum Command {
 pub fn run<K: Kernel>(
     args: impl IntoIterator<Item = OsString>,
     kernel: &K,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    run_with(args, kernel, &UreqConnector::default(), out, err)
+}
+
+/// [`run`] with the network given: tests put a tampering network in front of a real server.
+pub fn run_with<K: Kernel>(
+    args: impl IntoIterator<Item = OsString>,
+    kernel: &K,
+    net: &dyn Connector,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
@@ -108,7 +198,7 @@ pub fn run<K: Kernel>(
             return code;
         }
     };
-    execute(cli, kernel, out, err) as i32
+    execute(cli, kernel, net, out, err) as i32
 }
 
 fn options(timeout: u64) -> Options {
@@ -118,10 +208,113 @@ fn options(timeout: u64) -> Options {
     }
 }
 
-fn execute<K: Kernel>(cli: Cli, kernel: &K, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+fn execute<K: Kernel>(
+    cli: Cli,
+    kernel: &K,
+    net: &dyn Connector,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ExitCode {
     let state_dir = cli.state_dir;
     match cli.command {
-        Command::Status { json } => status(kernel, &state_dir, json, out, err),
+        Command::Status { json } => status(kernel, &state_dir, net, json, out, err),
+        Command::Register {
+            server,
+            token,
+            ca,
+            root,
+            root_sha256,
+            hostname,
+            allow_plain_http,
+            json,
+        } => {
+            let root = match (root, root_sha256) {
+                (Some(file), _) => RootPin::File(file),
+                (None, Some(sha)) => RootPin::Sha256(sha),
+                (None, None) => {
+                    let _ = writeln!(err, "klive: give --root FILE or --root-sha256 HEX");
+                    return ExitCode::Usage;
+                }
+            };
+            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
+            let result = fleet.register(&RegisterArgs {
+                server,
+                token,
+                ca,
+                root,
+                hostname,
+                allow_plain_http,
+            });
+            fleet_finish(out, err, json, result.map(|r| (r, ExitCode::Ok)))
+        }
+        Command::Check { json } => {
+            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
+            let result = fleet.check().map(|(r, due)| {
+                let code = if due {
+                    ExitCode::UpdateAvailable
+                } else {
+                    ExitCode::Ok
+                };
+                (r, code)
+            });
+            fleet_finish(out, err, json, result)
+        }
+        Command::Update {
+            retry_for,
+            timeout,
+            json,
+        } => {
+            let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
+            let started = Instant::now();
+            let mut backoff = Duration::from_secs(1);
+            let result = loop {
+                match fleet.update() {
+                    Err(e)
+                        if e.is_transient()
+                            && started.elapsed() + backoff <= Duration::from_secs(retry_for) =>
+                    {
+                        let _ = writeln!(err, "klive: {e}; retrying in {} s", backoff.as_secs());
+                        let _ = err.flush();
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    other => break other,
+                }
+            };
+            fleet_finish(out, err, json, result.map(|r| (r, ExitCode::Ok)))
+        }
+        Command::Daemon { interval, timeout } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+                    let _ = writeln!(err, "klive: cannot watch signal {signal}: {e}");
+                    return ExitCode::Failed;
+                }
+            }
+            let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
+            let mut log = |line: &str| {
+                let _ = writeln!(err, "{line}");
+                let _ = err.flush();
+            };
+            match fleet.daemon(&stop, interval.map(Duration::from_secs), &mut log) {
+                Ok(()) => ExitCode::Ok,
+                Err(e) => fleet_fail(err, &e),
+            }
+        }
+        Command::Bundle {
+            dir,
+            build_id,
+            level,
+        } => {
+            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
+            match fleet.export_bundle(&dir, build_id, level) {
+                Ok(message) => {
+                    let _ = writeln!(out, "{message}");
+                    ExitCode::Ok
+                }
+                Err(e) => fleet_fail(err, &e),
+            }
+        }
         Command::List { json } => {
             let patches = match livepatch::patches(kernel.root()) {
                 Ok(p) => p
@@ -158,11 +351,37 @@ fn execute<K: Kernel>(cli: Cli, kernel: &K, out: &mut dyn Write, err: &mut dyn W
         },
         Command::Apply {
             file,
+            root,
+            level,
             timeout,
             json,
         } => {
             let agent = Agent::new(kernel, &state_dir, options(timeout));
-            let result = agent.apply(&file).map(|o| match o {
+            let result = if file.is_dir() {
+                let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
+                match fleet.apply_bundle(&file, root.as_deref(), level) {
+                    Ok(o) => Ok(o),
+                    Err(FleetError::Agent(e)) => Err(e),
+                    Err(e) => {
+                        let code = e.exit_code();
+                        if json {
+                            print_json(out, &fleet_error_report("apply", &e));
+                        }
+                        let _ = writeln!(err, "klive: {e}");
+                        return code;
+                    }
+                }
+            } else if root.is_some() || level.is_some() {
+                let _ = writeln!(
+                    err,
+                    "klive: --root and --level apply to a bundle directory, and {} is not one",
+                    file.display()
+                );
+                return ExitCode::Usage;
+            } else {
+                agent.apply(&file)
+            };
+            let result = result.map(|o| match o {
                 ApplyOutcome::Applied {
                     module,
                     level,
@@ -283,6 +502,7 @@ fn execute<K: Kernel>(cli: Cli, kernel: &K, out: &mut dyn Write, err: &mut dyn W
 fn status<K: Kernel>(
     kernel: &K,
     state_dir: &std::path::Path,
+    net: &dyn Connector,
     json: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -303,15 +523,34 @@ fn status<K: Kernel>(
         Ok(s) => s,
         Err(e) => return fail(err, &e),
     };
+    let fleet = match Fleet::new(kernel, state_dir, Options::default(), net).status() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = writeln!(err, "klive: reading the fleet state: {e}");
+            None
+        }
+    };
+    let update_available = fleet.as_ref().is_some_and(|f| f.update_available);
     if json {
-        print_json(out, &s);
+        print_json(
+            out,
+            &StatusReport {
+                status: s.clone(),
+                fleet,
+            },
+        );
     } else {
         let _ = write!(out, "{}", report::render_status(&s));
+        if let Some(f) = &fleet {
+            let _ = write!(out, "{}", render_fleet(f));
+        }
     }
     if !s.support.livepatch {
         ExitCode::Unsupported
     } else if store.load_intent().ok().flatten().is_some() {
         ExitCode::Failed
+    } else if update_available {
+        ExitCode::UpdateAvailable
     } else {
         match &s.klive {
             Some(k) if k.state == klive_format::status::PatchState::Applied => ExitCode::Ok,
@@ -344,6 +583,91 @@ fn finish(
             fail(err, &e)
         }
     }
+}
+
+fn render_fleet(f: &FleetStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "server:        {} (host {})", f.server, f.host_id);
+    let _ = writeln!(o, "channel:       {}", f.channel);
+    let _ = writeln!(
+        o,
+        "last check-in: {}{}",
+        f.last_checkin_at.as_deref().unwrap_or("never"),
+        match (&f.last_action, &f.target_level, &f.reason) {
+            (Some(a), t, Some(r)) => format!(
+                " ({}{}: {r})",
+                match a {
+                    Action::None => "nothing to do",
+                    Action::Apply => "apply",
+                    Action::Revert => "revert",
+                },
+                t.map(|l| format!(" level {l}")).unwrap_or_default()
+            ),
+            _ => String::new(),
+        }
+    );
+    if f.update_available {
+        let _ = writeln!(o, "update:        available: run `klive update`");
+    }
+    if let Some(e) = &f.last_error {
+        let _ = writeln!(o, "last failure:  {e}");
+    }
+    o
+}
+
+fn fleet_finish(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    json: bool,
+    result: Result<(FleetReport, ExitCode), FleetError>,
+) -> ExitCode {
+    match result {
+        Ok((r, code)) => {
+            if json {
+                print_json(out, &r);
+            } else {
+                let _ = writeln!(out, "{}", r.message);
+            }
+            code
+        }
+        Err(e) => {
+            if json {
+                print_json(out, &fleet_error_report("fleet", &e));
+            }
+            fleet_fail(err, &e)
+        }
+    }
+}
+
+fn fleet_error_report(operation: &str, e: &FleetError) -> OperationReport {
+    let code = match e {
+        FleetError::Agent(a) => return error_report(operation, a),
+        FleetError::Refused { .. } | FleetError::Tuf { .. } => "refused",
+        FleetError::NotRegistered => "not-registered",
+        FleetError::Net(_) => "network",
+        FleetError::Server { .. } => "server",
+        FleetError::Store(_) => "state",
+        FleetError::Usage(_) => "usage",
+    };
+    OperationReport {
+        operation: operation.into(),
+        result: "failed".into(),
+        module: None,
+        level: None,
+        replaced: vec![],
+        transition_ms: None,
+        message: e.to_string(),
+        error: Some(ErrorReport {
+            code: code.into(),
+            exit_code: e.exit_code() as i32,
+            stalled_tasks: vec![],
+        }),
+    }
+}
+
+fn fleet_fail(err: &mut dyn Write, e: &FleetError) -> ExitCode {
+    let _ = writeln!(err, "klive: {e}");
+    e.exit_code()
 }
 
 fn error_report(operation: &str, e: &AgentError) -> OperationReport {

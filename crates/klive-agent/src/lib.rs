@@ -6,9 +6,12 @@
 //! [`report`], the command line in [`cli`].
 
 pub mod cli;
+pub mod config;
+pub mod fleet;
 pub mod ops;
 pub mod report;
 pub mod store;
+pub mod transport;
 
 use std::time::Duration;
 

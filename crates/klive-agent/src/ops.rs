@@ -101,6 +101,45 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// What a release's signed metadata says its module is; [`Agent::apply_verified`] refuses
+/// any other bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedModule {
+    pub sha256: String,
+    pub size: u64,
+    pub module_name: String,
+    pub level: PatchLevel,
+    pub build_id: BuildId,
+}
+
+impl ExpectedModule {
+    fn check(&self, bytes: &[u8], info: &ModuleInfo) -> Result<(), AgentError> {
+        let sha = sha256_hex(bytes);
+        if bytes.len() as u64 != self.size || sha != self.sha256 {
+            return Err(AgentError::refused(
+                format!(
+                    "{} is not the verified release: {} bytes with sha256 {sha}, expected {} bytes with sha256 {}",
+                    info.path.display(),
+                    bytes.len(),
+                    self.size,
+                    self.sha256
+                ),
+                "nothing was loaded; the staged download changed on disk: run `klive update` again",
+            ));
+        }
+        if info.name != self.module_name {
+            return Err(AgentError::refused(
+                format!(
+                    "the module is named {} but its signed manifest names {}",
+                    info.name, self.module_name
+                ),
+                "nothing was loaded; the release is inconsistent: report it to its publisher",
+            ));
+        }
+        Ok(())
+    }
+}
+
 enum Wait {
     Done,
     Gone,
@@ -335,12 +374,45 @@ impl<'k, K: Kernel> Agent<'k, K> {
     /// `klive apply FILE.ko`.
     pub fn apply(&self, path: &Path) -> Result<ApplyOutcome, AgentError> {
         let _lock = self.begin()?;
-        self.apply_locked(path)
+        self.apply_locked(path, None)
     }
 
-    fn apply_locked(&self, path: &Path) -> Result<ApplyOutcome, AgentError> {
+    /// Applies a downloaded release whose signed metadata says what the module must be. The
+    /// file is read once; those bytes are checked against `expected`, inspected, cached and
+    /// loaded from the cache, so the bytes verified are the bytes the kernel gets.
+    pub fn apply_verified(
+        &self,
+        path: &Path,
+        expected: &ExpectedModule,
+    ) -> Result<ApplyOutcome, AgentError> {
+        let _lock = self.begin()?;
+        self.apply_locked(path, Some(expected))
+    }
+
+    fn apply_locked(
+        &self,
+        path: &Path,
+        expected: Option<&ExpectedModule>,
+    ) -> Result<ApplyOutcome, AgentError> {
         let (bytes, info) = self.read_module(path)?;
+        if let Some(e) = expected {
+            e.check(&bytes, &info)?;
+        }
         let (level, build_id) = self.check_module(&info)?;
+        if let Some(e) = expected
+            && (level != e.level || build_id != e.build_id)
+        {
+            return Err(AgentError::refused(
+                format!(
+                    "{} says level {level} for build {} but its signed manifest says level {} for build {}",
+                    info.name,
+                    build_id.short(),
+                    e.level,
+                    e.build_id.short()
+                ),
+                "nothing was loaded; the release is inconsistent: report it to its publisher",
+            ));
+        }
         let patches = livepatch::patches(self.kernel.root())?;
         if let Some(busy) = patches.iter().find(|p| p.transition) {
             return Err(AgentError::refused(
@@ -696,7 +768,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
                 "nothing was loaded; the cache was changed on disk: fetch the release again",
             ));
         }
-        self.apply_locked(&cached).map(BootOutcome::Restored)
+        self.apply_locked(&cached, None).map(BootOutcome::Restored)
     }
 
     /// Finishes or rolls back an operation a previous process left unfinished. Call with the

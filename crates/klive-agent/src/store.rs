@@ -82,8 +82,13 @@ impl Store {
 
     /// Takes the exclusive lock, waiting up to `wait`.
     pub fn lock(&self, wait: Duration) -> Result<Lock, StoreError> {
+        self.lock_named("lock", wait)
+    }
+
+    /// Takes the exclusive lock file `name` in the state directory, waiting up to `wait`.
+    pub fn lock_named(&self, name: &str, wait: Duration) -> Result<Lock, StoreError> {
         self.ensure_dir()?;
-        let path = self.path("lock");
+        let path = self.path(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -238,6 +243,26 @@ pub enum Durability {
 /// Write a temp file, rename it over `path`; with [`Durability::Durable`] fsync the data
 /// before the rename and the directory after.
 pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), StoreError> {
+    write_atomic_mode(path, bytes, durability, 0o644)
+}
+
+/// [`write_atomic`] for secrets: the file is created with mode 0600, so there is no moment
+/// at which another user can read it.
+pub fn write_atomic_private(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), StoreError> {
+    write_atomic_mode(path, bytes, durability, 0o600)
+}
+
+fn write_atomic_mode(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+    mode: u32,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -245,7 +270,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err("creating", &tmp))?;
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
         f.write_all(bytes).map_err(io_err("writing", &tmp))?;
         if durability == Durability::Durable {
             f.sync_all().map_err(io_err("syncing", &tmp))?;

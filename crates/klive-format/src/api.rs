@@ -399,6 +399,93 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// The agent's side of the fleet: its files in the state directory and its reports
+
+/// Version of the agent's fleet files (`fleet/registration.json`, `fleet/checkin.json`).
+pub const FLEET_FORMAT: u32 = 1;
+
+/// `STATE/fleet/registration.json` (mode 0600): which server this host belongs to, its
+/// credential, and what it trusts. Written once by `klive register`, replaced as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRegistration {
+    pub format: u32,
+    /// Base URL, e.g. `https://patch.example.com:8750` (no trailing slash).
+    pub server: String,
+    pub host_id: String,
+    /// `klh_...`; the server keeps only its hash.
+    pub credential: String,
+    /// The channel the enrollment token put this host in.
+    pub channel: String,
+    /// PEM of the CA the server's certificate must chain to (the system store is never used);
+    /// `None` only for a plain-HTTP server registered with `--allow-plain-http`.
+    pub ca_pem: Option<String>,
+    /// The pinned TUF root, the exact bytes of the server's `root.json`.
+    pub tuf_root: String,
+    pub tuf_root_sha256: String,
+    pub registered_at: String,
+}
+
+/// `STATE/fleet/checkin.json`: the last check-in and the outcome of the last update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetCheckinState {
+    pub format: u32,
+    /// The sequence of the last check-in sent (`max(now_ms, last + 1)`).
+    pub last_sequence: u64,
+    /// When the last check-in was answered.
+    #[serde(default)]
+    pub last_checkin_at: Option<String>,
+    /// The server's last answer.
+    #[serde(default)]
+    pub last_answer: Option<CheckInResponse>,
+    /// The last update failure, sent as `last_error` in the next check-in; cleared by success.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// The fleet part of `klive status --json` (`fleet`; absent when the host is not registered).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub server: String,
+    pub host_id: String,
+    pub channel: String,
+    pub tuf_root_sha256: String,
+    pub last_checkin_at: Option<String>,
+    /// What the last check-in asked for: `none`, `apply` or `revert`.
+    pub last_action: Option<Action>,
+    pub target_level: Option<PatchLevel>,
+    pub reason: Option<String>,
+    /// The last check-in asked for a change that has not been made yet (`klive status` exits 2).
+    pub update_available: bool,
+    pub last_error: Option<String>,
+}
+
+/// `klive status --json`: the host's report plus, when registered, its fleet status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub status: crate::status::AgentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// `--json` answer of `klive register`, `check`, `update` and the daemon's log lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetReport {
+    pub operation: String,
+    /// `registered`, `up-to-date`, `update-available`, `applied`, `already-applied`,
+    /// `reverted`, `nothing-applied`, or `failed`.
+    pub result: String,
+    pub server: String,
+    pub host_id: String,
+    pub channel: String,
+    pub action: Option<Action>,
+    pub target: Option<TargetRelease>,
+    /// The klive level loaded after the command.
+    pub applied_level: Option<PatchLevel>,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
