@@ -98,3 +98,42 @@ lp_gone() {
 taint_has() {
     [ $(($(cat /proc/sys/kernel/tainted) >> $1 & 1)) -eq 1 ]
 }
+
+# host_step NAME [ARGS...]: asks the host (xtask/src/vm/fleet.rs) to carry out a step of the
+# fleet boot and waits for its answer: prints `KLIVE-STEP <n> NAME ARGS` on the console,
+# then polls 10.0.2.101:80 (QEMU runs `cat` of the host's answer file for each connection)
+# until it reads `done <n>` or `failed <n>: <reason>`. Status 0 when done; the answer is in
+# $KLIVE_STEP_REPLY. Only the fleet boot has a network.
+host_step() {
+    _n=$(($(cat /tmp/klive-step 2> /dev/null || echo 0) + 1))
+    echo "$_n" > /tmp/klive-step
+    echo "KLIVE-STEP $_n $*"
+    _ticks=900
+    while [ "$_ticks" -gt 0 ]; do
+        KLIVE_STEP_REPLY=$(timeout 5 nc 10.0.2.101 80 < /dev/null 2> /dev/null)
+        case "$KLIVE_STEP_REPLY" in
+        "done $_n") return 0 ;;
+        "failed $_n:"*) return 1 ;;
+        esac
+        sleep 0.2
+        _ticks=$((_ticks - 1))
+    done
+    KLIVE_STEP_REPLY="the host did not answer step $_n ($*)"
+    return 1
+}
+
+# check_step DETAIL NAME [ARGS...]: host_step, counted as a result.
+check_step() {
+    _detail=$1
+    shift
+    if host_step "$@"; then
+        pass "$_detail"
+    else
+        fail "$_detail: $KLIVE_STEP_REPLY"
+    fi
+}
+
+# json_field NAME: the first `"NAME": value` of pretty-printed JSON on stdin, unquoted.
+json_field() {
+    sed -n "s/^ *\"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -n 1
+}

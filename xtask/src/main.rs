@@ -35,6 +35,10 @@ enum Task {
     },
     /// Run only the VM end-to-end tests.
     VmTest,
+    /// Internal: QEMU runs this for each guest connection of the fleet boot (a byte relay
+    /// from stdin/stdout to ADDR on the host's loopback).
+    #[command(hide = true)]
+    VmRelay { addr: String },
     /// Measure a component; results go to BENCHMARKS.md.
     Bench {
         /// What to measure.
@@ -52,6 +56,10 @@ enum BenchTarget {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Task::VmRelay { addr } = &cli.task {
+        // Nothing may be printed: stderr is the guest's connection too.
+        return vm::http::relay(addr).or(Ok(()));
+    }
     let root = workspace_root();
     std::env::set_current_dir(&root)
         .with_context(|| format!("entering the workspace root {}", root.display()))?;
@@ -59,6 +67,7 @@ fn main() -> Result<()> {
         Task::Demo => vm::demo(&root),
         Task::Test { no_vm } => test(&root, no_vm),
         Task::VmTest => check_vm_summary(&vm::run_tests(&root)?),
+        Task::VmRelay { .. } => Ok(()),
         Task::Bench { what } => match what {
             BenchTarget::Agent => vm::bench_agent(&root),
             BenchTarget::Build => vm::bench_build(&root),

@@ -210,6 +210,8 @@ fn tuf_error(what: &str, e: tough::error::Error) -> FleetError {
     let lower = detail.to_lowercase();
     let hint = if transient {
         "the server did not answer; retry later (the daemon does)"
+    } else if lower.contains("blob_corrupt") {
+        "the server's stored module does not match its digest (tampered or corrupted storage): report it to the server's operator"
     } else if lower.contains("expired") {
         "the signed metadata has expired (a stale mirror or a server that stopped re-signing): ask the server's operator to check it"
     } else if lower.contains("version") && lower.contains("previously") {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use klive_format::api::ErrorBody;
 use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
@@ -240,11 +241,20 @@ impl Transport for ServerTransport {
         match response.status {
             200 => Ok(one_chunk(response.body)),
             404 => Err(TransportError::new(TransportErrorKind::FileNotFound, &url)),
-            other => Err(TransportError::new_with_cause(
-                TransportErrorKind::Other,
-                &url,
-                format!("the server answered HTTP {other}"),
-            )),
+            other => {
+                let detail = match serde_json::from_slice::<ErrorBody>(&response.body) {
+                    Ok(b) => format!(
+                        "the server answered HTTP {other} ({}: {})",
+                        b.error.code, b.error.message
+                    ),
+                    Err(_) => format!("the server answered HTTP {other}"),
+                };
+                Err(TransportError::new_with_cause(
+                    TransportErrorKind::Other,
+                    &url,
+                    detail,
+                ))
+            }
         }
     }
 }

@@ -12,9 +12,16 @@ use anyhow::{Context, Result, bail};
 use super::kernel::TargetKernel;
 
 /// Kernel modules the guest loads at boot for the state disk: virtio PCI transport, virtio
-/// block device, ext4 and the crc32c it checksums metadata with. Their dependencies are
+/// block device, ext4 and the crc32c it checksums metadata with; and the virtio network
+/// card of the fleet boot (the other boots have none). Their dependencies are
 /// added from modules.dep; any that the kernel has built in are skipped.
-pub const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+pub const BOOT_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "virtio_net",
+];
 
 /// A newc ("070701") cpio archive being built in memory.
 #[derive(Debug, Default)]
@@ -160,6 +167,8 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
         (vm.join("scenarios/phase2"), "tests/phase2"),
         (vm.join("demo"), "tests/demo"),
         (vm.join("bench"), "tests/bench"),
+        // `klive.phase=fleet`: the agent against a klive-server on the host (vm/fleet.rs).
+        (vm.join("scenarios/fleet"), "tests/phasefleet"),
         // `klive.phase=kallsyms`: the boot that takes klive-build's symbol source.
         (vm.join("scenarios/kallsyms"), "tests/phasekallsyms"),
     ] {

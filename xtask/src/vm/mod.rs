@@ -12,9 +12,12 @@
 //! Environment: `KLIVE_VM_ACCEL=tcg|kvm` skips the KVM probe; `KLIVE_VM_TIMEOUT=SECS`
 //! changes the wall-clock limit of one boot (default 300); `KLIVE_VM_AGENT=PATH` puts that
 //! static binary in the guest as `/bin/klive` instead of building the agent (for iterating
-//! on the harness while the agent does not build).
+//! on the harness while the agent does not build); `KLIVE_VM_PHASES=1,2,fleet` runs only
+//! the listed boots (for iterating; `cargo xtask test` runs all).
 
 mod bench;
+mod fleet;
+pub(crate) mod http;
 mod initramfs;
 mod kallsyms;
 mod kernel;
@@ -81,8 +84,10 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
     let disk = fresh_disk(&guest.work, "disk.img")?;
     let limit = boot_limit()?;
 
+    let only = std::env::var("KLIVE_VM_PHASES").ok();
+    let wanted = |p: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == p));
     let mut all: Vec<(String, TestResult)> = Vec::new();
-    for phase in ["1", "2"] {
+    for phase in ["1", "2"].into_iter().filter(|p| wanted(p)) {
         let boot = boot(&guest, &disk, phase, "quiet", limit);
         eprintln!(
             "xtask: == VM phase {phase} (console log: {})",
@@ -96,6 +101,12 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
         );
         for result in results::tally(phase, &outcome.lines, outcome.timed_out, limit) {
             all.push((results::label(phase), result));
+        }
+    }
+
+    if wanted("fleet") {
+        for result in run_fleet(root, &guest, limit)? {
+            all.push(("fleet".to_owned(), result));
         }
     }
 
@@ -117,6 +128,49 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
     );
     println!("{} passed, {} failed", summary.passed, summary.failed);
     Ok(summary)
+}
+
+/// The fleet boot: a klive-server on the host's loopback, the guest agent registering and
+/// updating through QEMU user networking, the xtask doing the admin steps the guest asks
+/// for (`fleet.rs`). Its own fresh disk, holding what the guest must pin.
+fn run_fleet(root: &Path, guest: &Guest, limit: Duration) -> Result<Vec<TestResult>> {
+    let seed = guest.work.join("fleet-disk-seed");
+    if seed.exists() {
+        fs::remove_dir_all(&seed).with_context(|| format!("removing {}", seed.display()))?;
+    }
+    let mut server = timed("starting the klive-server for the fleet boot", || {
+        fleet::FleetServer::start(
+            root,
+            &guest.work,
+            &guest.kernel.release,
+            &guest.build_id,
+            &guest.modules,
+            &seed.join("harness/fleet"),
+        )
+    })?;
+    let disk = fresh_disk_with(&guest.work, "fleet-disk.img", Some(&seed))?;
+    let mut boot = boot(guest, &disk, "fleet", "quiet", limit);
+    boot.nic = Some(server.qemu_nic()?);
+    eprintln!(
+        "xtask: == VM fleet boot (console log: {}, server log: {})",
+        boot.log.display(),
+        guest.work.join("fleet-server.log").display()
+    );
+    let outcome = boot.run(|line| {
+        println!("[vm fleet] {line}");
+        server.on_line(line);
+    })?;
+    eprintln!(
+        "xtask: fleet boot took {:.1} s",
+        outcome.elapsed.as_secs_f64()
+    );
+    drop(server);
+    Ok(results::tally(
+        "fleet",
+        &outcome.lines,
+        outcome.timed_out,
+        limit,
+    ))
 }
 
 pub fn demo(root: &Path) -> Result<()> {
@@ -317,6 +371,7 @@ fn boot<'a>(
         append: format!("console=ttyS0 {verbosity} panic=-1 klive.phase={phase}"),
         log: guest.work.join(format!("{}.log", results::label(phase))),
         limit,
+        nic: None,
     }
 }
 
@@ -406,6 +461,11 @@ fn build_agent(root: &Path) -> Result<PathBuf> {
 
 /// A new raw disk image formatted ext4, so every run starts from an empty state dir.
 fn fresh_disk(work: &Path, name: &str) -> Result<PathBuf> {
+    fresh_disk_with(work, name, None)
+}
+
+/// [`fresh_disk`], holding a copy of the directory `seed` when given (`mkfs.ext4 -d`).
+fn fresh_disk_with(work: &Path, name: &str, seed: Option<&Path>) -> Result<PathBuf> {
     let disk = work.join(name);
     let file = fs::File::create(&disk).with_context(|| format!("creating {}", disk.display()))?;
     file.set_len(DISK_SIZE)
@@ -420,6 +480,10 @@ fn fresh_disk(work: &Path, name: &str) -> Result<PathBuf> {
         .args(["-q", "-F", "-L", "klive-state"])
         // Initialise everything now: the lazy-init thread would otherwise run in the guest.
         .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .args(
+            seed.map(|d| vec![std::ffi::OsStr::new("-d"), d.as_os_str()])
+                .unwrap_or_default(),
+        )
         .arg(&disk)
         .output()
         .context("running mkfs.ext4: install e2fsprogs")?;

@@ -93,6 +93,8 @@ pub struct Boot<'a> {
     pub append: String,
     pub log: PathBuf,
     pub limit: Duration,
+    /// QEMU `-nic` value; `None` gives the guest no network.
+    pub nic: Option<String>,
 }
 
 /// What the console showed.
@@ -109,7 +111,8 @@ impl Boot<'_> {
     pub fn run(&self, each_line: impl FnMut(&str)) -> Result<Outcome> {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(self.accel.args())
-            .args(["-m", "512", "-nographic", "-no-reboot", "-nic", "none"])
+            .args(["-m", "512", "-nographic", "-no-reboot", "-nic"])
+            .arg(self.nic.as_deref().unwrap_or("none"))
             .arg("-kernel")
             .arg(self.kernel)
             .arg("-initrd")
