@@ -7,15 +7,31 @@ pub fn system_now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// The service's clock: the system clock plus an offset that only tests change.
+/// The service's clock: the system clock plus an offset that only tests change, or (for
+/// simulations) a frozen time that moves only when told to.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     offset_ms: Arc<AtomicI64>,
+    frozen: bool,
 }
 
 impl Clock {
+    /// A clock that stands still at `ms` until [`Clock::advance_secs`] moves it, so that a
+    /// simulation knows the exact time of everything it does.
+    pub fn frozen(ms: i64) -> Clock {
+        Clock {
+            offset_ms: Arc::new(AtomicI64::new(ms)),
+            frozen: true,
+        }
+    }
+
     pub fn now_ms(&self) -> i64 {
-        system_now_ms() + self.offset_ms.load(Ordering::Relaxed)
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        if self.frozen {
+            offset
+        } else {
+            system_now_ms() + offset
+        }
     }
 
     /// Moves this clock (and its clones) forward.

@@ -177,8 +177,15 @@ pub fn parse_debian_changelog(file: &str, text: &str) -> Result<Vec<ChangelogEnt
             }
             continue;
         }
-        // Emacs trailers and pre-Debian history end the parsable part, as in dpkg.
-        if line.starts_with("Local variables:") || line.starts_with("Old Changelog:") {
+        // Comments (Debian trims old entries with a `# Older entries ...` note) are skipped;
+        // editor trailers and pre-Debian history end the parsable part, as in dpkg.
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with("Local variables:")
+            || line.starts_with("Old Changelog:")
+            || line.starts_with("vim:")
+        {
             break;
         }
         if let Some(entry) = &open {

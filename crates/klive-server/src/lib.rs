@@ -6,6 +6,7 @@
 pub mod api;
 pub mod audit;
 pub mod blobs;
+pub mod charts;
 pub mod clock;
 pub mod crypto;
 pub mod cve;
@@ -16,6 +17,7 @@ pub mod findings;
 pub mod history;
 pub mod modinfo;
 pub mod policy;
+pub mod report;
 pub mod service;
 pub mod tls;
 pub mod tuf;

@@ -2,6 +2,8 @@
 //! data directory or database as the server, as a named user (`--as`), with the same role
 //! checks and audit records as the HTTP API.
 
+mod evidence_cli;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -113,6 +115,26 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Import CVE knowledge (Debian changelogs, OSV, CISA KEV).
+    Cve {
+        #[command(subcommand)]
+        command: evidence_cli::CveCommand,
+    },
+    /// Show or change the SLA policy.
+    Policy {
+        #[command(subcommand)]
+        command: evidence_cli::PolicyCommand,
+    },
+    /// Manage SLA exceptions (risk acceptances).
+    Exception {
+        #[command(subcommand)]
+        command: evidence_cli::ExceptionCommand,
+    },
+    /// SOC 2 evidence packs: write one, verify one.
+    Report {
+        #[command(subcommand)]
+        command: evidence_cli::ReportCommand,
     },
 }
 
@@ -239,7 +261,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("{s:?} is not a role: viewer, publisher, approver or admin"))
 }
 
-fn parse_duration(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(secs);
     }
@@ -265,6 +287,13 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // Auditors verify packs without the server's database.
+    if let Command::Report {
+        command: evidence_cli::ReportCommand::Verify { dir, key },
+    } = &cli.command
+    {
+        return evidence_cli::verify(&cli.data, dir, key.clone());
+    }
     let service = klive_server::open(&cli.data, cli.database_url.as_deref())
         .await
         .with_context(|| format!("opening the server state in {}", cli.data.display()))?;
@@ -520,6 +549,42 @@ async fn run(cli: Cli) -> Result<()> {
                 t.channel, t.max_uses, t.expires_at
             );
         }
+        Command::Cve { command } => {
+            let evidence_cli::CveCommand::Import { actor, .. } = &command;
+            let by = user(actor.clone()).await?;
+            evidence_cli::cve(&service, &by, command).await?
+        }
+        Command::Policy { command } => {
+            let by = match &command {
+                evidence_cli::PolicyCommand::Set { actor, .. } => Some(user(actor.clone()).await?),
+                evidence_cli::PolicyCommand::Show => None,
+            };
+            evidence_cli::policy(&service, by.as_ref(), command).await?
+        }
+        Command::Exception { command } => {
+            let by = match &command {
+                evidence_cli::ExceptionCommand::Add { actor, .. } => {
+                    Some(user(actor.clone()).await?)
+                }
+                evidence_cli::ExceptionCommand::List => None,
+            };
+            evidence_cli::exception(&service, by.as_ref(), command).await?
+        }
+        Command::Report { command } => match command {
+            evidence_cli::ReportCommand::Soc2 {
+                from,
+                to,
+                out,
+                no_pdf,
+                actor,
+            } => {
+                let by = user(actor).await?;
+                evidence_cli::soc2(&service, &cli.data, &by, &from, &to, &out, no_pdf).await?
+            }
+            evidence_cli::ReportCommand::Verify { dir, key } => {
+                evidence_cli::verify(&cli.data, &dir, key)?
+            }
+        },
         Command::Audit {
             command: AuditCommand::Verify,
         } => match audit::verify(&service.db).await? {
