@@ -4,6 +4,7 @@
 //! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
+mod bench_server;
 mod build_bench;
 mod build_tests;
 mod deps;
@@ -36,9 +37,13 @@ enum Task {
     /// Run only the VM end-to-end tests.
     VmTest,
     /// Internal: QEMU runs this for each guest connection of the fleet boot (a byte relay
-    /// from stdin/stdout to ADDR on the host's loopback).
+    /// from stdin/stdout to ADDR on the host's loopback; KILL_FILE arms a server crash in
+    /// the middle of a download).
     #[command(hide = true)]
-    VmRelay { addr: String },
+    VmRelay {
+        addr: String,
+        kill_file: Option<PathBuf>,
+    },
     /// Measure a component; results go to BENCHMARKS.md.
     Bench {
         /// What to measure.
@@ -52,13 +57,16 @@ enum BenchTarget {
     Agent,
     /// klive-build cold and warm beside a measured full-kernel-build sample.
     Build,
+    /// klive-server check-ins/s and latency beside its health endpoint, SQLite and
+    /// PostgreSQL, and fleet status over 100,000 hosts.
+    Server,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Task::VmRelay { addr } = &cli.task {
+    if let Task::VmRelay { addr, kill_file } = &cli.task {
         // Nothing may be printed: stderr is the guest's connection too.
-        return vm::http::relay(addr).or(Ok(()));
+        return vm::http::relay(addr, kill_file.as_deref()).or(Ok(()));
     }
     let root = workspace_root();
     std::env::set_current_dir(&root)
@@ -71,6 +79,7 @@ fn main() -> Result<()> {
         Task::Bench { what } => match what {
             BenchTarget::Agent => vm::bench_agent(&root),
             BenchTarget::Build => vm::bench_build(&root),
+            BenchTarget::Server => bench_server::run(&root),
         },
     }
 }

@@ -23,7 +23,7 @@ pub fn test_server() -> Result<()> {
     crate::run(cmd).context("klive-server tests against PostgreSQL failed")
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
     url: String,
@@ -31,7 +31,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Result<Cluster> {
+    pub(crate) fn start() -> Result<Cluster> {
         deps::ensure_apt(&["postgresql"])?;
         let bin = pg_bin_dir()?;
         let as_postgres = is_root();
@@ -82,6 +82,11 @@ impl Cluster {
         }
         cluster.url = format!("postgres://klive@127.0.0.1:{port}/postgres");
         Ok(cluster)
+    }
+
+    /// `postgres://klive@127.0.0.1:PORT/postgres`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
     }
 
     /// A PostgreSQL tool, run as `postgres` when we are root.

@@ -312,11 +312,7 @@ fn server_url(s: &str, allow_plain_http: bool) -> Result<String, FleetError> {
 pub fn jitter(base: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .elapsed()
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
     let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
     base.mul_f64(0.75 + unit * 0.5)
 }
@@ -1210,4 +1206,112 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), FleetError> {
 fn tempfile_dir(files: &FleetFiles) -> Result<PathBuf, FleetError> {
     let dir = files.tuf_datastore(&format!("export-check-{}", std::process::id()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(action: Action, level: Option<u32>) -> CheckInResponse {
+        CheckInResponse {
+            host_id: "h".into(),
+            channel: "canary".into(),
+            action,
+            target: level.map(|l| TargetRelease {
+                build_id: "3e0c8f6a1b2c4d5e".parse().unwrap(),
+                level: PatchLevel::new(l).unwrap(),
+                module_name: format!("klive_l{l}"),
+                sha256: "0".repeat(64),
+                size: 1,
+                manifest_path: String::new(),
+                module_path: String::new(),
+            }),
+            reason: String::new(),
+            next_checkin_secs: 3600,
+        }
+    }
+
+    fn applied(level: u32) -> AppliedReport {
+        AppliedReport {
+            level: PatchLevel::new(level).unwrap(),
+            state: klive_format::status::PatchState::Applied,
+        }
+    }
+
+    #[test]
+    fn update_is_due_only_for_a_change_not_yet_made() {
+        assert!(!update_due(
+            &answer(Action::None, Some(1)),
+            Some(&applied(1))
+        ));
+        assert!(update_due(
+            &answer(Action::Apply, Some(2)),
+            Some(&applied(1))
+        ));
+        assert!(update_due(
+            &answer(Action::Apply, Some(1)),
+            Some(&applied(2))
+        ));
+        assert!(update_due(&answer(Action::Apply, Some(1)), None));
+        assert!(!update_due(
+            &answer(Action::Apply, Some(1)),
+            Some(&applied(1))
+        ));
+        assert!(update_due(&answer(Action::Revert, None), Some(&applied(1))));
+        assert!(!update_due(&answer(Action::Revert, None), None));
+    }
+
+    #[test]
+    fn jitter_spreads_around_the_interval() {
+        let base = Duration::from_secs(3600);
+        let samples: Vec<Duration> = (0..200).map(|_| jitter(base)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= base.mul_f64(0.75) && *d < base.mul_f64(1.25))
+        );
+        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+        assert!(distinct.len() > 150, "jitter must differ between calls");
+    }
+
+    #[test]
+    fn server_urls_are_normalised_or_refused() {
+        assert_eq!(
+            server_url("https://patch.example.com:8750/", false).unwrap(),
+            "https://patch.example.com:8750"
+        );
+        assert!(server_url("http://patch.example.com", false).is_err());
+        assert_eq!(
+            server_url("http://127.0.0.1:1", true).unwrap(),
+            "http://127.0.0.1:1"
+        );
+        for bad in [
+            "patch.example.com",
+            "ftp://x",
+            "https://x/api",
+            "https://x?a=1",
+            "https://user@x",
+        ] {
+            assert!(server_url(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_errors_carry_code_message_and_hint() {
+        let e = server_error(
+            "the check-in",
+            401,
+            br#"{"error":{"code":"unauthenticated","message":"unknown credential"}}"#,
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("unauthenticated") && text.contains("register it again"),
+            "{text}"
+        );
+        assert!(!e.is_transient());
+        let e = server_error("x", 503, b"<html>busy</html>");
+        assert!(e.is_transient(), "{e}");
+        let corrupt = br#"{"error":{"code":"blob_corrupt","message":"m"}}"#;
+        assert!(!server_error("x", 500, corrupt).is_transient());
+    }
 }

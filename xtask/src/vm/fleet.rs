@@ -185,10 +185,15 @@ impl FleetServer {
 
     /// The `-nic` argument that connects the guest to this server and no further.
     pub fn qemu_nic(&self) -> Result<String> {
-        let xtask = std::env::current_exe().context("finding the xtask binary")?;
+        // A copy of this very binary: QEMU starts it for each guest connection, and a
+        // rebuild of xtask during the boot must not pull it away.
+        let xtask = self.work.join("fleet-relay");
+        fs::copy("/proc/self/exe", &xtask).context("copying the xtask binary for the relay")?;
         let ack = self.ack_file();
         fs::write(&ack, b"none\n")?;
-        for p in [&xtask, &ack] {
+        let _ = fs::remove_file(self.kill_file());
+        let _ = fs::remove_file(self.kill_file().with_extension("done"));
+        for p in [&xtask, &ack, &self.kill_file()] {
             if p.to_string_lossy().contains([',', ' ']) {
                 bail!(
                     "{} contains a comma or space, which QEMU's -nic syntax cannot carry; move the workspace",
@@ -198,16 +203,22 @@ impl FleetServer {
         }
         Ok(format!(
             "user,model=virtio-net-pci,restrict=on,\
-             guestfwd=tcp:{GUEST_SERVER}:{GUEST_SERVER_PORT}-cmd:{} vm-relay 127.0.0.1:{},\
+             guestfwd=tcp:{GUEST_SERVER}:{GUEST_SERVER_PORT}-cmd:{} vm-relay 127.0.0.1:{} {},\
              guestfwd=tcp:{GUEST_ACK}:80-cmd:cat {}",
             xtask.display(),
             self.https_port,
+            self.kill_file().display(),
             ack.display()
         ))
     }
 
     fn ack_file(&self) -> PathBuf {
         self.work.join("fleet-step")
+    }
+
+    /// Armed by the `kill-during-download` step; read by the relays (`http::relay`).
+    fn kill_file(&self) -> PathBuf {
+        self.work.join("fleet-kill")
     }
 
     fn spawn(&self, args: &[&str]) -> Result<Child> {
@@ -431,6 +442,32 @@ impl FleetServer {
                     bail!("the server still answers after kill");
                 }
                 Ok(())
+            }
+            // The relay carrying the next download kills the server (kill -9) once it has
+            // passed this many bytes from it: inside the module's body (the test modules
+            // are ~270 KB; check-in and metadata are a few KB).
+            Some("kill-during-download") => {
+                let pid = self
+                    .https
+                    .as_ref()
+                    .map(Child::id)
+                    .context("the server is not running")?;
+                fs::write(self.kill_file(), format!("65536 {pid}\n"))?;
+                Ok(())
+            }
+            // The armed relay fired: the server died mid-download.
+            Some("expect-killed") => {
+                if !self.kill_file().with_extension("done").exists() {
+                    bail!("no relay killed the server during a download");
+                }
+                let mut child = self.https.take().context("the server was not running")?;
+                match child.try_wait()? {
+                    Some(_) => Ok(()),
+                    None => {
+                        kill(child);
+                        bail!("the server was still running after the relay's kill")
+                    }
+                }
             }
             Some("start-server") => self.start_https(),
             Some("tamper") => {

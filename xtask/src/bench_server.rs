@@ -1,0 +1,647 @@
+//! `cargo xtask bench server`: the release `klive-server` on loopback under a load generator
+//! in this process (real HTTP/1.1 over TCP, keep-alive connections, one thread each), on
+//! SQLite and on a throwaway PostgreSQL cluster. For each backend: 100,000 hosts registered
+//! through `POST /api/v1/register`, then check-ins (`POST /api/v1/checkin`) and the trivial
+//! `GET /api/v1/health` of the same server in the same run, side by side (the ratio is the
+//! figure), then `GET /api/v1/fleet` over the 100,000 hosts. The Markdown section is
+//! appended to BENCHMARKS.md.
+//!
+//! Plain HTTP (`serve --plain-http`): the figure is the server's work per request, not TLS;
+//! TLS handshakes happen once per keep-alive connection for agents anyway.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use klive_format::api::{
+    AppliedReport, CheckIn, EnrollTokenCreated, EnrollTokenRequest, RegisterRequest,
+    RegisterResponse,
+};
+use klive_format::release::{ModuleDigest, ReleaseManifest, TargetKernel};
+use klive_format::status::{KernelInfo, PatchState};
+use klive_format::{BuildId, PatchLevel};
+
+use crate::vm::http::Conn;
+
+const HOSTS: usize = 100_000;
+/// Hosts whose credentials the check-in load cycles through.
+const CHECKIN_HOSTS: usize = 10_000;
+const CONNECTIONS: usize = 32;
+const REGISTER_CONNECTIONS: usize = 16;
+const LOAD_SECS: u64 = 10;
+const WARMUP_SECS: u64 = 2;
+const BUILD_ID: &str = "3e0c8f6a1b2c4d5e3e0c8f6a1b2c4d5e3e0c8f6a";
+
+/// Targets of the issue, on the 2-core machine.
+const TARGET_CHECKINS_PER_SEC: f64 = 5000.0;
+const TARGET_P99_MS: f64 = 50.0;
+const TARGET_FLEET_MS: f64 = 200.0;
+
+#[derive(Debug)]
+struct Load {
+    requests: usize,
+    errors: usize,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+}
+
+#[derive(Debug)]
+struct Figures {
+    backend: &'static str,
+    register: Load,
+    first: Load,
+    health: Load,
+    checkin: Load,
+    fleet_best: Duration,
+    fleet_median: Duration,
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    crate::run(crate::cargo(&["build", "--release", "-p", "klive-server"]))
+        .context("building the release klive-server failed")?;
+    let bin = root.join("target/release/klive-server");
+    let work = root.join("target/bench-server");
+    fs::create_dir_all(&work)?;
+    let sqlite = backend(&bin, &work, "SQLite", None)?;
+    let pg = {
+        let cluster = crate::pg::Cluster::start()?;
+        backend(&bin, &work, "PostgreSQL", Some(cluster.url()))?
+    };
+    let md = report(&[sqlite, pg]);
+    let path = root.join("BENCHMARKS.md");
+    let mut text = fs::read_to_string(&path).unwrap_or_default();
+    text += &md;
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("{md}");
+    eprintln!("xtask: appended to {}", path.display());
+    Ok(())
+}
+
+/// A server process, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(bin: &Path, data: &Path, db: Option<&str>, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data").arg(data).env("KLIVE_LOG", "warn");
+    if let Some(url) = db {
+        cmd.args(["--database-url", url]);
+    }
+    let out = cmd.args(args).output().context("running klive-server")?;
+    if !out.status.success() {
+        bail!(
+            "klive-server {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn kernel() -> Result<KernelInfo> {
+    Ok(KernelInfo {
+        release: "6.1.0-56-amd64".into(),
+        version: "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2".into(),
+        arch: "x86_64".into(),
+        build_id: Some(
+            BUILD_ID
+                .parse::<BuildId>()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        package_version: Some("6.1.192-2".into()),
+        distro: Some("Debian GNU/Linux 12 (bookworm)".into()),
+    })
+}
+
+fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Result<Figures> {
+    eprintln!("xtask: == klive-server on {label}");
+    let data = work.join(label.to_lowercase());
+    if data.exists() {
+        fs::remove_dir_all(&data)?;
+    }
+    fs::create_dir_all(&data)?;
+    let added = cli(bin, &data, db, &["user", "add", "admin", "--role", "admin"])?;
+    let token = added
+        .lines()
+        .find(|l| l.contains("api token"))
+        .and_then(|l| l.split_whitespace().last())
+        .context("`user add` printed no token")?
+        .to_owned();
+    cli(
+        bin,
+        &data,
+        db,
+        &["keys", "init", "--root-keys", "1", "--threshold", "1"],
+    )?;
+    // One release for the hosts' kernel, so every check-in chooses a target.
+    let ko = klive_kernel::fake::module_bytes(&[
+        ("license", "GPL"),
+        ("livepatch", "Y"),
+        ("name", "klive_bench_l1"),
+        ("klive_level", "1"),
+        ("klive_build_id", BUILD_ID),
+    ]);
+    let ko_path = data.join("klive_bench_l1.ko");
+    fs::write(&ko_path, &ko)?;
+    let manifest = ReleaseManifest {
+        format: klive_format::release::MANIFEST_FORMAT,
+        module_name: "klive_bench_l1".into(),
+        level: PatchLevel::new(1).map_err(|e| anyhow::anyhow!("{e}"))?,
+        kernel: TargetKernel {
+            build_id: BUILD_ID.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            release: "6.1.0-56-amd64".into(),
+            version: None,
+            distro: None,
+            arch: "x86_64".into(),
+        },
+        module: ModuleDigest {
+            file: "klive_bench_l1.ko".into(),
+            sha256: sha256_hex(&ko_path)?,
+            size: ko.len() as u64,
+        },
+        fixes: vec![],
+    };
+    let manifest_path = data.join("manifest.json");
+    fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
+    cli(
+        bin,
+        &data,
+        db,
+        &[
+            "release",
+            "add",
+            "--manifest",
+            &manifest_path.to_string_lossy(),
+            "--module",
+            &ko_path.to_string_lossy(),
+            "--as",
+            "admin",
+        ],
+    )?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data").arg(&data).env("KLIVE_LOG", "warn");
+    if let Some(url) = db {
+        cmd.args(["--database-url", url]);
+    }
+    let log = fs::File::create(data.join("server.log"))?;
+    let _server = Server(
+        cmd.args(["serve", "--listen", &addr, "--plain-http"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting klive-server")?,
+    );
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("klive-server did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Registrations: one enrollment token per connection.
+    let mut tokens = Vec::new();
+    for _ in 0..REGISTER_CONNECTIONS {
+        let body = serde_json::to_vec(&EnrollTokenRequest {
+            channel: "canary".into(),
+            expires_in_secs: 3600,
+            max_uses: u32::try_from(HOSTS).unwrap_or(u32::MAX),
+        })?;
+        let a = Conn::open(&addr)?.request(
+            "POST",
+            "/api/v1/enroll-tokens",
+            Some(&token),
+            Some(&body),
+        )?;
+        if a.status != 200 {
+            bail!(
+                "creating an enrollment token: HTTP {}: {}",
+                a.status,
+                a.text()
+            );
+        }
+        tokens.push(serde_json::from_slice::<EnrollTokenCreated>(&a.body)?.token);
+    }
+    let kernel = kernel()?;
+    eprintln!("xtask: registering {HOSTS} hosts over {REGISTER_CONNECTIONS} connections");
+    let per = HOSTS / REGISTER_CONNECTIONS;
+    let register_start = Instant::now();
+    let results: Vec<Result<(Vec<String>, Vec<Duration>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .enumerate()
+            .map(|(w, t)| {
+                let (addr, kernel) = (&addr, &kernel);
+                s.spawn(move || -> Result<(Vec<String>, Vec<Duration>)> {
+                    let mut conn = Conn::open(addr)?;
+                    let mut creds = Vec::with_capacity(per);
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let body = serde_json::to_vec(&RegisterRequest {
+                            enrollment_token: t.clone(),
+                            hostname: format!("bench-{w}-{i}"),
+                            kernel: kernel.clone(),
+                            agent_version: "bench".into(),
+                        })?;
+                        let t0 = Instant::now();
+                        let a = conn.request("POST", "/api/v1/register", None, Some(&body))?;
+                        lat.push(t0.elapsed());
+                        if a.status != 200 {
+                            bail!("register: HTTP {}: {}", a.status, a.text());
+                        }
+                        creds.push(serde_json::from_slice::<RegisterResponse>(&a.body)?.credential);
+                    }
+                    Ok((creds, lat))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a register worker panicked"))
+            })
+            .collect()
+    });
+    let register_secs = register_start.elapsed().as_secs_f64();
+    let mut credentials = Vec::new();
+    let mut register_lat = Vec::new();
+    for r in results {
+        let (c, l) = r?;
+        credentials.extend(c);
+        register_lat.extend(l);
+    }
+    let register = summarize(register_lat, 0, register_secs);
+    eprintln!(
+        "xtask: {} registrations in {register_secs:.1} s ({:.0}/s)",
+        register.requests,
+        register.rate()
+    );
+
+    let health = load(&addr, "health", |_, _| {
+        ("GET", "/api/v1/health".to_owned(), None, Vec::new())
+    })?;
+    let creds: Arc<Vec<String>> = Arc::new(credentials.into_iter().take(CHECKIN_HOSTS).collect());
+    let base_seq = u64::try_from(jiff_now_ms()).unwrap_or(1);
+    let level1 = PatchLevel::new(1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let checkin_body = move |round: u64| {
+        serde_json::to_vec(&CheckIn {
+            sequence: base_seq + round,
+            kernel: kernel.clone(),
+            applied: Some(AppliedReport {
+                level: level1,
+                state: PatchState::Applied,
+            }),
+            uptime_secs: 1000 + round,
+            boot_id: "bench-boot".into(),
+            agent_version: "bench".into(),
+            last_error: None,
+            taint: None,
+        })
+        .unwrap_or_default()
+    };
+    // Each host's first check-in reports a kernel, a level and a boot: state changes the
+    // server audits (a transaction with hash-chained audit records). Timed on its own;
+    // the steady state afterwards is what a fleet sends every interval.
+    let first = once_each(&addr, &creds, &|_| checkin_body(0))?;
+    let creds_for_load = Arc::clone(&creds);
+    let checkin = load(&addr, "check-in", move |worker, n| {
+        // Each worker owns the hosts i ≡ worker (mod CONNECTIONS); round k sends sequence
+        // base + 1 + k, so every host's sequence grows.
+        let creds = &creds_for_load;
+        let mine = (creds.len() - worker).div_ceil(CONNECTIONS).max(1);
+        let host = worker + (n % mine) * CONNECTIONS;
+        let round = (n / mine) as u64;
+        (
+            "POST",
+            "/api/v1/checkin".to_owned(),
+            creds.get(host).cloned(),
+            checkin_body(1 + round),
+        )
+    })?;
+
+    let mut fleet = Vec::new();
+    let mut conn = Conn::open(&addr)?;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let a = conn.request("GET", "/api/v1/fleet", Some(&token), None)?;
+        fleet.push(t0.elapsed());
+        if a.status != 200 {
+            bail!("GET /api/v1/fleet: HTTP {}: {}", a.status, a.text());
+        }
+        let hosts = serde_json::from_slice::<serde_json::Value>(&a.body)?["hosts"]
+            .as_u64()
+            .unwrap_or(0);
+        if hosts != HOSTS as u64 {
+            bail!("the fleet summary counts {hosts} hosts, expected {HOSTS}");
+        }
+    }
+    fleet.sort();
+    Ok(Figures {
+        backend: label,
+        register,
+        first,
+        health,
+        checkin,
+        fleet_best: fleet[0],
+        fleet_median: fleet[fleet.len() / 2],
+    })
+}
+
+fn jiff_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// One check-in per host in `creds`, over `CONNECTIONS` connections.
+fn once_each(
+    addr: &str,
+    creds: &[String],
+    body: &(dyn Fn(usize) -> Vec<u8> + Sync),
+) -> Result<Load> {
+    let started = Instant::now();
+    let results: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..CONNECTIONS)
+            .map(|w| {
+                s.spawn(move || -> Result<Vec<Duration>> {
+                    let mut conn = Conn::open(addr)?;
+                    let mut lat = Vec::new();
+                    for (i, cred) in creds.iter().enumerate().skip(w).step_by(CONNECTIONS) {
+                        let t0 = Instant::now();
+                        let a =
+                            conn.request("POST", "/api/v1/checkin", Some(cred), Some(&body(i)))?;
+                        lat.push(t0.elapsed());
+                        if a.status != 200 {
+                            bail!("first check-in: HTTP {}: {}", a.status, a.text());
+                        }
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a check-in worker panicked"))
+            })
+            .collect()
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    let l = summarize(all, 0, secs);
+    eprintln!(
+        "xtask: first check-in of {} hosts: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        l.requests,
+        l.rate(),
+        ms(l.p50),
+        ms(l.p99)
+    );
+    Ok(l)
+}
+
+type Make = dyn Fn(usize, usize) -> (&'static str, String, Option<String>, Vec<u8>) + Send + Sync;
+
+/// `CONNECTIONS` keep-alive connections, one thread each, sending requests back to back for
+/// `WARMUP_SECS` (not counted) and then `LOAD_SECS`.
+fn load(
+    addr: &str,
+    what: &str,
+    make: impl Fn(usize, usize) -> (&'static str, String, Option<String>, Vec<u8>)
+    + Send
+    + Sync
+    + 'static,
+) -> Result<Load> {
+    let make: Arc<Make> = Arc::new(make);
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    eprintln!(
+        "xtask: {what}: {CONNECTIONS} connections, {LOAD_SECS} s after {WARMUP_SECS} s of warm-up"
+    );
+    let handles: Vec<_> = (0..CONNECTIONS)
+        .map(|w| {
+            let (make, counting, stop, addr) = (
+                Arc::clone(&make),
+                Arc::clone(&counting),
+                Arc::clone(&stop),
+                addr.to_owned(),
+            );
+            std::thread::spawn(move || -> Result<(Vec<Duration>, usize)> {
+                let mut conn = Conn::open(&addr)?;
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let (method, path, bearer, body) = make(w, n);
+                    n += 1;
+                    let t0 = Instant::now();
+                    let a = conn.request(
+                        method,
+                        &path,
+                        bearer.as_deref(),
+                        (!body.is_empty()).then_some(body.as_slice()),
+                    )?;
+                    let took = t0.elapsed();
+                    if counting.load(Ordering::Relaxed) {
+                        if a.status == 200 {
+                            lat.push(took);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                Ok((lat, errors))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(WARMUP_SECS));
+    counting.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(LOAD_SECS));
+    counting.store(false, Ordering::SeqCst);
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (l, e) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load worker panicked"))??;
+        all.extend(l);
+        errors += e;
+    }
+    let l = summarize(all, errors, secs);
+    eprintln!(
+        "xtask: {what}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+        l.rate(),
+        ms(l.p50),
+        ms(l.p99),
+        l.errors
+    );
+    if l.errors > 0 {
+        bail!("{what}: {} requests failed", l.errors);
+    }
+    Ok(l)
+}
+
+fn summarize(mut lat: Vec<Duration>, errors: usize, secs: f64) -> Load {
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Load {
+        requests: lat.len(),
+        errors,
+        secs,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum").arg(path).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum printed nothing")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+fn report(figures: &[Figures]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n## klive-server check-ins (`cargo xtask bench server`), {}, {}\n",
+        today(),
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "Release `klive-server serve --plain-http` on loopback; the load generator (xtask, same \
+         machine, sharing its cores) keeps {CONNECTIONS} keep-alive HTTP/1.1 connections busy, one \
+         thread each, {LOAD_SECS} s after {WARMUP_SECS} s of warm-up. Before the loads, {HOSTS} \
+         hosts register through `POST /api/v1/register` ({REGISTER_CONNECTIONS} connections). \
+         {CHECKIN_HOSTS} of them check in once (`first check-in`: a new kernel, level and boot, \
+         which the server audits in a hash-chained transaction), then keep checking in with \
+         growing sequences and nothing changed (`check-in`, the steady state of a fleet), each \
+         choosing its target among the releases (one is published). `health` is `GET /api/v1/health` \
+         of the same server in the same run: the ratio check-in/health is the figure. \
+         Fleet status is `GET /api/v1/fleet` over the {HOSTS} hosts (10 calls).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| backend | endpoint | requests/s | p50 | p99 | check-in / health |\n|---|---|---|---|---|---|"
+    );
+    for f in figures {
+        for (name, l) in [
+            ("health", &f.health),
+            ("check-in", &f.checkin),
+            ("first check-in (audited)", &f.first),
+            ("register", &f.register),
+        ] {
+            let ratio = if name == "check-in" {
+                format!("{:.2}", f.checkin.rate() / f.health.rate())
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} |",
+                f.backend,
+                l.rate(),
+                ms(l.p50),
+                ms(l.p99)
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| figure | measured | target | verdict |\n|---|---|---|---|"
+    );
+    for f in figures {
+        let strict = f.backend == "SQLite";
+        let rate = f.checkin.rate();
+        let p99 = ms(f.checkin.p99);
+        let fleet = ms(f.fleet_best);
+        let _ = writeln!(
+            md,
+            "| {} check-ins/s | {rate:.0} | ≥ {TARGET_CHECKINS_PER_SEC:.0}{} | {} |",
+            f.backend,
+            if strict { "" } else { " (set for SQLite)" },
+            verdict(rate >= TARGET_CHECKINS_PER_SEC)
+        );
+        let _ = writeln!(
+            md,
+            "| {} check-in p99 | {p99:.1} ms | ≤ {TARGET_P99_MS:.0} ms{} | {} |",
+            f.backend,
+            if strict { "" } else { " (set for SQLite)" },
+            verdict(p99 <= TARGET_P99_MS)
+        );
+        let _ = writeln!(
+            md,
+            "| {} fleet status, {HOSTS} hosts (best / median of 10) | {fleet:.0} / {:.0} ms | ≤ {TARGET_FLEET_MS:.0} ms | {} |",
+            f.backend,
+            ms(f.fleet_median),
+            verdict(fleet <= TARGET_FLEET_MS)
+        );
+    }
+    md
+}
+
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|m| m.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} cores {model}")
+}
