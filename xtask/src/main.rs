@@ -5,6 +5,7 @@
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
 mod bench_server;
+mod browser;
 mod build_bench;
 mod build_tests;
 mod deps;
@@ -102,6 +103,8 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
     )?;
     step("cargo test", cargo(&["test", "--workspace"]))?;
     pg::test_server()?;
+    eprintln!("xtask: == dashboard browser test (headless chromium)");
+    browser::test(root)?;
     if no_vm {
         eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run");
         return Ok(());

@@ -309,7 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { listen, plain_http } => {
             let tls = klive_server::tls::TlsFiles::new(&cli.data);
             let tls = (!plain_http && tls.exist()).then_some(tls);
-            serve(service, listen, tls).await?
+            serve(service, listen, tls, cli.data.clone()).await?
         }
         Command::Tls {
             command: TlsCommand::Init { names, days },
@@ -617,6 +617,7 @@ async fn serve(
     service: Service,
     listen: SocketAddr,
     tls: Option<klive_server::tls::TlsFiles>,
+    data: PathBuf,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -642,7 +643,9 @@ async fn serve(
             }
         }
     });
-    let router = klive_server::api::router(service);
+    // The API under /api/v1, the dashboard under /ui/ and Prometheus at /metrics.
+    let router = klive_server::api::router(service.clone())
+        .merge(klive_server::dashboard::router(service, data));
     match tls {
         Some(files) => {
             let config = klive_server::tls::server_config(&files.cert, &files.key)?;

@@ -917,3 +917,100 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
     assert_eq!(a.findings.len(), lacking.len());
     assert!(!lacking.is_empty());
 }
+
+both_backends!(small_fleet_evidence_on_both_databases);
+
+/// The evidence queries (history, CVE knowledge, findings, pack, metrics) on SQLite and
+/// PostgreSQL.
+async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
+    let s = &fx.service;
+    s.import_cves(
+        &fx.bob,
+        Source::DebianChangelog,
+        "changelog",
+        CHANGELOG.as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.import_cves(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
+        .await
+        .unwrap();
+    let mut model = Model::default();
+    publish(&fx, &mut model, 0, 1).await;
+    let token = s
+        .create_enroll_token(
+            &fx.admin,
+            &EnrollTokenRequest {
+                channel: "canary".into(),
+                expires_in_secs: 600,
+                max_uses: 3,
+            },
+        )
+        .await
+        .unwrap();
+    let mut hosts = Vec::new();
+    for kernel in 0..3 {
+        let r = s
+            .register(&RegisterRequest {
+                enrollment_token: token.token.clone(),
+                hostname: format!("h{kernel}"),
+                kernel: kernel_info(kernel),
+                agent_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap();
+        hosts.push(SimHost {
+            auth: s.authenticate_host(&r.credential).await.unwrap(),
+            seq: 0,
+            boot: 1,
+            kernel,
+            level: None,
+            slow: false,
+            revoked: false,
+            taint: 0,
+        });
+    }
+    s.clock.advance_secs(3600);
+    let answer = checkin(&fx, &mut hosts[0]).await;
+    assert_eq!(answer.action, Action::Apply);
+    s.clock.advance_secs(3600);
+    hosts[0].level = Some(1);
+    checkin(&fx, &mut hosts[0]).await;
+    s.clock.advance_secs(60);
+
+    let a = assess(s, s.clock.now_ms()).await.unwrap();
+    // h0 lacks the 8 CVEs of later Debian versions and had the release's 2 (fixed by level 1);
+    // h1 lacks the 3 of 6.1.192-1; h2 is current.
+    assert_eq!(a.findings.len(), 13);
+    assert_eq!(
+        a.findings
+            .iter()
+            .filter(|f| f.fix_method == Some(klive_format::evidence::FixMethod::Livepatch))
+            .count(),
+        2
+    );
+    let now = s.clock.now_ms();
+    let f = report::figures(s, now - DAY_MS, now).await.unwrap();
+    assert_eq!(f.summary.findings, 13);
+    assert_eq!(f.summary.reboots_avoided, 1);
+    assert_eq!(f.summary.changes, 1);
+    assert_eq!(f.imports.len(), 2);
+    assert!(f.summary.audit_chain.starts_with("intact"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let dash = klive_server::dashboard::Dashboard::new(s.clone(), dir.path().to_path_buf());
+    let text = klive_server::metrics::render(&dash).await.unwrap();
+    assert!(
+        text.contains("klive_findings_open{severity=\"unrated\"} 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("klive_findings_open{severity=\"high\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("klive_patch_apply_total{result=\"success\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("CVE-"), "no CVE id in metrics");
+}

@@ -1,0 +1,1439 @@
+//! The dashboard: server-rendered HTML under `/ui/` (askama templates compiled into the
+//! binary, CSS embedded, SVG charts drawn on the server, no script and no external asset), the
+//! evidence-pack download, GRC exports and Prometheus `/metrics`.
+//!
+//! Sign-in is with a user's API token; the session cookie is random, HttpOnly and
+//! SameSite=Strict, only its SHA-256 is stored, and every form that changes something carries
+//! the session's CSRF token (the sign-in form a double-submit cookie). Roles are the API's:
+//! viewers read every page and export; generating a signed pack needs approver or admin.
+//!
+//! Fleet-wide findings come from a snapshot computed at most every `KLIVE_DASHBOARD_CACHE_SECS`
+//! (default 60) seconds in the background; pages say "as of" that time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use klive_format::api::Role;
+use klive_format::evidence::{Finding, FixMethod, Rating, Verdict};
+
+use crate::audit::{self, Actor};
+use crate::clock::rfc3339;
+use crate::crypto::{new_secret, sha256_hex};
+use crate::error::Error;
+use crate::findings::{Assessment, assess};
+use crate::history::DAY_MS;
+use crate::report::{self, EvidenceKey};
+use crate::service::{AuthUser, Service};
+
+const SESSION_COOKIE: &str = "klive_session";
+const LOGIN_COOKIE: &str = "klive_login";
+const SESSION_SECS: i64 = 12 * 3600;
+const CSS: &str = include_str!("../templates/ui/dashboard.css");
+const PAGE: i64 = 100;
+
+/// Fleet-wide findings as of one time, with per-host and per-CVE aggregates.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub a: Assessment,
+    /// host id -> (open, overdue)
+    pub host_open: HashMap<String, (u64, u64)>,
+    pub cves: Vec<CveAgg>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CveAgg {
+    pub cve: String,
+    pub severity: Rating,
+    pub kev: bool,
+    pub open: u64,
+    pub ever: u64,
+    pub livepatch: u64,
+    pub kernel: u64,
+    pub overdue: u64,
+    pub first: i64,
+}
+
+impl Snapshot {
+    pub fn new(a: Assessment) -> Snapshot {
+        let mut host_open: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut cves: HashMap<u32, CveAgg> = HashMap::new();
+        for f in &a.findings {
+            let open = f.fixed_at.is_none();
+            if open {
+                let e = host_open
+                    .entry(a.hosts[f.host as usize].id.clone())
+                    .or_default();
+                e.0 += 1;
+                e.1 += u64::from(f.verdict == Verdict::OpenOverdue);
+            }
+            let c = cves.entry(f.cve).or_insert_with(|| CveAgg {
+                cve: a.knowledge.cve_name(f.cve).to_owned(),
+                severity: f.severity,
+                kev: f.kev,
+                open: 0,
+                ever: 0,
+                livepatch: 0,
+                kernel: 0,
+                overdue: 0,
+                first: f.detected_at,
+            });
+            c.severity = c.severity.max(f.severity);
+            c.ever += 1;
+            c.open += u64::from(open);
+            c.overdue += u64::from(f.verdict == Verdict::OpenOverdue);
+            c.first = c.first.min(f.detected_at);
+            match f.fix_method {
+                Some(FixMethod::Livepatch) => c.livepatch += 1,
+                Some(FixMethod::Kernel) => c.kernel += 1,
+                _ => {}
+            }
+        }
+        let mut cves: Vec<CveAgg> = cves.into_values().collect();
+        cves.sort_by(|x, y| {
+            y.overdue
+                .cmp(&x.overdue)
+                .then(y.severity.cmp(&x.severity))
+                .then(y.open.cmp(&x.open))
+                .then(x.cve.cmp(&y.cve))
+        });
+        Snapshot { a, host_open, cves }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    service: Service,
+    data: PathBuf,
+    snapshot: Arc<tokio::sync::Mutex<Option<Arc<Snapshot>>>>,
+    refreshing: Arc<AtomicBool>,
+    max_age_ms: i64,
+}
+
+impl Dashboard {
+    pub fn new(service: Service, data: PathBuf) -> Dashboard {
+        let secs = std::env::var("KLIVE_DASHBOARD_CACHE_SECS")
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .unwrap_or(60);
+        Dashboard {
+            service,
+            data,
+            snapshot: Arc::default(),
+            refreshing: Arc::default(),
+            max_age_ms: secs.max(0) * 1000,
+        }
+    }
+
+    /// The current snapshot: computed now when there is none, else the last one (refreshed in
+    /// the background when older than the cache age).
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, Error> {
+        let mut guard = self.snapshot.lock().await;
+        let now = self.service.clock.now_ms();
+        match guard.as_ref() {
+            Some(s) if now - s.a.as_of <= self.max_age_ms => Ok(s.clone()),
+            Some(s) if self.max_age_ms > 0 => {
+                let stale = s.clone();
+                if !self.refreshing.swap(true, Ordering::AcqRel) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        match assess(&me.service, me.service.clock.now_ms()).await {
+                            Ok(a) => *me.snapshot.lock().await = Some(Arc::new(Snapshot::new(a))),
+                            Err(e) => {
+                                tracing::error!(error = %e, "refreshing the dashboard snapshot failed")
+                            }
+                        }
+                        me.refreshing.store(false, Ordering::Release);
+                    });
+                }
+                Ok(stale)
+            }
+            _ => {
+                let fresh = Arc::new(Snapshot::new(assess(&self.service, now).await?));
+                *guard = Some(fresh.clone());
+                Ok(fresh)
+            }
+        }
+    }
+}
+
+pub fn router(service: Service, data: PathBuf) -> Router {
+    let dash = Dashboard::new(service, data);
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(overview))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", axum::routing::post(logout))
+        .route("/ui/hosts", get(hosts))
+        .route("/ui/hosts/{id}", get(host))
+        .route("/ui/releases", get(releases))
+        .route("/ui/cves", get(cves))
+        .route("/ui/cves/{cve}", get(cve))
+        .route("/ui/audit", get(audit_page))
+        .route("/ui/evidence", get(evidence_page).post(evidence_generate))
+        .route("/ui/exports/{file}", get(export))
+        .route("/metrics", get(crate::metrics::metrics))
+        .with_state(dash)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: AuthUser,
+    pub csrf: String,
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// Why a request has no session.
+#[derive(Debug)]
+pub enum Denied {
+    Login,
+    Error(StatusCode, String),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Login => Redirect::to("/ui/login").into_response(),
+            Denied::Error(status, message) => error_page(status, &message),
+        }
+    }
+}
+
+impl From<Error> for Denied {
+    fn from(e: Error) -> Denied {
+        if e.code() == "internal" {
+            tracing::error!(error = %e, "dashboard request failed");
+        }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Denied::Error(status, e.public_message())
+    }
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>klive: {status}</title><style>{CSS}</style></head><body><main><h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/ui/\">Back to the dashboard</a></p></main></body></html>",
+        status.as_u16(),
+        crate::charts::escape(message)
+    );
+    with_headers((status, body).into_response())
+}
+
+fn with_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn html(page: &impl Template) -> Result<Response, Denied> {
+    let body = page
+        .render()
+        .map_err(|e| Denied::from(Error::Corrupt(format!("rendering a page: {e}"))))?;
+    Ok(with_headers(
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response(),
+    ))
+}
+
+impl Dashboard {
+    /// The signed-in user, from the session cookie or (for scripts) a bearer API token.
+    pub async fn session(&self, headers: &HeaderMap) -> Result<Session, Denied> {
+        if let Some(token) = bearer(headers) {
+            let user = self.service.authenticate_user(token).await?;
+            return Ok(Session {
+                user,
+                csrf: String::new(),
+            });
+        }
+        let id = cookie(headers, SESSION_COOKIE).ok_or(Denied::Login)?;
+        let row = sqlx::query(
+            "SELECT s.csrf AS csrf, u.name AS name, u.role AS role FROM dashboard_sessions s JOIN users u ON u.name = s.user_name WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(sha256_hex(id.as_bytes()))
+        .bind(self.service.clock.now_ms())
+        .fetch_optional(&self.service.db.pool)
+        .await
+        .map_err(Error::from)?
+        .ok_or(Denied::Login)?;
+        let role: String = row.try_get("role").map_err(Error::from)?;
+        let user = AuthUser {
+            name: row.try_get("name").map_err(Error::from)?,
+            role: Role::parse(&role)
+                .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
+        };
+        // A user whose every token was revoked is signed out too.
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL",
+        )
+        .bind(&user.name)
+        .fetch_one(&self.service.db.pool)
+        .await
+        .map_err(Error::from)?;
+        if active == 0 {
+            return Err(Denied::Login);
+        }
+        Ok(Session {
+            user,
+            csrf: row.try_get("csrf").map_err(Error::from)?,
+        })
+    }
+}
+
+fn check_csrf(session: &Session, form: &HashMap<String, String>) -> Result<(), Denied> {
+    let sent = form.get("csrf").map(String::as_str).unwrap_or("");
+    if session.csrf.is_empty() || !constant_eq(sent.as_bytes(), session.csrf.as_bytes()) {
+        return Err(Denied::Error(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or wrong; reload the page and try again".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage<'a> {
+    css: &'a str,
+    csrf: String,
+    error: Option<String>,
+}
+
+fn login_response(error: Option<String>, status: StatusCode) -> Result<Response, Denied> {
+    let csrf = new_secret("").map_err(Denied::from)?;
+    let mut r = html(&LoginPage {
+        css: CSS,
+        csrf: csrf.clone(),
+        error,
+    })?;
+    *r.status_mut() = status;
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+        ))
+        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
+    );
+    Ok(r)
+}
+
+async fn login_page() -> Result<Response, Denied> {
+    login_response(None, StatusCode::OK)
+}
+
+async fn login(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, Denied> {
+    let sent = form.get("csrf").map(String::as_str).unwrap_or("");
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if expected.is_empty() || !constant_eq(sent.as_bytes(), expected.as_bytes()) {
+        return login_response(
+            Some("the sign-in form expired; sign in again".into()),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let token = form.get("token").map(|t| t.trim()).unwrap_or("");
+    let user = match d.service.authenticate_user(token).await {
+        Ok(u) => u,
+        Err(Error::Unauthenticated) => {
+            return login_response(
+                Some("unknown or revoked token; ask an admin for a new one".into()),
+                StatusCode::UNAUTHORIZED,
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let id = new_secret("kls_").map_err(Denied::from)?;
+    let csrf = new_secret("").map_err(Denied::from)?;
+    let now = d.service.clock.now_ms();
+    let mut tx = d.service.db.begin_audited().await.map_err(Denied::from)?;
+    sqlx::query(
+        "INSERT INTO dashboard_sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(sha256_hex(id.as_bytes()))
+    .bind(&user.name)
+    .bind(&csrf)
+    .bind(now)
+    .bind(now + SESSION_SECS * 1000)
+    .execute(&mut *tx)
+    .await
+    .map_err(Error::from)?;
+    sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+    audit::append(
+        &mut tx,
+        now,
+        &Actor::User(user.name.clone()),
+        "session.login",
+        &user.name,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await.map_err(Error::from)?;
+    let mut r = Redirect::to("/ui/").into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}"
+        ))
+        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
+    );
+    Ok(r)
+}
+
+async fn logout(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    check_csrf(&session, &form)?;
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
+            .bind(sha256_hex(id.as_bytes()))
+            .execute(&d.service.db.pool)
+            .await
+            .map_err(Error::from)?;
+    }
+    let mut r = Redirect::to("/ui/login").into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("klive_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages
+
+/// What every page shows around its content.
+#[derive(Debug)]
+struct Chrome {
+    title: String,
+    nav: &'static str,
+    user: String,
+    role: &'static str,
+    csrf: String,
+    css: &'static str,
+    as_of: String,
+}
+
+fn chrome(s: &Session, title: impl Into<String>, nav: &'static str, as_of: i64) -> Chrome {
+    Chrome {
+        title: title.into(),
+        nav,
+        user: s.user.name.clone(),
+        role: s.user.role.as_str(),
+        csrf: s.csrf.clone(),
+        css: CSS,
+        as_of: rfc3339(as_of),
+    }
+}
+
+fn stale_before(service: &Service, now: i64) -> i64 {
+    now - 2 * service.checkin_interval_secs as i64 * 1000
+}
+
+#[derive(Template)]
+#[template(path = "ui/overview.html")]
+struct OverviewPage {
+    c: Chrome,
+    total: i64,
+    online: i64,
+    stale: i64,
+    stale_hours: u64,
+    patched_share: String,
+    out_of_sla: usize,
+    open_critical_high: u64,
+    kev_open: u64,
+    reboots_avoided_30d: u64,
+    groups: Vec<(String, String, String, i64)>,
+    kernels: Vec<(String, String, i64)>,
+    severities: Vec<[String; 11]>,
+    ttp_chart: String,
+    open_chart: String,
+}
+
+async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let snap = d.snapshot().await?;
+    let a = &snap.a;
+    let pool = &d.service.db.pool;
+    let now = d.service.clock.now_ms();
+    let stale_at = stale_before(&d.service, now);
+    let counts = sqlx::query(
+        "SELECT COUNT(*) AS total, COALESCE(SUM(CASE WHEN last_checkin_at >= $1 THEN 1 ELSE 0 END), 0) AS online FROM hosts WHERE revoked_at IS NULL",
+    )
+    .bind(stale_at)
+    .fetch_one(pool)
+    .await
+    .map_err(Error::from)?;
+    let total: i64 = counts.try_get("total").map_err(Error::from)?;
+    let online: i64 = counts.try_get("online").map_err(Error::from)?;
+    let rows = sqlx::query(
+        "SELECT channel, applied_level, applied_state, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY channel, applied_level, applied_state ORDER BY channel, applied_level",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(Error::from)?;
+    let mut groups = Vec::new();
+    for r in &rows {
+        groups.push((
+            r.try_get::<String, _>("channel").map_err(Error::from)?,
+            r.try_get::<Option<i64>, _>("applied_level")
+                .map_err(Error::from)?
+                .map_or("none".into(), |l| l.to_string()),
+            r.try_get::<Option<String>, _>("applied_state")
+                .map_err(Error::from)?
+                .unwrap_or_else(|| "-".into()),
+            r.try_get::<i64, _>("n").map_err(Error::from)?,
+        ));
+    }
+    let rows = sqlx::query(
+        "SELECT kernel_release, applied_level, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY kernel_release, applied_level ORDER BY n DESC LIMIT 20",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(Error::from)?;
+    let mut kernels = Vec::new();
+    for r in &rows {
+        kernels.push((
+            r.try_get::<Option<String>, _>("kernel_release")
+                .map_err(Error::from)?
+                .unwrap_or_else(|| "unknown".into()),
+            r.try_get::<Option<i64>, _>("applied_level")
+                .map_err(Error::from)?
+                .map_or("none".into(), |l| l.to_string()),
+            r.try_get::<i64, _>("n").map_err(Error::from)?,
+        ));
+    }
+    // "At the newest level allowed": the newest non-withdrawn release of the host's build in
+    // its channel is applied.
+    let patched: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM hosts h WHERE h.revoked_at IS NULL AND h.applied_state = 'applied' AND h.applied_level = (SELECT MAX(r.level) FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.build_id = h.build_id AND rc.channel = h.channel AND r.withdrawn_at IS NULL)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(Error::from)?;
+    let since = a.as_of - 90 * DAY_MS;
+    let figures = report::severity_figures(a, since);
+    let mut reboots_avoided = 0;
+    for t in &a.timelines {
+        let mut previous = None;
+        for s in t {
+            if s.at >= a.as_of - 30 * DAY_MS {
+                reboots_avoided += u64::from(report::is_livepatch_apply(previous, s));
+            }
+            previous = Some(s);
+        }
+    }
+    let (days, open) = report::open_series(a, since);
+    let page = OverviewPage {
+        c: chrome(&session, "Fleet overview", "fleet", a.as_of),
+        total,
+        online,
+        stale: total - online,
+        stale_hours: 2 * d.service.checkin_interval_secs / 3600,
+        patched_share: if total == 0 {
+            "no data".into()
+        } else {
+            format!("{:.1}%", patched as f64 * 100.0 / total as f64)
+        },
+        out_of_sla: snap.host_open.values().filter(|v| v.1 > 0).count(),
+        open_critical_high: a
+            .findings
+            .iter()
+            .filter(|f| f.fixed_at.is_none() && f.severity >= Rating::High)
+            .count() as u64,
+        kev_open: a
+            .findings
+            .iter()
+            .filter(|f| f.fixed_at.is_none() && f.kev)
+            .count() as u64,
+        reboots_avoided_30d: reboots_avoided,
+        groups,
+        kernels,
+        severities: figures
+            .iter()
+            .map(|x| {
+                [
+                    x.severity.as_str().to_owned(),
+                    x.sla_days.to_string(),
+                    x.fixed.to_string(),
+                    x.fixed_by_livepatch.to_string(),
+                    x.fixed_by_kernel.to_string(),
+                    report::share_text(x.on_time_share),
+                    report::days_text(x.p50_secs),
+                    report::days_text(x.p95_secs),
+                    x.open_at_end.to_string(),
+                    x.overdue_at_end.to_string(),
+                    x.excepted.to_string(),
+                ]
+            })
+            .collect(),
+        ttp_chart: crate::charts::time_to_patch(&report::ttp_series(a, since)),
+        open_chart: crate::charts::open_over_time(&days, &open),
+    };
+    html(&page)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HostFilter {
+    q: String,
+    channel: String,
+    kernel: String,
+    level: String,
+    state: String,
+    uptime_days: String,
+    after: String,
+}
+
+#[derive(Debug)]
+struct HostLine {
+    id: String,
+    hostname: String,
+    channel: String,
+    kernel: String,
+    level: String,
+    state: String,
+    last_checkin: String,
+    uptime: String,
+    open: u64,
+    overdue: u64,
+}
+
+#[derive(Template)]
+#[template(path = "ui/hosts.html")]
+struct HostsPage {
+    c: Chrome,
+    f: HostFilter,
+    channels: Vec<String>,
+    rows: Vec<HostLine>,
+    more: bool,
+    next_link: String,
+}
+
+fn encode_query(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        for b in v.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+async fn hosts(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Query(f): Query<HostFilter>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let snap = d.snapshot().await?;
+    let now = d.service.clock.now_ms();
+    let mut sql = String::from(
+        "SELECT id, hostname, channel, kernel_release, applied_level, applied_state, last_checkin_at, uptime_secs, revoked_at FROM hosts WHERE id > $1",
+    );
+    let mut texts: Vec<String> = vec![f.after.clone()];
+    let mut ints: Vec<(usize, i64)> = Vec::new();
+    let mut n = 1;
+    let mut next = |sql: &mut String, clause: &str| {
+        n += 1;
+        sql.push_str(&clause.replace('?', &format!("${n}")));
+        n
+    };
+    if !f.q.trim().is_empty() {
+        next(&mut sql, " AND (LOWER(hostname) LIKE ? ");
+        texts.push(format!("%{}%", f.q.trim().to_lowercase()));
+        next(&mut sql, "OR id LIKE ?)");
+        texts.push(format!("%{}%", f.q.trim().to_lowercase()));
+    }
+    if !f.channel.is_empty() {
+        next(&mut sql, " AND channel = ?");
+        texts.push(f.channel.clone());
+    }
+    if !f.kernel.trim().is_empty() {
+        next(&mut sql, " AND kernel_release = ?");
+        texts.push(f.kernel.trim().to_owned());
+    }
+    let level = f.level.trim();
+    if level == "none" {
+        sql.push_str(" AND applied_level IS NULL");
+    } else if !level.is_empty() && level != "any" {
+        let l: i64 = level.parse().map_err(|_| {
+            Denied::Error(
+                StatusCode::BAD_REQUEST,
+                format!("level {level:?} is not a number; use a level, none or leave it empty"),
+            )
+        })?;
+        let i = next(&mut sql, " AND applied_level = ?");
+        ints.push((i, l));
+    }
+    let stale_at = stale_before(&d.service, now);
+    match f.state.as_str() {
+        "" => {}
+        "online" => {
+            let i = next(&mut sql, " AND revoked_at IS NULL AND last_checkin_at >= ?");
+            ints.push((i, stale_at));
+        }
+        "stale" => {
+            let i = next(
+                &mut sql,
+                " AND revoked_at IS NULL AND (last_checkin_at IS NULL OR last_checkin_at < ?)",
+            );
+            ints.push((i, stale_at));
+        }
+        "revoked" => sql.push_str(" AND revoked_at IS NOT NULL"),
+        other => {
+            return Err(Denied::Error(
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?} is not one of online, stale, revoked"),
+            ));
+        }
+    }
+    if !f.uptime_days.trim().is_empty() {
+        let days: i64 = f.uptime_days.trim().parse().map_err(|_| {
+            Denied::Error(
+                StatusCode::BAD_REQUEST,
+                "uptime must be a whole number of days".into(),
+            )
+        })?;
+        let i = next(&mut sql, " AND uptime_secs >= ?");
+        ints.push((i, days * 86400));
+    }
+    let i = next(&mut sql, " ORDER BY id LIMIT ?");
+    ints.push((i, PAGE + 1));
+    // Bind in placeholder order: texts took the first slots, ints carry their own numbers.
+    let mut order: Vec<(usize, Result<String, i64>)> = Vec::new();
+    let mut text_slot = 0;
+    for slot in 1..=n {
+        if let Some((_, v)) = ints.iter().find(|(i, _)| *i == slot) {
+            order.push((slot, Err(*v)));
+        } else {
+            order.push((slot, Ok(texts[text_slot].clone())));
+            text_slot += 1;
+        }
+    }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (_, v) in order {
+        query = match v {
+            Ok(t) => query.bind(t),
+            Err(i) => query.bind(i),
+        };
+    }
+    let rows = query
+        .fetch_all(&d.service.db.pool)
+        .await
+        .map_err(Error::from)?;
+    let more = rows.len() as i64 > PAGE;
+    let mut lines = Vec::new();
+    for r in rows.iter().take(PAGE as usize) {
+        let id: String = r.try_get("id").map_err(Error::from)?;
+        let last: Option<i64> = r.try_get("last_checkin_at").map_err(Error::from)?;
+        let revoked: Option<i64> = r.try_get("revoked_at").map_err(Error::from)?;
+        let uptime: Option<i64> = r.try_get("uptime_secs").map_err(Error::from)?;
+        let (open, overdue) = snap.host_open.get(&id).copied().unwrap_or_default();
+        lines.push(HostLine {
+            hostname: r.try_get("hostname").map_err(Error::from)?,
+            channel: r.try_get("channel").map_err(Error::from)?,
+            kernel: r
+                .try_get::<Option<String>, _>("kernel_release")
+                .map_err(Error::from)?
+                .unwrap_or_default(),
+            level: r
+                .try_get::<Option<i64>, _>("applied_level")
+                .map_err(Error::from)?
+                .map_or("none".into(), |l| {
+                    let state: Option<String> = r.try_get("applied_state").ok().flatten();
+                    format!("{l} ({})", state.unwrap_or_default())
+                }),
+            state: if revoked.is_some() {
+                "revoked".into()
+            } else if last.is_some_and(|t| t >= stale_at) {
+                "online".into()
+            } else {
+                "stale".into()
+            },
+            last_checkin: last.map_or("never".into(), rfc3339),
+            uptime: match (uptime, last) {
+                (Some(u), Some(l)) if revoked.is_none() => {
+                    format!("{:.1}", (u * 1000 + now - l) as f64 / DAY_MS as f64)
+                }
+                _ => "-".into(),
+            },
+            open,
+            overdue,
+            id,
+        });
+    }
+    let next_link = format!(
+        "/ui/hosts?{}",
+        encode_query(&[
+            ("q", &f.q),
+            ("channel", &f.channel),
+            ("kernel", &f.kernel),
+            ("level", &f.level),
+            ("state", &f.state),
+            ("uptime_days", &f.uptime_days),
+            ("after", lines.last().map_or("", |l| l.id.as_str())),
+        ])
+    );
+    let channels = d
+        .service
+        .channels()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    html(&HostsPage {
+        c: chrome(&session, "Hosts", "hosts", now),
+        f,
+        channels,
+        rows: lines,
+        more,
+        next_link,
+    })
+}
+
+#[derive(Debug)]
+struct HostDetail {
+    id: String,
+    channel: String,
+    kernel: String,
+    build_id: String,
+    level: String,
+    last_checkin: String,
+    registered: String,
+    revoked: String,
+    agent: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/host.html")]
+struct HostPage {
+    c: Chrome,
+    h: HostDetail,
+    findings: Vec<Finding>,
+    knowledge: bool,
+    timeline: Vec<(String, String, String, String, String, String, String)>,
+}
+
+async fn host(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let info = d.service.host(&session.user, &id).await?;
+    let snap = d.snapshot().await?;
+    let now = d.service.clock.now_ms();
+    let timeline = crate::history::host_timeline(&d.service.db, &id, i64::MAX).await?;
+    let index = snap.a.hosts.iter().position(|h| h.id == id);
+    let findings: Vec<Finding> = match index {
+        Some(i) => snap
+            .a
+            .findings
+            .iter()
+            .filter(|f| f.host as usize == i)
+            .map(|f| snap.a.record(f))
+            .collect(),
+        None => Vec::new(),
+    };
+    let knowledge = timeline.last().is_some_and(|s| {
+        snap.a
+            .knowledge
+            .knows_kernel(s.package_version.as_deref(), s.build_id.as_deref())
+    });
+    let page = HostPage {
+        c: chrome(&session, format!("Host {}", info.hostname), "hosts", now),
+        h: HostDetail {
+            id: info.id,
+            channel: info.channel,
+            kernel: info.kernel_release.unwrap_or_default(),
+            build_id: info.build_id.map(|b| b.to_string()).unwrap_or_default(),
+            level: info.applied_level.map_or("none".into(), |l| l.to_string()),
+            last_checkin: info.last_checkin_at.unwrap_or_else(|| "never".into()),
+            registered: info.registered_at,
+            revoked: info.revoked_at.unwrap_or_else(|| "no".into()),
+            agent: info.agent_version.unwrap_or_default(),
+            error: info.last_error.unwrap_or_default(),
+        },
+        findings,
+        knowledge,
+        timeline: timeline
+            .iter()
+            .rev()
+            .map(|s| {
+                (
+                    rfc3339(s.at),
+                    s.events.replace(',', ", "),
+                    s.kernel_release.clone().unwrap_or_default(),
+                    s.applied_level.map_or("none".into(), |l| l.to_string()),
+                    s.applied_state.clone().unwrap_or_default(),
+                    s.uptime_secs.map_or(String::new(), |u| u.to_string()),
+                    s.error.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+    };
+    html(&page)
+}
+
+#[derive(Debug)]
+struct ReleaseLine {
+    build: String,
+    level: u32,
+    kernel: String,
+    published: String,
+    channels: String,
+    fixes: String,
+    applied: i64,
+    on_build: i64,
+    percent: i64,
+}
+
+#[derive(Template)]
+#[template(path = "ui/releases.html")]
+struct ReleasesPage {
+    c: Chrome,
+    channels: Vec<klive_format::api::Channel>,
+    releases: Vec<ReleaseLine>,
+    /// requested, release, to, requested by, status, approved by, approved, reason
+    promotions: Vec<[String; 8]>,
+}
+
+async fn releases(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let now = d.service.clock.now_ms();
+    let rows = sqlx::query(
+        "SELECT build_id, applied_level, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL AND applied_state = 'applied' GROUP BY build_id, applied_level",
+    )
+    .fetch_all(&d.service.db.pool)
+    .await
+    .map_err(Error::from)?;
+    let mut at_level: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    for r in &rows {
+        let b: Option<String> = r.try_get("build_id").map_err(Error::from)?;
+        let l: Option<i64> = r.try_get("applied_level").map_err(Error::from)?;
+        if let (Some(b), Some(l)) = (b, l) {
+            at_level
+                .entry(b)
+                .or_default()
+                .push((l, r.try_get("n").map_err(Error::from)?));
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT build_id, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY build_id",
+    )
+    .fetch_all(&d.service.db.pool)
+    .await
+    .map_err(Error::from)?;
+    let mut on_build: HashMap<String, i64> = HashMap::new();
+    for r in &rows {
+        if let Some(b) = r
+            .try_get::<Option<String>, _>("build_id")
+            .map_err(Error::from)?
+        {
+            on_build.insert(b, r.try_get("n").map_err(Error::from)?);
+        }
+    }
+    let mut lines = Vec::new();
+    for r in d.service.releases().await?.into_iter().rev() {
+        let b = r.manifest.kernel.build_id.to_string();
+        let level = r.manifest.level.get();
+        let applied: i64 = at_level
+            .get(&b)
+            .into_iter()
+            .flatten()
+            .filter(|(l, _)| *l >= i64::from(level))
+            .map(|(_, n)| n)
+            .sum();
+        let total = on_build.get(&b).copied().unwrap_or(0);
+        lines.push(ReleaseLine {
+            build: r.manifest.kernel.build_id.short().to_owned(),
+            level,
+            kernel: r.manifest.kernel.release.clone(),
+            published: format!("{} by {}", r.published_at, r.published_by),
+            channels: if let Some(w) = &r.withdrawn {
+                format!("WITHDRAWN {} by {}: {}", w.at, w.by, w.reason)
+            } else {
+                r.channels
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} since {}{}",
+                            c.channel,
+                            c.since,
+                            if c.awaiting_approval {
+                                " (emergency, awaiting approval)"
+                            } else if c.emergency {
+                                " (emergency)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            fixes: r
+                .manifest
+                .fixes
+                .iter()
+                .map(|f| f.cve.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+            applied,
+            on_build: total,
+            percent: if total > 0 { applied * 100 / total } else { 0 },
+        });
+    }
+    let promotions = d
+        .service
+        .promotions()
+        .await?
+        .into_iter()
+        .take(500)
+        .map(|p| {
+            [
+                p.requested_at,
+                format!("{}-{}", p.build_id.short(), p.level),
+                p.to,
+                p.requested_by,
+                format!("{:?}", p.status).to_lowercase(),
+                p.approved_by.unwrap_or_default(),
+                p.approved_at.unwrap_or_default(),
+                p.reason.unwrap_or_default(),
+            ]
+        })
+        .collect();
+    html(&ReleasesPage {
+        c: chrome(&session, "Releases and channels", "releases", now),
+        channels: d.service.channels().await?,
+        releases: lines,
+        promotions,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CveQuery {
+    q: String,
+}
+
+#[derive(Debug)]
+struct CveLine {
+    cve: String,
+    severity: &'static str,
+    kev: bool,
+    open: u64,
+    ever: u64,
+    livepatch: u64,
+    kernel: u64,
+    overdue: u64,
+    first: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/cves.html")]
+struct CvesPage {
+    c: Chrome,
+    q: String,
+    total: usize,
+    rows: Vec<CveLine>,
+}
+
+async fn cves(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Query(q): Query<CveQuery>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let snap = d.snapshot().await?;
+    let needle = q.q.trim().to_ascii_uppercase();
+    let matching: Vec<&CveAgg> = snap
+        .cves
+        .iter()
+        .filter(|c| needle.is_empty() || c.cve.contains(&needle))
+        .collect();
+    let rows = matching
+        .iter()
+        .take(500)
+        .map(|c| CveLine {
+            cve: c.cve.clone(),
+            severity: c.severity.as_str(),
+            kev: c.kev,
+            open: c.open,
+            ever: c.ever,
+            livepatch: c.livepatch,
+            kernel: c.kernel,
+            overdue: c.overdue,
+            first: rfc3339(c.first),
+        })
+        .collect();
+    html(&CvesPage {
+        c: chrome(&session, "CVEs", "cves", snap.a.as_of),
+        q: q.q,
+        total: matching.len(),
+        rows,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "ui/cve.html")]
+struct CvePage {
+    c: Chrome,
+    cve: String,
+    findings: Vec<Finding>,
+    truncated: bool,
+}
+
+async fn cve(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(cve): Path<String>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    if !crate::cve::is_cve_id(&cve) {
+        return Err(Denied::Error(
+            StatusCode::NOT_FOUND,
+            format!("{cve:?} is not a CVE id (CVE-YYYY-NNNN)"),
+        ));
+    }
+    let snap = d.snapshot().await?;
+    let all: Vec<Finding> = snap
+        .a
+        .findings
+        .iter()
+        .filter(|f| snap.a.knowledge.cve_name(f.cve) == cve)
+        .take(1001)
+        .map(|f| snap.a.record(f))
+        .collect();
+    let truncated = all.len() > 1000;
+    html(&CvePage {
+        c: chrome(&session, cve.clone(), "cves", snap.a.as_of),
+        cve,
+        findings: all.into_iter().take(1000).collect(),
+        truncated,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AuditQuery {
+    actor: String,
+    action: String,
+    before: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/audit.html")]
+struct AuditPage {
+    c: Chrome,
+    chain: String,
+    chain_ok: bool,
+    actor: String,
+    action: String,
+    rows: Vec<klive_format::api::AuditEntry>,
+    older: Option<u64>,
+}
+
+async fn audit_page(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let now = d.service.clock.now_ms();
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_log WHERE seq < $1 AND actor LIKE $2 AND action LIKE $3 ORDER BY seq DESC LIMIT 201",
+    )
+    .bind(q.before.unwrap_or(i64::MAX))
+    .bind(format!("{}%", q.actor.trim()))
+    .bind(format!("{}%", q.action.trim()))
+    .fetch_all(&d.service.db.pool)
+    .await
+    .map_err(Error::from)?;
+    let mut entries = Vec::new();
+    for r in rows.iter().take(200) {
+        entries.push(klive_format::api::AuditEntry {
+            seq: r.try_get::<i64, _>("seq").map_err(Error::from)?.max(0) as u64,
+            at: rfc3339(r.try_get("at").map_err(Error::from)?),
+            actor: r.try_get("actor").map_err(Error::from)?,
+            action: r.try_get("action").map_err(Error::from)?,
+            subject: r.try_get("subject").map_err(Error::from)?,
+            detail: r.try_get("detail").map_err(Error::from)?,
+            prev_hash: String::new(),
+            hash: String::new(),
+        });
+    }
+    let older = (rows.len() > 200)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    let verdict = audit::verify(&d.service.db).await?;
+    let (chain, chain_ok) = match verdict {
+        audit::Verdict::Intact { records, .. } => {
+            (format!("intact ({records} records verified)"), true)
+        }
+        audit::Verdict::Broken { seq, reason } => {
+            (format!("BROKEN at record {seq}: {reason}"), false)
+        }
+    };
+    html(&AuditPage {
+        c: chrome(&session, "Audit log", "audit", now),
+        chain,
+        chain_ok,
+        actor: q.actor,
+        action: q.action,
+        rows: entries,
+        older,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "ui/evidence.html")]
+struct EvidencePage {
+    c: Chrome,
+    error: Option<String>,
+    can_generate: bool,
+    pdf: bool,
+    key: String,
+    from: String,
+    to: String,
+}
+
+fn day_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+        .unwrap_or_default()
+}
+
+fn evidence_view(
+    d: &Dashboard,
+    session: &Session,
+    error: Option<String>,
+) -> Result<Response, Denied> {
+    let now = d.service.clock.now_ms();
+    let key = EvidenceKey::load_or_create(&d.data)?;
+    let mut r = html(&EvidencePage {
+        c: chrome(session, "Evidence", "evidence", now),
+        error: error.clone(),
+        can_generate: session.user.role >= Role::Approver,
+        pdf: report::find_chromium().is_some(),
+        key: key.public_hex,
+        from: day_text(now - 90 * DAY_MS),
+        to: day_text(now),
+    })?;
+    if error.is_some() {
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    Ok(r)
+}
+
+async fn evidence_page(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    evidence_view(&d, &session, None)
+}
+
+fn parse_day(s: &str, end: bool) -> Result<i64, String> {
+    let date: jiff::civil::Date = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
+    let start = date
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|e| e.to_string())?
+        .timestamp()
+        .as_millisecond();
+    Ok(if end { start + DAY_MS - 1 } else { start })
+}
+
+async fn evidence_generate(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    check_csrf(&session, &form)?;
+    if session.user.role < Role::Approver {
+        return Err(Error::Forbidden { needed: "approver" }.into());
+    }
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let period = parse_day(get("from"), false).and_then(|f| Ok((f, parse_day(get("to"), true)?)));
+    let (from, to) = match period {
+        Ok(p) => p,
+        Err(e) => return evidence_view(&d, &session, Some(e)),
+    };
+    let key = EvidenceKey::load_or_create(&d.data)?;
+    let pack = match report::build_pack(&d.service, &session.user, &key, from, to).await {
+        Ok(p) => p,
+        Err(Error::BadRequest(m)) => return evidence_view(&d, &session, Some(m)),
+        Err(e) => return Err(e.into()),
+    };
+    let name = format!("klive-soc2-{}-{}", day_text(from), day_text(to));
+    let work = d.data.join("reports").join(format!(
+        "{name}-{}",
+        crate::crypto::new_id().map_err(Denied::from)?
+    ));
+    let data = d.data.clone();
+    let tar = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Error> {
+        let _ = data;
+        let chromium = report::find_chromium();
+        report::write_pack(&pack, &key, &work, chromium.as_deref())?;
+        let tar = report::tar_dir(&work, &name);
+        let _ = std::fs::remove_dir_all(&work);
+        tar
+    })
+    .await
+    .map_err(|e| Denied::from(Error::Corrupt(format!("the pack task failed: {e}"))))??;
+    let mut tx = d.service.db.begin_audited().await?;
+    audit::append(
+        &mut tx,
+        d.service.clock.now_ms(),
+        &Actor::User(session.user.name.clone()),
+        "report.soc2",
+        &format!("{}..{}", rfc3339(from), rfc3339(to)),
+        json!({"bytes": tar.len()}),
+    )
+    .await?;
+    tx.commit().await.map_err(Error::from)?;
+    let file = format!(
+        "attachment; filename=\"klive-soc2-{}-{}.tar\"",
+        day_text(from),
+        day_text(to)
+    );
+    let mut r = ([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&file).map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
+    );
+    Ok(with_headers(r))
+}
+
+async fn export(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+) -> Result<Response, Denied> {
+    let session = d.session(&headers).await?;
+    let _ = session;
+    let now = d.service.clock.now_ms();
+    let f = report::figures(&d.service, now - 90 * DAY_MS, now).await?;
+    let (body, kind) = match file.as_str() {
+        "vanta.json" => (report::vanta_export(&f).to_string(), "application/json"),
+        "drata.json" => (report::drata_export(&f).to_string(), "application/json"),
+        "findings.csv" => (
+            report::csv(&f.findings, report::FINDING_COLUMNS),
+            "text/csv; charset=utf-8",
+        ),
+        "hosts.csv" => (
+            report::csv(&f.hosts, report::HOST_COLUMNS),
+            "text/csv; charset=utf-8",
+        ),
+        other => {
+            return Err(Denied::Error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no export named {other:?}: vanta.json, drata.json, findings.csv or hosts.csv"
+                ),
+            ));
+        }
+    };
+    Ok(with_headers(
+        ([(header::CONTENT_TYPE, kind)], body).into_response(),
+    ))
+}
+
+/// Used by `/metrics`.
+impl Dashboard {
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_queries_are_parsed_and_encoded() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; klive_session=kls_x; b=2"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("kls_x"));
+        assert_eq!(cookie(&h, "nope"), None);
+        assert_eq!(
+            encode_query(&[("q", "a b&c"), ("x", ""), ("y", "1")]),
+            "q=a%20b%26c&y=1"
+        );
+        assert!(constant_eq(b"abc", b"abc"));
+        assert!(!constant_eq(b"abc", b"abd"));
+        assert!(!constant_eq(b"abc", b"ab"));
+    }
+}

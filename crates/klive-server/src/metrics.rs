@@ -1,0 +1,190 @@
+//! Prometheus `/metrics` (OpenMetrics text): hosts by state, apply outcomes, check-in
+//! activity, findings and hosts out of SLA. Low-cardinality labels only (severity, state,
+//! result); CVE ids and host ids are never labels. Needs a viewer token
+//! (`authorization: Bearer klu_...` in the scrape config) or a dashboard session.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use klive_format::evidence::{Rating, Verdict};
+
+use crate::dashboard::{Dashboard, Denied};
+use crate::error::Error;
+use crate::history::DAY_MS;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Renders the metrics text from the database and the dashboard snapshot.
+pub async fn render(d: &Dashboard) -> Result<String, Error> {
+    let service = d.service();
+    let pool = &service.db.pool;
+    let now = service.clock.now_ms();
+    let stale_before = now - 2 * service.checkin_interval_secs as i64 * 1000;
+    let mut registry = <Registry>::with_prefix("klive");
+
+    let hosts = Family::<Labels, Gauge>::default();
+    registry.register("hosts", "Hosts by state", hosts.clone());
+    let online: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_checkin_at >= $1",
+    )
+    .bind(stale_before)
+    .fetch_one(pool)
+    .await?;
+    let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let revoked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE revoked_at IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_error IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    hosts
+        .get_or_create(&labels(&[("state", "online")]))
+        .set(online);
+    hosts
+        .get_or_create(&labels(&[("state", "stale")]))
+        .set(active - online);
+    hosts
+        .get_or_create(&labels(&[("state", "revoked")]))
+        .set(revoked);
+    hosts
+        .get_or_create(&labels(&[("state", "failed")]))
+        .set(failed);
+
+    let checked_in = Gauge::<i64>::default();
+    registry.register(
+        "hosts_checked_in_last_5m",
+        "Hosts whose last check-in is less than 5 minutes old (check-in activity)",
+        checked_in.clone(),
+    );
+    let recent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_checkin_at >= $1",
+    )
+    .bind(now - 300_000)
+    .fetch_one(pool)
+    .await?;
+    checked_in.set(recent);
+    let today = Gauge::<i64>::default();
+    registry.register(
+        "hosts_checked_in_today",
+        "Hosts that checked in during the current UTC day",
+        today.clone(),
+    );
+    let day: Option<i64> = sqlx::query_scalar("SELECT hosts FROM checkin_daily WHERE day = $1")
+        .bind(now.div_euclid(DAY_MS))
+        .fetch_optional(pool)
+        .await?;
+    today.set(day.unwrap_or(0));
+
+    let snap = d.snapshot().await?;
+    let a = &snap.a;
+    let applies = Family::<Labels, Counter>::default();
+    registry.register(
+        "patch_apply",
+        "Live patch applications reported by hosts, by result",
+        applies.clone(),
+    );
+    let reboots = Counter::<u64>::default();
+    registry.register("reboots", "Host reboots recorded", reboots.clone());
+    let avoided = Counter::<u64>::default();
+    registry.register(
+        "reboots_avoided",
+        "Live patch level increases on a running kernel (each a reboot avoided)",
+        avoided.clone(),
+    );
+    let (mut ok, mut failed_applies, mut n_reboots) = (0u64, 0u64, 0u64);
+    for t in &a.timelines {
+        let mut previous = None;
+        for s in t {
+            if crate::report::is_livepatch_apply(previous, s) {
+                ok += 1;
+            }
+            failed_applies += u64::from(s.has_event("update_failed"));
+            n_reboots += u64::from(s.has_event("reboot"));
+            previous = Some(s);
+        }
+    }
+    applies
+        .get_or_create(&labels(&[("result", "success")]))
+        .inc_by(ok);
+    applies
+        .get_or_create(&labels(&[("result", "failed")]))
+        .inc_by(failed_applies);
+    reboots.inc_by(n_reboots);
+    avoided.inc_by(ok);
+
+    let open = Family::<Labels, Gauge>::default();
+    registry.register("findings_open", "Open findings by severity", open.clone());
+    let overdue = Family::<Labels, Gauge>::default();
+    registry.register(
+        "findings_out_of_sla",
+        "Open findings past their due date, by severity",
+        overdue.clone(),
+    );
+    for r in Rating::ALL {
+        let sev = [("severity", r.as_str())];
+        let of = a
+            .findings
+            .iter()
+            .filter(|f| f.severity == r && f.fixed_at.is_none());
+        open.get_or_create(&labels(&sev))
+            .set(of.clone().count() as i64);
+        overdue
+            .get_or_create(&labels(&sev))
+            .set(of.filter(|f| f.verdict == Verdict::OpenOverdue).count() as i64);
+    }
+    let out_of_sla = Gauge::<i64>::default();
+    registry.register(
+        "hosts_out_of_sla",
+        "Hosts with at least one finding past its due date",
+        out_of_sla.clone(),
+    );
+    out_of_sla.set(snap.host_open.values().filter(|v| v.1 > 0).count() as i64);
+    let as_of = Gauge::<i64>::default();
+    registry.register(
+        "findings_as_of_timestamp_seconds",
+        "When the findings above were computed",
+        as_of.clone(),
+    );
+    as_of.set(a.as_of / 1000);
+
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| Error::Corrupt(format!("encoding metrics: {e}")))?;
+    Ok(text)
+}
+
+pub async fn metrics(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    d.session(&headers).await.map_err(|e| match e {
+        Denied::Login => Denied::Error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "send a viewer's API token: authorization: Bearer klu_...".into(),
+        ),
+        other => other,
+    })?;
+    let text = render(&d).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,210 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium`, driven by playwright-core
+//! from `tests/browser/dashboard.mjs`) against the real router on 127.0.0.1 with a seeded
+//! fleet: sign-in, every page, host filters, the evidence pack download (then verified),
+//! CSRF refusal, no request leaving the server. Ignored by plain `cargo test`; `cargo xtask
+//! test` installs chromium and playwright-core and runs it. Screenshots and the pack are kept
+//! under `target/browser-artefacts/`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use klive_format::api::{
+    Action, AppliedReport, CheckIn, EnrollTokenRequest, PromoteRequest, RegisterRequest,
+};
+use klive_format::status::PatchState;
+use klive_server::cve::Source;
+
+use common::{BUILD, Fixture, build, kernel, level, release};
+
+const HOSTS: usize = 60;
+
+const CHANGELOG: &str = "linux (6.1.194-1) bookworm-security; urgency=high
+
+  * New upstream stable update:
+    - net: fix a use-after-free (CVE-2026-5001)
+    - fs: fix an overflow (CVE-2026-5002, CVE-2026-5003)
+
+ -- Ben Hutchings <benh@debian.org>  Sat, 07 Nov 2026 10:00:00 +0000
+";
+
+async fn seed(fx: &Fixture) {
+    let s = &fx.service;
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.promote(
+        &fx.bob,
+        &build(BUILD),
+        level(1),
+        &PromoteRequest {
+            to: "stable".into(),
+            emergency: false,
+            reason: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.import_cves(
+        &fx.bob,
+        Source::DebianChangelog,
+        "changelog",
+        CHANGELOG.as_bytes(),
+    )
+    .await
+    .unwrap();
+    for (channel, n) in [("canary", 20), ("stable", HOSTS - 20)] {
+        let t = s
+            .create_enroll_token(
+                &fx.admin,
+                &EnrollTokenRequest {
+                    channel: channel.into(),
+                    expires_in_secs: 600,
+                    max_uses: n as u32,
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..n {
+            let r = s
+                .register(&RegisterRequest {
+                    enrollment_token: t.token.clone(),
+                    hostname: format!("{channel}-web-{i:02}"),
+                    kernel: kernel(Some(BUILD)),
+                    agent_version: "0.1.0".into(),
+                })
+                .await
+                .unwrap();
+            let host = s.authenticate_host(&r.credential).await.unwrap();
+            let mut c = CheckIn {
+                sequence: 1,
+                kernel: kernel(Some(BUILD)),
+                applied: None,
+                uptime_secs: 86400 * (i as u64 + 1),
+                boot_id: "boot-1".into(),
+                agent_version: "0.1.0".into(),
+                last_error: None,
+                taint: Some(if i == 3 { 4096 } else { 0 }),
+            };
+            let answer = s.checkin(&host, &c).await.unwrap();
+            // every other host applies its target
+            if answer.action == Action::Apply && i % 2 == 0 {
+                let host = s.authenticate_host(&r.credential).await.unwrap();
+                c.sequence = 2;
+                c.applied = Some(AppliedReport {
+                    level: answer.target.unwrap().level,
+                    state: PatchState::Applied,
+                });
+                s.checkin(&host, &c).await.unwrap();
+            }
+        }
+    }
+}
+
+fn day(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and playwright-core; `cargo xtask test` runs it"]
+async fn dashboard_in_a_real_browser() {
+    let playwright = std::env::var("KLIVE_PLAYWRIGHT_DIR").expect(
+        "KLIVE_PLAYWRIGHT_DIR must name the directory holding node_modules/playwright-core",
+    );
+    let chromium = std::env::var("KLIVE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let out = PathBuf::from(
+        std::env::var("KLIVE_BROWSER_ARTEFACTS").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/browser-artefacts"
+            )
+            .into()
+        }),
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+
+    let fx = Fixture::sqlite().await;
+    seed(&fx).await;
+    let approver = fx.service.create_token(None, "bob").await.unwrap().token;
+    let viewer = fx.service.create_token(None, "vic").await.unwrap().token;
+    let data = fx.dir().unwrap().to_path_buf();
+    let router = klive_server::api::router(fx.service.clone())
+        .merge(klive_server::dashboard::router(fx.service.clone(), data));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let now = fx.service.clock.now_ms();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(script)
+        .env("BASE_URL", &base)
+        .env("OUT", &out)
+        .env("PLAYWRIGHT_DIR", &playwright)
+        .env("CHROMIUM", &chromium)
+        .env("APPROVER_TOKEN", &approver)
+        .env("VIEWER_TOKEN", &viewer)
+        .env("HOSTS", HOSTS.to_string())
+        .env("FILTER", "web-1")
+        // canary-web-10 .. canary-web-19
+        .env("EXPECT_FILTERED", "10")
+        .env("FROM", day(now - 7 * 86_400_000))
+        .env("TO", day(now));
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("starting node: install nodejs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+
+    // The downloaded pack verifies, and has the PDF Chromium printed on the server.
+    let tar = out.join("evidence.tar");
+    let unpacked = out.join("evidence");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dir = std::fs::read_dir(&unpacked)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let key = klive_server::report::EvidenceKey::load_or_create(fx.dir().unwrap()).unwrap();
+    let manifest = klive_server::report::verify_pack(&dir, Some(&key.public_hex)).unwrap();
+    assert!(
+        manifest.files.iter().any(|f| f.path == "report.pdf"),
+        "the pack has report.pdf"
+    );
+    let findings = std::fs::read_to_string(dir.join("findings.csv")).unwrap();
+    // every host lacks the three CVEs of the newer Debian kernel and had the release's CVE
+    // (fixed on half of them by applying level 1)
+    assert_eq!(findings.lines().count(), 1 + HOSTS * 4);
+    assert_eq!(findings.matches(",livepatch,").count(), HOSTS / 2);
+    for shot in [
+        "01-login",
+        "04-overview",
+        "05-hosts-filtered",
+        "06-host",
+        "11-evidence",
+    ] {
+        assert!(
+            out.join(format!("{shot}.png")).is_file(),
+            "{shot}.png saved"
+        );
+    }
+}
