@@ -9,6 +9,7 @@ mod browser;
 mod build_bench;
 mod build_tests;
 mod deps;
+mod moto;
 mod pg;
 mod vm;
 
@@ -103,6 +104,7 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
     )?;
     step("cargo test", cargo(&["test", "--workspace"]))?;
     pg::test_server()?;
+    moto::test_server(root)?;
     eprintln!("xtask: == dashboard browser test (headless chromium)");
     browser::test(root)?;
     if no_vm {

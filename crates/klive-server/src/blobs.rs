@@ -31,6 +31,11 @@ impl Blobs {
         })
     }
 
+    /// Blobs in any object store (S3: [`crate::s3`]).
+    pub fn from_store(store: Arc<dyn ObjectStore>) -> Blobs {
+        Blobs { store }
+    }
+
     /// Blobs in memory, for tests.
     pub fn in_memory() -> Blobs {
         Blobs {

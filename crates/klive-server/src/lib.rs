@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod modinfo;
 pub mod policy;
 pub mod report;
+pub mod s3;
 pub mod service;
 pub mod tls;
 pub mod tuf;
@@ -31,6 +32,15 @@ pub use service::Service;
 
 /// Opens the server's state: `DATA/klive.db` (or `database_url`) and `DATA/blobs/`.
 pub async fn open(data: &Path, database_url: Option<&str>) -> Result<Service, Error> {
+    open_with(data, database_url, None).await
+}
+
+/// [`open`], with the blobs in an S3-compatible bucket when `blob_url` is `s3://...`.
+pub async fn open_with(
+    data: &Path,
+    database_url: Option<&str>,
+    blob_url: Option<&str>,
+) -> Result<Service, Error> {
     std::fs::create_dir_all(data).map_err(|e| Error::Io {
         what: format!("creating the data directory {}", data.display()),
         source: e,
@@ -39,7 +49,10 @@ pub async fn open(data: &Path, database_url: Option<&str>) -> Result<Service, Er
         Some(url) => db::Db::connect(url).await?,
         None => db::Db::open_sqlite_dir(data).await?,
     };
-    let blobs = blobs::Blobs::local(&data.join("blobs"))?;
+    let blobs = match blob_url {
+        Some(url) => s3::blobs(url)?,
+        None => blobs::Blobs::local(&data.join("blobs"))?,
+    };
     let signer = tuf::Signer::load(data)?;
     Ok(Service::new(db, blobs).with_signer(signer))
 }

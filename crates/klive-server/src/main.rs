@@ -31,6 +31,10 @@ struct Cli {
     /// PostgreSQL URL (postgres://...) instead of DATA/klive.db.
     #[arg(long, global = true, env = "KLIVE_DATABASE_URL")]
     database_url: Option<String>,
+    /// Blob storage in an S3-compatible bucket, s3://BUCKET[/PREFIX], instead of
+    /// DATA/blobs/ (endpoint, region and credentials from the AWS_* variables).
+    #[arg(long, global = true, env = "KLIVE_BLOB_URL")]
+    blob_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -294,9 +298,13 @@ async fn run(cli: Cli) -> Result<()> {
     {
         return evidence_cli::verify(&cli.data, dir, key.clone());
     }
-    let service = klive_server::open(&cli.data, cli.database_url.as_deref())
-        .await
-        .with_context(|| format!("opening the server state in {}", cli.data.display()))?;
+    let service = klive_server::open_with(
+        &cli.data,
+        cli.database_url.as_deref(),
+        cli.blob_url.as_deref(),
+    )
+    .await
+    .with_context(|| format!("opening the server state in {}", cli.data.display()))?;
     let user = |name: String| {
         let service = service.clone();
         async move {
