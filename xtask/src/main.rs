@@ -4,6 +4,7 @@
 //! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
+mod bench_dashboard;
 mod bench_server;
 mod browser;
 mod build_bench;
@@ -62,6 +63,8 @@ enum BenchTarget {
     /// klive-server check-ins/s and latency beside its health endpoint, SQLite and
     /// PostgreSQL, and fleet status over 100,000 hosts.
     Server,
+    /// klive-server dashboard pages and the SOC 2 evidence pack over 100,000 hosts and a year.
+    Dashboard,
 }
 
 fn main() -> Result<()> {
@@ -82,6 +85,7 @@ fn main() -> Result<()> {
             BenchTarget::Agent => vm::bench_agent(&root),
             BenchTarget::Build => vm::bench_build(&root),
             BenchTarget::Server => bench_server::run(&root),
+            BenchTarget::Dashboard => bench_dashboard::run(&root),
         },
     }
 }

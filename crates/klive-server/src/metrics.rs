@@ -12,8 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use klive_format::evidence::{Rating, Verdict};
-
 use crate::dashboard::{Dashboard, Denied};
 use crate::error::Error;
 use crate::history::DAY_MS;
@@ -109,18 +107,8 @@ pub async fn render(d: &Dashboard) -> Result<String, Error> {
         "Live patch level increases on a running kernel (each a reboot avoided)",
         avoided.clone(),
     );
-    let (mut ok, mut failed_applies, mut n_reboots) = (0u64, 0u64, 0u64);
-    for t in &a.timelines {
-        let mut previous = None;
-        for s in t {
-            if crate::report::is_livepatch_apply(previous, s) {
-                ok += 1;
-            }
-            failed_applies += u64::from(s.has_event("update_failed"));
-            n_reboots += u64::from(s.has_event("reboot"));
-            previous = Some(s);
-        }
-    }
+    let o = &snap.overview;
+    let (ok, failed_applies, n_reboots) = (o.applies_ok, o.applies_failed, o.reboots);
     applies
         .get_or_create(&labels(&[("result", "success")]))
         .inc_by(ok);
@@ -138,17 +126,10 @@ pub async fn render(d: &Dashboard) -> Result<String, Error> {
         "Open findings past their due date, by severity",
         overdue.clone(),
     );
-    for r in Rating::ALL {
+    for (r, n_open, n_overdue) in &o.open_by_severity {
         let sev = [("severity", r.as_str())];
-        let of = a
-            .findings
-            .iter()
-            .filter(|f| f.severity == r && f.fixed_at.is_none());
-        open.get_or_create(&labels(&sev))
-            .set(of.clone().count() as i64);
-        overdue
-            .get_or_create(&labels(&sev))
-            .set(of.filter(|f| f.verdict == Verdict::OpenOverdue).count() as i64);
+        open.get_or_create(&labels(&sev)).set(*n_open);
+        overdue.get_or_create(&labels(&sev)).set(*n_overdue);
     }
     let out_of_sla = Gauge::<i64>::default();
     registry.register(

@@ -1,6 +1,6 @@
 //! The SOC 2 evidence pack: a printable report (HTML, and PDF when Chromium is available), one
 //! CSV and one JSON file per population (hosts, findings, changes, exceptions, audit extract),
-//! GRC-shaped exports, and `manifest.json` listing every file's SHA-256, signed (Ed25519) by
+//! `summary.json`, and `manifest.json` listing every file's SHA-256, signed (Ed25519) by
 //! the server's evidence key in `manifest.sig`. Every figure is computed as of the period end
 //! (or the generation time, when the period has not ended) from the append-only records, so
 //! running the printed command again gives byte-identical populations.
@@ -773,6 +773,45 @@ fn csv_cell(s: &str) -> String {
     }
 }
 
+/// The findings population as CSV, written field by field (it can have millions of rows);
+/// the same columns and cells as [`csv`] with [`FINDING_COLUMNS`].
+pub fn findings_csv(findings: &[Finding]) -> String {
+    let mut out = String::with_capacity(findings.len() * 260 + 256);
+    out.push_str(&FINDING_COLUMNS.join(","));
+    out.push('\n');
+    let opt = |v: &Option<String>| v.as_deref().map(csv_cell).unwrap_or_default();
+    for x in findings {
+        let cells = [
+            csv_cell(&x.host_id),
+            csv_cell(&x.hostname),
+            csv_cell(&x.cve),
+            x.severity.as_str().to_owned(),
+            csv_cell(&x.severity_source),
+            x.kev.to_string(),
+            csv_cell(&x.kernel_release),
+            csv_cell(&x.detected_at),
+            csv_cell(&x.clock_start_at),
+            csv_cell(&x.clock_start_basis),
+            csv_cell(&x.due_at),
+            x.policy_version.to_string(),
+            opt(&x.fixed_at),
+            x.fix_method
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+            x.fixed_level.map(|l| l.to_string()).unwrap_or_default(),
+            opt(&x.fixed_kernel),
+            x.time_to_patch_secs
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            x.verdict.as_str().to_owned(),
+            opt(&x.exception_id),
+        ];
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
 pub const HOST_COLUMNS: &[&str] = &[
     "host_id",
     "hostname",
@@ -846,6 +885,19 @@ pub const AUDIT_COLUMNS: &[&str] = &[
     "prev_hash",
     "hash",
 ];
+
+/// A JSON array with one compact record per line (populations can have millions of rows).
+fn json_records<T: Serialize>(records: &[T]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(records.len() * 256 + 4);
+    out.extend_from_slice(b"[");
+    for (i, r) in records.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut out, r)
+            .map_err(|e| Error::Corrupt(format!("serialising evidence: {e}")))?;
+    }
+    out.extend_from_slice(b"\n]\n");
+    Ok(out)
+}
 
 fn json_bytes<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, Error> {
     let mut bytes = serde_json::to_vec_pretty(v)
@@ -1081,31 +1133,31 @@ pub async fn build_pack(
     population(
         "hosts",
         csv(&f.hosts, HOST_COLUMNS),
-        json_bytes(&f.hosts)?,
+        json_records(&f.hosts)?,
         f.hosts.len(),
     );
     population(
         "findings",
-        csv(&f.findings, FINDING_COLUMNS),
-        json_bytes(&f.findings)?,
+        findings_csv(&f.findings),
+        json_records(&f.findings)?,
         f.findings.len(),
     );
     population(
         "changes",
         csv(&f.changes, CHANGE_COLUMNS),
-        json_bytes(&f.changes)?,
+        json_records(&f.changes)?,
         f.changes.len(),
     );
     population(
         "exceptions",
         csv(&f.exceptions, EXCEPTION_COLUMNS),
-        json_bytes(&f.exceptions)?,
+        json_records(&f.exceptions)?,
         f.exceptions.len(),
     );
     population(
         "audit",
         csv(&f.audit, AUDIT_COLUMNS),
-        json_bytes(&f.audit)?,
+        json_records(&f.audit)?,
         f.audit.len(),
     );
     files.push(("summary.json".into(), json_bytes(&serde_json::json!({
@@ -1114,8 +1166,8 @@ pub async fn build_pack(
         "cve_imports": f.imports,
         "daily_checkins": f.coverage.iter().map(|(d, n)| serde_json::json!({"day": rfc3339(*d), "hosts": n})).collect::<Vec<_>>(),
     }))?, None));
-    files.push(("vanta.json".into(), json_bytes(&vanta_export(&f))?, None));
-    files.push(("drata.json".into(), json_bytes(&drata_export(&f))?, None));
+    // The Vanta and Drata shapes repeat the findings population; they are served as
+    // dashboard exports (/ui/exports/) rather than doubling the pack.
     let html = render_html(&f, generated_at, &by.name, &command, &key.public_hex)?;
     files.push(("report.html".into(), html.into_bytes(), None));
     Ok(Pack {
@@ -1441,6 +1493,40 @@ pub fn tar_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn findings_csv_matches_the_generic_writer() {
+        let f = Finding {
+            host_id: "h1".into(),
+            hostname: "web,1".into(),
+            cve: "CVE-2024-1".into(),
+            severity: Rating::High,
+            severity_source: "release:x".into(),
+            kev: true,
+            kernel_release: "6.1".into(),
+            detected_at: "2026-01-01T00:00:00Z".into(),
+            clock_start_at: "2026-01-01T00:00:00Z".into(),
+            clock_start_basis: "detected".into(),
+            due_at: "2026-01-31T00:00:00Z".into(),
+            policy_version: 2,
+            fixed_at: Some("2026-01-02T00:00:00Z".into()),
+            fix_method: Some(FixMethod::Livepatch),
+            fixed_level: Some(3),
+            fixed_kernel: None,
+            time_to_patch_secs: Some(86400),
+            verdict: Verdict::FixedOnTime,
+            exception_id: None,
+        };
+        let mut open = f.clone();
+        open.fixed_at = None;
+        open.fix_method = None;
+        open.fixed_level = None;
+        open.time_to_patch_secs = None;
+        open.verdict = Verdict::OpenOverdue;
+        open.exception_id = Some("e1".into());
+        let both = [f, open];
+        assert_eq!(findings_csv(&both), csv(&both, FINDING_COLUMNS));
+    }
 
     #[test]
     fn csv_quotes_and_guards_formulas() {

@@ -57,6 +57,7 @@ check((await page.textContent('.error')).includes('unknown or revoked token'), '
 // Viewer: reads everything, cannot generate the signed pack.
 await signIn(env('VIEWER_TOKEN'));
 check((await page.textContent('#tile-hosts b')).trim() === env('HOSTS'), 'the overview counts every host');
+check((await page.textContent('main')).includes('50.0%'), 'half the hosts run the newest level allowed');
 await shot('02-overview-viewer');
 await page.goto(`${BASE}/ui/evidence`);
 check((await page.locator('#generate').count()) === 0, 'a viewer gets no generate button');
