@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use klive_format::api::{Action, FleetReport, FleetStatus, StatusReport};
 use klive_format::status::{ErrorReport, OperationReport, StalledTaskReport};
 use klive_format::{BuildId, PatchLevel};
-use klive_kernel::{Kernel, livepatch};
+use klive_kernel::Kernel;
 
 use crate::fleet::{Fleet, FleetError, RegisterArgs, RootPin};
 use crate::ops::{Agent, ApplyOutcome, BootOutcome, Options, RevertOutcome};
@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Every livepatch module, klive's and foreign, with its state.
+    /// Every livepatch module, klive's and foreign, with its state; then the module cache.
     List {
         #[arg(long)]
         json: bool,
@@ -158,9 +158,14 @@ pub enum Command {
         level: Option<PatchLevel>,
     },
     /// At boot: re-apply the last good level from the local cache when the kernel matches.
+    /// A level whose boot-time loads keep ending in crashes is held back (crash-loop guard).
     Boot {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// At a clean shutdown (the unit's ExecStop): record that this boot ended well, so the
+        /// level it loaded does not count towards the crash-loop guard. Loads nothing.
+        #[arg(long)]
+        confirm: bool,
         #[arg(long)]
         json: bool,
     },
@@ -316,17 +321,14 @@ fn execute<K: Kernel>(
             }
         }
         Command::List { json } => {
-            let patches = match livepatch::patches(kernel.root()) {
-                Ok(p) => p
-                    .iter()
-                    .map(livepatch::Patch::to_report)
-                    .collect::<Vec<_>>(),
-                Err(e) => return fail(err, &AgentError::from(e)),
+            let list = match report::list(kernel, &Store::new(&state_dir)) {
+                Ok(l) => l,
+                Err(e) => return fail(err, &e),
             };
             if json {
-                print_json(out, &patches);
+                print_json(out, &list);
             } else {
-                let _ = write!(out, "{}", report::render_list(&patches));
+                let _ = write!(out, "{}", report::render_list(&list));
             }
             ExitCode::Ok
         }
@@ -447,7 +449,38 @@ fn execute<K: Kernel>(
             });
             finish(out, err, json, "revert", result)
         }
-        Command::Boot { timeout, json } => {
+        Command::Boot {
+            timeout,
+            confirm: true,
+            json,
+        } => {
+            let agent = Agent::new(kernel, &state_dir, options(timeout));
+            let result = agent.confirm_boot(true).map(|confirmed| OperationReport {
+                operation: "boot".into(),
+                result: if confirmed {
+                    "confirmed"
+                } else {
+                    "nothing-to-confirm"
+                }
+                .into(),
+                module: None,
+                level: None,
+                replaced: vec![],
+                transition_ms: None,
+                message: if confirmed {
+                    "this boot ended cleanly: the level klive boot loaded is confirmed".into()
+                } else {
+                    "no level loaded by klive boot in this boot is on probation".into()
+                },
+                error: None,
+            });
+            finish(out, err, json, "boot", result)
+        }
+        Command::Boot {
+            timeout,
+            confirm: false,
+            json,
+        } => {
             let agent = Agent::new(kernel, &state_dir, options(timeout));
             let result = agent.boot().map(|o| {
                 let mut r = OperationReport {

@@ -22,7 +22,6 @@ use klive_format::api::{
 use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::{Kernel, identity};
-use sha2::{Digest, Sha256};
 use tough::{IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
@@ -32,7 +31,7 @@ use crate::store::{Durability, StoreError, write_atomic_private};
 use crate::transport::{
     BundleTransport, Connector, Http, Method, NetError, Request, ServerTransport, ServerTrust,
 };
-use crate::{AgentError, ExitCode, report};
+use crate::{AgentError, ExitCode, report, sha256_hex};
 
 /// Check-in interval when the server has not named one yet.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -157,13 +156,6 @@ fn now() -> String {
 
 fn now_ms() -> u64 {
     u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0)
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A current-thread runtime for tough's async API; nothing else runs on it.
@@ -493,6 +485,9 @@ impl<'a, K: Kernel> Fleet<'a, K> {
         http: &dyn Http,
         last_error: Option<String>,
     ) -> Result<CheckInResponse, FleetError> {
+        // A boot that has run this long since `klive boot` loaded its level is no longer
+        // suspect (crash-loop guard); best effort, never a reason to skip the check-in.
+        let _ = self.agent.confirm_boot(false);
         let root = self.kernel.root();
         let uptime_secs = root
             .read_optional("/proc/uptime")?

@@ -10,16 +10,18 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use klive_format::agent_state::{AgentState, GoodLevel, Intent, JournalEntry, Operation};
-use klive_format::status::Interrupted;
+use klive_format::agent_state::{
+    AgentState, BOOT_PROBATION_SECS, BootProbation, GoodLevel, HeldBack, Intent, JournalEntry,
+    MAX_UNCONFIRMED_BOOTS, Operation,
+};
+use klive_format::status::{Interrupted, KernelInfo};
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::livepatch::{self, Patch, StalledTask, TaskPatchState};
 use klive_kernel::module::{self, ModuleInfo};
 use klive_kernel::{Kernel, KernelError, identity};
-use sha2::{Digest, Sha256};
 
-use crate::AgentError;
 use crate::store::{Lock, Store};
+use crate::{AgentError, sha256_hex};
 
 /// Timing knobs of the agent.
 #[derive(Debug, Clone)]
@@ -82,6 +84,8 @@ pub struct Agent<'k, K: Kernel> {
     kernel: &'k K,
     store: Store,
     opts: Options,
+    /// The running kernel's identity, read once (it cannot change while the agent runs).
+    kernel_info: std::cell::OnceCell<KernelInfo>,
 }
 
 impl<K: Kernel> std::fmt::Debug for Agent<'_, K> {
@@ -92,13 +96,6 @@ impl<K: Kernel> std::fmt::Debug for Agent<'_, K> {
 
 fn now() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// What a release's signed metadata says its module is; [`Agent::apply_verified`] refuses
@@ -152,7 +149,16 @@ impl<'k, K: Kernel> Agent<'k, K> {
             kernel,
             store: Store::new(state_dir),
             opts,
+            kernel_info: std::cell::OnceCell::new(),
         }
+    }
+
+    fn kernel_info(&self) -> Result<&KernelInfo, AgentError> {
+        if let Some(info) = self.kernel_info.get() {
+            return Ok(info);
+        }
+        let info = identity::kernel_info(self.kernel.root())?;
+        Ok(self.kernel_info.get_or_init(|| info))
     }
 
     pub fn store(&self) -> &Store {
@@ -213,11 +219,12 @@ impl<'k, K: Kernel> Agent<'k, K> {
 
     fn wait_transition(&self, name: &str, timeout: Duration) -> Result<Wait, AgentError> {
         let start = Instant::now();
+        let mut polls: u32 = 0;
         loop {
-            match livepatch::patch(self.kernel.root(), name) {
+            match livepatch::in_transition(self.kernel.root(), name) {
                 Ok(None) => return Ok(Wait::Gone),
-                Ok(Some(p)) if !p.transition => return Ok(Wait::Done),
-                Ok(Some(_)) => {}
+                Ok(Some(false)) => return Ok(Wait::Done),
+                Ok(Some(true)) => {}
                 // The kernel frees a disabled patch while we read it.
                 Err(_)
                     if !self
@@ -232,7 +239,14 @@ impl<'k, K: Kernel> Agent<'k, K> {
             if start.elapsed() >= timeout {
                 return Ok(Wait::TimedOut);
             }
-            sleep(self.opts.poll);
+            // Most transitions end within a few milliseconds of the load: poll finely at
+            // first, then at the configured period.
+            polls += 1;
+            sleep(if polls <= 20 {
+                self.opts.poll.min(Duration::from_millis(1))
+            } else {
+                self.opts.poll
+            });
         }
     }
 
@@ -328,7 +342,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
                 "nothing was loaded; rebuild the module with a klive_ name",
             ));
         }
-        let kernel = identity::kernel_info(root)?;
+        let kernel = self.kernel_info()?;
         if info.vermagic_release() != kernel.release {
             return Err(AgentError::refused(
                 format!(
@@ -339,7 +353,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
                 "nothing was loaded; use the release made for this kernel",
             ));
         }
-        let Some(running) = kernel.build_id else {
+        let Some(running) = kernel.build_id.clone() else {
             return Err(AgentError::refused(
                 "this kernel exposes no GNU build-id in /sys/kernel/notes, so the module's target cannot be verified",
                 "nothing was loaded; klive needs a kernel built with a build-id",
@@ -374,7 +388,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
     /// `klive apply FILE.ko`.
     pub fn apply(&self, path: &Path) -> Result<ApplyOutcome, AgentError> {
         let _lock = self.begin()?;
-        self.apply_locked(path, None)
+        self.apply_locked(path, None, Origin::ByHand)
     }
 
     /// Applies a downloaded release whose signed metadata says what the module must be. The
@@ -386,13 +400,19 @@ impl<'k, K: Kernel> Agent<'k, K> {
         expected: &ExpectedModule,
     ) -> Result<ApplyOutcome, AgentError> {
         let _lock = self.begin()?;
-        self.apply_locked(path, Some(expected))
+        if let Some(held) = self.store.load_state()?.held_back
+            && held.sha256 == expected.sha256
+        {
+            return Err(held_back_error(&held));
+        }
+        self.apply_locked(path, Some(expected), Origin::Verified)
     }
 
     fn apply_locked(
         &self,
         path: &Path,
         expected: Option<&ExpectedModule>,
+        origin: Origin,
     ) -> Result<ApplyOutcome, AgentError> {
         let (bytes, info) = self.read_module(path)?;
         if let Some(e) = expected {
@@ -500,6 +520,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
             &cached_file,
             &sha,
             &info.klive_fixes,
+            origin == Origin::ByHand,
         )
         .map(|replaced| ApplyOutcome::Applied {
             module: info.name.clone(),
@@ -523,6 +544,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
         cached_file: &str,
         sha: &str,
         fixes: &[String],
+        by_hand: bool,
     ) -> Result<Vec<String>, AgentError> {
         // A module built without `replace = true` stacks on the previous level instead of
         // replacing it: klive runs one patch at a time, so take it out again.
@@ -559,7 +581,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
         for m in &replaced {
             self.unload(m)?;
         }
-        let release = identity::kernel_info(self.kernel.root())?.release;
+        let release = self.kernel_info()?.release.clone();
         let mut state = self.store.load_state()?;
         state.last_good = Some(GoodLevel {
             build_id: build_id.clone(),
@@ -571,6 +593,10 @@ impl<'k, K: Kernel> Agent<'k, K> {
             fixes: fixes.to_vec(),
             applied_at: now(),
         });
+        // Applying by hand is the administrator's decision that overrides the crash-loop guard.
+        if by_hand {
+            state.held_back = None;
+        }
         self.store.save_state(&state)?;
         self.store.clear_intent()?;
         self.journal(op, "done", format!("replaced [{}]", replaced.join(", ")))?;
@@ -737,12 +763,12 @@ impl<'k, K: Kernel> Agent<'k, K> {
         let Some(good) = state.last_good else {
             return Ok(BootOutcome::NothingToRestore);
         };
-        let kernel = identity::kernel_info(self.kernel.root())?;
+        let kernel = self.kernel_info()?;
         if kernel.build_id.as_ref() != Some(&good.build_id) {
             return Ok(BootOutcome::KernelChanged {
                 level: good.level,
                 was: good.build_id,
-                now: kernel.build_id,
+                now: kernel.build_id.clone(),
             });
         }
         let cached = self
@@ -768,7 +794,118 @@ impl<'k, K: Kernel> Agent<'k, K> {
                 "nothing was loaded; the cache was changed on disk: fetch the release again",
             ));
         }
-        self.apply_locked(&cached, None).map(BootOutcome::Restored)
+        self.guarded_boot_apply(&good, &cached)
+            .map(BootOutcome::Restored)
+    }
+
+    /// The crash-loop guard around the boot-time load: the load is recorded durably first;
+    /// a boot that ends without confirmation (clean shutdown, or [`BOOT_PROBATION_SECS`] of
+    /// uptime) counts against the level, and after [`MAX_UNCONFIRMED_BOOTS`] such boots in
+    /// a row it is held back instead of loaded.
+    fn guarded_boot_apply(
+        &self,
+        good: &GoodLevel,
+        cached: &Path,
+    ) -> Result<ApplyOutcome, AgentError> {
+        let mut state = self.store.load_state()?;
+        if let Some(held) = &state.held_back
+            && held.sha256 == good.sha256
+        {
+            return Err(held_back_error(held));
+        }
+        let boot_id = self.boot_id();
+        let unconfirmed = match &state.boot_probation {
+            // Loaded by an earlier boot that never confirmed it: that boot crashed.
+            Some(p) if p.sha256 == good.sha256 && p.boot_id != boot_id => p.unconfirmed_boots,
+            // `klive boot` ran again in this boot: not another boot.
+            Some(p) if p.sha256 == good.sha256 => p.unconfirmed_boots.saturating_sub(1),
+            _ => 0,
+        };
+        if unconfirmed >= MAX_UNCONFIRMED_BOOTS {
+            let reason = format!(
+                "the last {unconfirmed} boots loaded level {} at boot and ended without a clean shutdown or {} s of uptime after the load",
+                good.level, BOOT_PROBATION_SECS
+            );
+            let held = HeldBack {
+                build_id: good.build_id.clone(),
+                level: good.level,
+                sha256: good.sha256.clone(),
+                since: now(),
+                reason: reason.clone(),
+            };
+            state.held_back = Some(held.clone());
+            state.boot_probation = None;
+            self.store.save_state(&state)?;
+            self.journal("boot", "held-back", reason)?;
+            return Err(held_back_error(&held));
+        }
+        state.boot_probation = Some(BootProbation {
+            level: good.level,
+            sha256: good.sha256.clone(),
+            boot_id,
+            loaded_at_uptime: self.uptime_secs(),
+            unconfirmed_boots: unconfirmed + 1,
+        });
+        self.store.save_state(&state)?;
+        match self.apply_locked(cached, None, Origin::Boot) {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                // Nothing stayed loaded (refused, or reversed): not a crash.
+                let mut state = self.store.load_state()?;
+                state.boot_probation = None;
+                self.store.save_state(&state)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends this boot's probation of the level `klive boot` loaded, when it is due
+    /// ([`BOOT_PROBATION_SECS`] of uptime since the load) or at a clean shutdown. Returns
+    /// whether a probation ended. Does nothing while another klive command holds the lock.
+    pub fn confirm_boot(&self, clean_shutdown: bool) -> Result<bool, AgentError> {
+        let _lock = match self.store.lock(Duration::ZERO) {
+            Ok(l) => l,
+            Err(crate::store::StoreError::Busy { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut state = self.store.load_state()?;
+        let Some(p) = &state.boot_probation else {
+            return Ok(false);
+        };
+        // An earlier boot's probation is judged by the next `klive boot`.
+        if p.boot_id != self.boot_id() {
+            return Ok(false);
+        }
+        if !clean_shutdown && self.uptime_secs() < p.loaded_at_uptime + BOOT_PROBATION_SECS {
+            return Ok(false);
+        }
+        let detail = format!(
+            "level {} loaded at boot is confirmed ({})",
+            p.level,
+            if clean_shutdown {
+                "clean shutdown"
+            } else {
+                "uptime"
+            }
+        );
+        state.boot_probation = None;
+        self.store.save_state(&state)?;
+        self.journal("boot", "confirmed", detail)?;
+        Ok(true)
+    }
+
+    fn uptime_secs(&self) -> u64 {
+        self.kernel
+            .root()
+            .read_optional("/proc/uptime")
+            .ok()
+            .flatten()
+            .and_then(|u| {
+                u.split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse::<f64>().ok())
+            })
+            .map_or(0, |s| s as u64)
     }
 
     /// Finishes or rolls back an operation a previous process left unfinished. Call with the
@@ -841,7 +978,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
         previous: Option<&str>,
     ) -> Result<String, AgentError> {
         let root = self.kernel.root();
-        let build_id = identity::kernel_info(root)?.build_id;
+        let build_id = self.kernel_info()?.build_id.clone();
         match livepatch::patch(root, module)? {
             Some(p) if p.enabled => {
                 let how = if !p.transition {
@@ -861,7 +998,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
                         "{how}, but the kernel has no build-id to record level {level} under"
                     ));
                 };
-                self.finish_apply(op, module, level, &build_id, cached_file, sha, fixes)?;
+                self.finish_apply(op, module, level, &build_id, cached_file, sha, fixes, false)?;
                 Ok(format!("{how}: level {level} is applied"))
             }
             Some(_) => {
@@ -885,6 +1022,25 @@ impl<'k, K: Kernel> Agent<'k, K> {
 }
 
 /// Turns a failed `finit_module` into a message that says what to do.
+/// Where a module to apply comes from: an administrator's `klive apply FILE`, a verified
+/// release (`klive update`, bundles), or the cache at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    ByHand,
+    Verified,
+    Boot,
+}
+
+fn held_back_error(held: &HeldBack) -> AgentError {
+    AgentError::refused(
+        format!(
+            "level {} is held back by the crash-loop guard since {}: {}",
+            held.level, held.since, held.reason
+        ),
+        "klive loads it automatically no more; apply a fixed level, or this one by hand if the crashes had another cause (klive apply FILE.ko, which lifts the hold)",
+    )
+}
+
 fn load_error(info: &ModuleInfo, source: KernelError) -> AgentError {
     let hint = match source.errno() {
         Some(libc::EEXIST) => "a module with this name is already loaded; run `klive list`",

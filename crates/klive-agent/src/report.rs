@@ -3,8 +3,10 @@
 use std::fmt::Write as _;
 
 use klive_format::PatchLevel;
-use klive_format::status::{AgentStatus, AppliedLevel, LoadedPatch, PatchState, UnameReport};
-use klive_kernel::{Kernel, identity, livepatch};
+use klive_format::status::{
+    AgentStatus, AppliedLevel, CachedModule, LoadedPatch, ModuleList, PatchState, UnameReport,
+};
+use klive_kernel::{Kernel, identity, livepatch, module};
 
 use crate::AgentError;
 use crate::store::Store;
@@ -44,6 +46,11 @@ pub fn status<K: Kernel>(kernel: &K, store: &Store) -> Result<AgentStatus, Agent
             "this kernel cannot be live patched: {}",
             support.reasons.join("; ")
         )
+    } else if let Some(held) = state.held_back.as_ref().filter(|_| klive.is_none()) {
+        format!(
+            "no klive patch is loaded: level {} is held back by the crash-loop guard ({}); apply a fixed level, or this one by hand (klive apply FILE.ko)",
+            held.level, held.reason
+        )
     } else if let Some(intent) = &pending {
         format!(
             "an operation was interrupted ({}); the next klive command as root reconciles it",
@@ -81,6 +88,8 @@ pub fn status<K: Kernel>(kernel: &K, store: &Store) -> Result<AgentStatus, Agent
         patches: patches.iter().map(livepatch::Patch::to_report).collect(),
         taint,
         last_interrupted: state.last_interrupted,
+        boot_probation: state.boot_probation,
+        held_back: state.held_back,
         summary,
     })
 }
@@ -162,6 +171,20 @@ pub fn render_status(s: &AgentStatus) -> String {
             .collect();
         let _ = writeln!(o, "other patches: {}", names.join(", "));
     }
+    if let Some(p) = &s.boot_probation {
+        let _ = writeln!(
+            o,
+            "boot guard:    level {} loaded at boot is on probation ({} unconfirmed boot(s) in a row)",
+            p.level, p.unconfirmed_boots
+        );
+    }
+    if let Some(h) = &s.held_back {
+        let _ = writeln!(
+            o,
+            "boot guard:    level {} HELD BACK since {}: {}",
+            h.level, h.since, h.reason
+        );
+    }
     if let Some(i) = &s.last_interrupted {
         let _ = writeln!(
             o,
@@ -186,15 +209,58 @@ pub fn state_word(s: PatchState) -> &'static str {
 }
 
 /// `klive list`: every livepatch, klive's and foreign.
-pub fn render_list(patches: &[LoadedPatch]) -> String {
-    if patches.is_empty() {
-        return "no livepatch modules are loaded\n".to_owned();
+/// `klive list`: the kernel's livepatches and the agent's module cache.
+pub fn list<K: Kernel>(kernel: &K, store: &Store) -> Result<ModuleList, AgentError> {
+    let root = kernel.root();
+    let loaded = livepatch::patches(root)?
+        .iter()
+        .map(livepatch::Patch::to_report)
+        .collect();
+    let running = identity::kernel_info(root)?.build_id;
+    let last_good = store.load_state()?.last_good;
+    let cached = store
+        .cached_files()?
+        .into_iter()
+        .map(|(build_id, file, size)| {
+            let path = store.cache_dir(&build_id).join(&file);
+            let (module, level, problem) = match module::inspect(&path) {
+                Ok(info) if info.klive_level.is_some() => (Some(info.name), info.klive_level, None),
+                Ok(info) => (
+                    Some(info.name),
+                    None,
+                    Some("not a klive module (no klive_level tag)".to_owned()),
+                ),
+                Err(e) => (None, None, Some(e.to_string())),
+            };
+            CachedModule {
+                running_kernel: running.as_ref().is_some_and(|b| b.as_str() == build_id),
+                last_good: last_good
+                    .as_ref()
+                    .is_some_and(|g| g.build_id.as_str() == build_id && g.cached_file == file),
+                build_id,
+                file,
+                size,
+                module,
+                level,
+                problem,
+            }
+        })
+        .collect();
+    Ok(ModuleList { loaded, cached })
+}
+
+pub fn render_list(list: &ModuleList) -> String {
+    let mut o = String::new();
+    if list.loaded.is_empty() {
+        o.push_str("no livepatch modules are loaded\n");
+    } else {
+        let _ = writeln!(
+            o,
+            "{:<28} {:<11} {:<6} {:<8} {:<8} FUNCTIONS",
+            "NAME", "STATE", "LEVEL", "OWNER", "REPLACE"
+        );
     }
-    let mut o = format!(
-        "{:<28} {:<11} {:<6} {:<8} {:<8} FUNCTIONS\n",
-        "NAME", "STATE", "LEVEL", "OWNER", "REPLACE"
-    );
-    for p in patches {
+    for p in &list.loaded {
         let funcs: Vec<String> = p
             .objects
             .iter()
@@ -209,13 +275,51 @@ pub fn render_list(patches: &[LoadedPatch]) -> String {
             "{:<28} {:<11} {:<6} {:<8} {:<8} {}",
             p.name,
             state_word(p.state),
-            p.level.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            level_word(p.level),
             if p.klive { "klive" } else { "foreign" },
-            if p.replace { "yes" } else { "no" },
+            match p.replace {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
             funcs.join(" ")
         );
     }
+    if list.cached.is_empty() {
+        o.push_str("\nthe module cache is empty\n");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "\ncached modules (klive boot restores the one marked last-good):\n{:<14} {:<6} {:<28} {:>9}  NOTE",
+        "KERNEL BUILD", "LEVEL", "MODULE", "BYTES"
+    );
+    for c in &list.cached {
+        let mut notes = Vec::new();
+        if c.running_kernel {
+            notes.push("running kernel".to_owned());
+        }
+        if c.last_good {
+            notes.push("last-good".to_owned());
+        }
+        if let Some(p) = &c.problem {
+            notes.push(format!("{}: {p}", c.file));
+        }
+        let _ = writeln!(
+            o,
+            "{:<14} {:<6} {:<28} {:>9}  {}",
+            c.build_id.get(..12).unwrap_or(&c.build_id),
+            level_word(c.level),
+            c.module.as_deref().unwrap_or("?"),
+            c.size,
+            notes.join(", ")
+        );
+    }
     o
+}
+
+fn level_word(level: Option<PatchLevel>) -> String {
+    level.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// `klive uname`: the effective version in `uname` form.

@@ -181,6 +181,42 @@ impl Store {
         self.dir.join("cache").join(build_id)
     }
 
+    /// Every file in the module cache as (build-id directory, file name, size), sorted.
+    pub fn cached_files(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let cache = self.dir.join("cache");
+        let builds = match fs::read_dir(&cache) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listing", &cache)(e)),
+        };
+        let mut out = Vec::new();
+        for build in builds {
+            let build = build.map_err(io_err("listing", &cache))?;
+            if !build.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = build.path();
+            for file in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+                let file = file.map_err(io_err("listing", &dir))?;
+                let name = file.file_name().to_string_lossy().into_owned();
+                // Temp files of an interrupted write are not cached modules.
+                if name.starts_with('.') {
+                    continue;
+                }
+                let Ok(meta) = file.metadata() else { continue };
+                if meta.is_file() {
+                    out.push((
+                        build.file_name().to_string_lossy().into_owned(),
+                        name,
+                        meta.len(),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Stores module bytes in the cache under `name` (atomically, durably) and returns the
     /// path. A cached file holding exactly these bytes is left as it is.
     pub fn cache_module(
@@ -192,7 +228,7 @@ impl Store {
         let dir = self.cache_dir(build_id);
         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         let path = dir.join(name);
-        if fs::read(&path).is_ok_and(|cached| cached == bytes) {
+        if same_contents(&path, bytes) {
             return Ok(path);
         }
         write_atomic(&path, bytes, Durability::Durable)?;
@@ -228,6 +264,29 @@ impl Store {
         })?;
         bytes.push(b'\n');
         write_atomic(&path, &bytes, durability)
+    }
+}
+
+/// Whether the file at `path` holds exactly `bytes` (compared in small chunks: no copy of a
+/// whole module in memory).
+fn same_contents(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+        return false;
+    }
+    let mut buf = [0u8; 16 * 1024];
+    let mut rest = bytes;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return rest.is_empty(),
+            Ok(n) if n <= rest.len() && buf[..n] == rest[..n] => rest = &rest[n..],
+            Ok(_) => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
     }
 }
 
@@ -323,6 +382,33 @@ mod tests {
             err.contains("corrupt") && err.contains("move it aside"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cached_module_is_rewritten_unless_it_holds_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // Larger than the comparison buffer, so several chunks are compared.
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let path = store.cache_module("b1", "m.ko", &bytes).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert!(same_contents(&path, &bytes));
+        // A flipped byte in the last chunk, a truncated copy, a longer copy: all rewritten.
+        let mut flipped = bytes.clone();
+        flipped[39_999] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        assert!(!same_contents(&path, &bytes));
+        store.cache_module("b1", "m.ko", &bytes).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        fs::write(&path, &bytes[..20_000]).unwrap();
+        assert!(!same_contents(&path, &bytes));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        fs::write(&path, &longer).unwrap();
+        assert!(!same_contents(&path, &bytes));
+        store.cache_module("b1", "m.ko", &bytes).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert!(!same_contents(&dir.path().join("missing"), &bytes));
     }
 
     #[test]

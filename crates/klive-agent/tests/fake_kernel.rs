@@ -444,3 +444,151 @@ fn boot_honours_the_command_line_escape_hatch() {
     assert_eq!((code, v["result"].as_str()), (0, Some("disabled")));
     assert!(h.patch_names().is_empty());
 }
+
+#[test]
+fn list_shows_the_cache_and_an_unknown_replace_attribute() {
+    let h = Host::new();
+    let (code, v) = h.json(&["list"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["loaded"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["cached"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
+        0
+    );
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l2", 2))]).0,
+        0
+    );
+    // A kernel before 6.11 has no `replace` attribute: unknown, not "no".
+    let _ = std::fs::remove_file(
+        h.kernel
+            .root()
+            .path("/sys/kernel/livepatch/klive_t_l2/replace"),
+    );
+    let (code, v) = h.json(&["list"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["loaded"][0]["name"], "klive_t_l2", "{v}");
+    assert!(v["loaded"][0]["replace"].is_null(), "{v}");
+    let cached = v["cached"].as_array().unwrap();
+    assert_eq!(cached.len(), 2, "{v}");
+    let l2 = cached.iter().find(|c| c["level"] == 2).unwrap();
+    assert_eq!(l2["module"], "klive_t_l2");
+    assert_eq!(l2["last_good"], true);
+    assert_eq!(l2["running_kernel"], true);
+    let l1 = cached.iter().find(|c| c["level"] == 1).unwrap();
+    assert_eq!(l1["last_good"], false);
+    let (_, text, _) = h.klive(&["list"]);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("klive_t_l2"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.split_whitespace().nth(4) == Some("-"), "{text}");
+    assert!(text.contains("last-good"), "{text}");
+}
+
+impl Host {
+    /// A reboot (clean or not, the fake cannot tell): the kernel forgets every module and
+    /// gets a new boot id; `uptime` seconds have passed since it started.
+    fn reboot(&self, boot_id: &str, uptime: u64) {
+        for name in self.patch_names() {
+            let _ = std::fs::remove_dir_all(
+                self.kernel
+                    .root()
+                    .path(&format!("/sys/kernel/livepatch/{name}")),
+            );
+            let _ =
+                std::fs::remove_dir_all(self.kernel.root().path(&format!("/sys/module/{name}")));
+        }
+        self.kernel
+            .put("/proc/sys/kernel/random/boot_id", boot_id)
+            .unwrap();
+        self.set_uptime(uptime);
+    }
+
+    fn set_uptime(&self, secs: u64) {
+        self.kernel
+            .put("/proc/uptime", &format!("{secs}.25 1.00"))
+            .unwrap();
+    }
+}
+
+#[test]
+fn crash_loop_guard_holds_a_level_back_after_two_unconfirmed_boots() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l2", 2))]).0,
+        0
+    );
+    // Two boots load level 2 and end without confirmation (crashes)...
+    for (n, boot) in [(1, "boot-1"), (2, "boot-2")] {
+        h.reboot(boot, 4);
+        let (code, v) = h.json(&["boot"]);
+        assert_eq!((code, v["result"].as_str()), (0, Some("applied")), "{v}");
+        let (_, s) = h.json(&["status"]);
+        assert_eq!(s["boot_probation"]["unconfirmed_boots"], n, "{s}");
+        assert_eq!(s["boot_probation"]["boot_id"], boot, "{s}");
+    }
+    // ...so the third boot does not load it again.
+    h.reboot("boot-3", 4);
+    let (code, _, err) = h.klive(&["boot"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("crash-loop guard"), "{err}");
+    assert!(err.contains("klive apply FILE.ko"), "{err}");
+    assert!(h.patch_names().is_empty());
+    let (code, s) = h.json(&["status"]);
+    assert_eq!(code, 1);
+    assert_eq!(s["held_back"]["level"], 2, "{s}");
+    assert!(s["boot_probation"].is_null(), "{s}");
+    assert!(s["summary"].as_str().unwrap().contains("held back"), "{s}");
+    let (_, text, _) = h.klive(&["status"]);
+    assert!(text.contains("HELD BACK"), "{text}");
+    // It stays held on later boots, and `klive boot` run twice changes nothing.
+    assert_eq!(h.klive(&["boot"]).0, 4);
+    h.reboot("boot-4", 4);
+    assert_eq!(h.klive(&["boot"]).0, 4);
+    assert!(h.patch_names().is_empty());
+    // The administrator applies it by hand: the hold is lifted.
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l2", 2))]).0,
+        0
+    );
+    let (_, s) = h.json(&["status"]);
+    assert!(s["held_back"].is_null(), "{s}");
+}
+
+#[test]
+fn a_clean_shutdown_or_enough_uptime_confirms_the_boot() {
+    let h = Host::new();
+    assert_eq!(
+        h.klive(&["apply", Host::p(&h.module("klive_t_l2", 2))]).0,
+        0
+    );
+    h.reboot("boot-1", 4);
+    assert_eq!(h.klive(&["boot"]).0, 0);
+    // Nothing to confirm is not an error; the clean shutdown confirms.
+    let (code, v) = h.json(&["boot", "--confirm"]);
+    assert_eq!((code, v["result"].as_str()), (0, Some("confirmed")), "{v}");
+    let (code, v) = h.json(&["boot", "--confirm"]);
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (0, Some("nothing-to-confirm")),
+        "{v}"
+    );
+    // Two crashes after a confirmed boot: still loaded each time (the count restarted).
+    for boot in ["boot-2", "boot-3"] {
+        h.reboot(boot, 4);
+        assert_eq!(h.klive(&["boot"]).0, 0, "{boot}");
+    }
+    // Uptime confirms too: not before the probation period has passed since the load.
+    let agent =
+        klive_agent::ops::Agent::new(&h.kernel, &h.state, klive_agent::ops::Options::default());
+    h.set_uptime(4 + klive_format::agent_state::BOOT_PROBATION_SECS - 10);
+    assert!(!agent.confirm_boot(false).unwrap());
+    h.set_uptime(4 + klive_format::agent_state::BOOT_PROBATION_SECS + 1);
+    assert!(agent.confirm_boot(false).unwrap());
+    h.reboot("boot-4", 4);
+    assert_eq!(h.klive(&["boot"]).0, 0);
+    let (_, s) = h.json(&["status"]);
+    assert_eq!(s["boot_probation"]["unconfirmed_boots"], 1, "{s}");
+}

@@ -23,15 +23,11 @@ use klive_format::{BuildId, PatchLevel};
 use klive_kernel::fake::{self, Call, FakeKernel};
 use klive_server::Service;
 use klive_server::service::AuthUser;
-use sha2::{Digest, Sha256};
 
 const OTHER_BUILD: &str = "ffffeeeeddddccccbbbbaaaa9999888877776666";
 
 fn sha(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    klive_agent::sha256_hex(bytes)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,45 @@ pub struct AgentState {
     pub last_good: Option<GoodLevel>,
     /// The last interrupted operation the agent found and reconciled.
     pub last_interrupted: Option<Interrupted>,
+    /// The level `klive boot` loaded in a boot that has not yet proved itself (crash-loop
+    /// guard).
+    #[serde(default)]
+    pub boot_probation: Option<BootProbation>,
+    /// A level `klive boot` no longer loads because boots that loaded it kept ending without
+    /// confirmation (crashes). Cleared by applying a module by hand.
+    #[serde(default)]
+    pub held_back: Option<HeldBack>,
+}
+
+/// Boots that load a level with `klive boot` and end unconfirmed this many times in a row
+/// put that level on hold.
+pub const MAX_UNCONFIRMED_BOOTS: u32 = 2;
+
+/// A boot that loaded a level stops being on probation after this much uptime since the
+/// load, or when it shuts down cleanly.
+pub const BOOT_PROBATION_SECS: u64 = 300;
+
+/// Written durably by `klive boot` just before it loads a level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootProbation {
+    pub level: PatchLevel,
+    pub sha256: String,
+    /// The boot that loaded it (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+    /// Uptime in seconds when it was loaded.
+    pub loaded_at_uptime: u64,
+    /// Consecutive boots that loaded this module without being confirmed, this one included.
+    pub unconfirmed_boots: u32,
+}
+
+/// A level held back by the crash-loop guard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBack {
+    pub build_id: BuildId,
+    pub level: PatchLevel,
+    pub sha256: String,
+    pub since: String,
+    pub reason: String,
 }
 
 /// A level that applied cleanly, and the cached module that restores it.

@@ -68,12 +68,40 @@ pub enum PatchState {
 pub struct LoadedPatch {
     pub name: String,
     pub state: PatchState,
-    pub replace: bool,
+    /// The patch's `replace` attribute (atomic replace); `None` on kernels that do not show it
+    /// in sysfs (the attribute exists since Linux 6.11).
+    pub replace: Option<bool>,
     /// True for modules following klive's naming (`klive_*`).
     pub klive: bool,
     /// Level from the module's version (klive modules only).
     pub level: Option<PatchLevel>,
     pub objects: Vec<PatchedObject>,
+}
+
+/// `klive list --json`: what the kernel has loaded, and what the agent keeps in its cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleList {
+    pub loaded: Vec<LoadedPatch>,
+    pub cached: Vec<CachedModule>,
+}
+
+/// A module in the agent's cache (`cache/<build-id>/`), which `klive boot` can restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedModule {
+    /// The kernel build it was made for (the cache directory's name).
+    pub build_id: String,
+    /// File name inside the cache directory.
+    pub file: String,
+    pub size: u64,
+    /// From the module's modinfo; `None` when the file cannot be read as a module.
+    pub module: Option<String>,
+    pub level: Option<PatchLevel>,
+    /// Made for the kernel that runs now.
+    pub running_kernel: bool,
+    /// The level `klive boot` restores.
+    pub last_good: bool,
+    /// Why the file is not usable (unreadable, not a klive module), when it is not.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +144,12 @@ pub struct AgentStatus {
     pub taint: Taint,
     /// The last operation journalled as interrupted and reconciled, if any.
     pub last_interrupted: Option<Interrupted>,
+    /// The level `klive boot` loaded in a boot that has not yet proved itself.
+    #[serde(default)]
+    pub boot_probation: Option<crate::agent_state::BootProbation>,
+    /// A level the crash-loop guard holds back.
+    #[serde(default)]
+    pub held_back: Option<crate::agent_state::HeldBack>,
     /// One line a human can act on.
     pub summary: String,
 }

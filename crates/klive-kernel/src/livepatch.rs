@@ -53,7 +53,7 @@ impl Patch {
         LoadedPatch {
             name: self.name.clone(),
             state: self.state(),
-            replace: self.replace.unwrap_or(false),
+            replace: self.replace,
             klive: self.is_klive(),
             level: self.level(),
             objects: self
@@ -82,6 +82,22 @@ pub fn patches(root: &SysRoot) -> Result<Vec<Patch>, SysfsError> {
         }
     }
     Ok(out)
+}
+
+/// Whether the patch `name` is in transition (one sysfs read: what a waiting loop polls);
+/// `None` when the patch is gone (freed by the kernel after it was disabled).
+pub fn in_transition(root: &SysRoot, name: &str) -> Result<Option<bool>, SysfsError> {
+    let path = format!("{LIVEPATCH_DIR}/{name}/transition");
+    match root.read_optional(&path)?.as_deref() {
+        None => Ok(None),
+        Some("0") => Ok(Some(false)),
+        Some("1") => Ok(Some(true)),
+        Some(other) => Err(SysfsError::Parse {
+            path: root.path(&path),
+            content: other.to_owned(),
+            expected: "0 or 1",
+        }),
+    }
 }
 
 /// Reads one patch; `None` when it is not loaded.

@@ -107,12 +107,15 @@ pub struct Contents<'a> {
     pub kernel: &'a TargetKernel,
     pub build_id: &'a str,
     pub agent: &'a Path,
+    /// `tests/vm/bench/peakrss.c`, built static: the benchmark's peak-RSS meter.
+    pub peakrss: &'a Path,
     pub modules: &'a Path,
 }
 
 /// Writes the initramfs to `out`.
 ///
-/// Layout: `/init`, busybox in `/bin` with its applet links, `/bin/klive`, `/modules/*.ko`,
+/// Layout: `/init`, busybox in `/bin` with its applet links, `/bin/klive`, `/bin/peakrss`,
+/// `/modules/*.ko`,
 /// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
 /// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/demo/`, `/tests/bench/`, and
 /// facts about the
@@ -134,6 +137,7 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
     }
     add_busybox(&mut cpio)?;
     cpio.file("bin/klive", 0o755, &read(contents.agent)?);
+    cpio.file("bin/peakrss", 0o755, &read(contents.peakrss)?);
 
     let mut names: Vec<PathBuf> = fs::read_dir(contents.modules)
         .with_context(|| format!("listing {}", contents.modules.display()))?

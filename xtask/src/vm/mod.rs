@@ -68,6 +68,7 @@ struct Guest {
     kernel: TargetKernel,
     build_id: String,
     agent: PathBuf,
+    peakrss: PathBuf,
     /// The directory packed as the guest's `/modules`.
     modules: PathBuf,
     initrd: PathBuf,
@@ -282,6 +283,7 @@ fn prepare(root: &Path) -> Result<Guest> {
     let modules = timed("building the test modules", || {
         modules::build(root, &kernel, &build_id, &work)
     })?;
+    let peakrss = build_peakrss(root, &work)?;
     let initrd = work.join("initramfs.cpio");
     timed("packing the initramfs", || {
         initramfs::write(
@@ -290,6 +292,7 @@ fn prepare(root: &Path) -> Result<Guest> {
                 kernel: &kernel,
                 build_id: &build_id,
                 agent: &agent,
+                peakrss: &peakrss,
                 modules: &modules,
             },
             &initrd,
@@ -300,6 +303,7 @@ fn prepare(root: &Path) -> Result<Guest> {
         kernel,
         build_id,
         agent,
+        peakrss,
         modules,
         initrd,
         work,
@@ -349,6 +353,7 @@ fn add_built_patches(root: &Path, guest: &Guest) -> Result<()> {
                 kernel: &guest.kernel,
                 build_id: &guest.build_id,
                 agent: &guest.agent,
+                peakrss: &guest.peakrss,
                 modules: &guest.modules,
             },
             &guest.initrd,
@@ -425,6 +430,26 @@ fn boot_limit() -> Result<Duration> {
 }
 
 /// `cargo build --release --target x86_64-unknown-linux-musl -p klive-agent`.
+/// `tests/vm/bench/peakrss.c` as a static musl binary in the work directory.
+fn build_peakrss(root: &Path, work: &Path) -> Result<PathBuf> {
+    let source = root.join("tests/vm/bench/peakrss.c");
+    let out = work.join("peakrss");
+    let output = Command::new("musl-gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .context("running musl-gcc: install musl-tools")?;
+    if !output.status.success() {
+        bail!(
+            "building {} failed:\n{}",
+            source.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(out)
+}
+
 fn build_agent(root: &Path) -> Result<PathBuf> {
     if let Some(agent) = std::env::var_os("KLIVE_VM_AGENT") {
         let agent = PathBuf::from(agent);

@@ -21,4 +21,11 @@ check "level 2 patches both functions in one patch" \
     sh -c "ls /sys/kernel/livepatch/klive_test_l2/vmlinux | grep -q cmdline_proc_show && ls /sys/kernel/livepatch/klive_test_l2/vmlinux | grep -q version_proc_show"
 check "the level-1 module is unloaded" [ ! -d /sys/module/klive_test_l1 ]
 check "klive list shows level 2 as applied" sh -c "klive list | grep klive_test_l2 | grep -q applied"
+check "klive list shows level 2 cached as the last good level" sh -c "klive list | grep klive_test_l2 | grep -q last-good"
+if [ -e /sys/kernel/livepatch/klive_test_l2/replace ]; then
+    check "klive list --json shows replace=true" sh -c "klive list --json | grep -q '\"replace\": true'"
+else
+    check "klive list --json shows replace as unknown (no sysfs attribute before 6.11)" \
+        sh -c "klive list --json | grep -q '\"replace\": null'"
+fi
 check_eq "klive uname -r shows level 2" "$KLIVE_RELEASE+klive.2" "$(klive uname -r)"
