@@ -110,8 +110,7 @@ pub struct ExpectedModule {
 }
 
 impl ExpectedModule {
-    fn check(&self, bytes: &[u8], info: &ModuleInfo) -> Result<(), AgentError> {
-        let sha = sha256_hex(bytes);
+    fn check(&self, bytes: &[u8], sha: &str, info: &ModuleInfo) -> Result<(), AgentError> {
         if bytes.len() as u64 != self.size || sha != self.sha256 {
             return Err(AgentError::refused(
                 format!(
@@ -298,12 +297,24 @@ impl<'k, K: Kernel> Agent<'k, K> {
         livepatch::stalled_tasks(self.kernel.root(), target).unwrap_or_default()
     }
 
-    fn read_module(&self, path: &Path) -> Result<(Vec<u8>, ModuleInfo), AgentError> {
-        let bytes = fs::read(path).map_err(|e| {
-            AgentError::refused(
+    fn read_module(
+        &self,
+        path: &Path,
+        source: &Source<'_>,
+    ) -> Result<(Vec<u8>, ModuleInfo), AgentError> {
+        let bytes = fs::read(path).map_err(|e| match source {
+            Source::Boot(good) => AgentError::refused(
+                format!(
+                    "the cached module for level {} ({}) cannot be read: {e}",
+                    good.level,
+                    path.display()
+                ),
+                "nothing was loaded; fetch the release again (klive apply FILE)",
+            ),
+            _ => AgentError::refused(
                 format!("cannot read {}: {e}", path.display()),
                 "nothing was loaded; check the path and that you are root",
-            )
+            ),
         })?;
         let info = module::inspect_bytes(path, &bytes).map_err(|e| {
             AgentError::refused(
@@ -388,7 +399,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
     /// `klive apply FILE.ko`.
     pub fn apply(&self, path: &Path) -> Result<ApplyOutcome, AgentError> {
         let _lock = self.begin()?;
-        self.apply_locked(path, None, Origin::ByHand)
+        self.apply_locked(path, Source::ByHand)
     }
 
     /// Applies a downloaded release whose signed metadata says what the module must be. The
@@ -405,19 +416,31 @@ impl<'k, K: Kernel> Agent<'k, K> {
         {
             return Err(held_back_error(&held));
         }
-        self.apply_locked(path, Some(expected), Origin::Verified)
+        self.apply_locked(path, Source::Verified(expected))
     }
 
-    fn apply_locked(
-        &self,
-        path: &Path,
-        expected: Option<&ExpectedModule>,
-        origin: Origin,
-    ) -> Result<ApplyOutcome, AgentError> {
-        let (bytes, info) = self.read_module(path)?;
-        if let Some(e) = expected {
-            e.check(&bytes, &info)?;
+    fn apply_locked(&self, path: &Path, source: Source<'_>) -> Result<ApplyOutcome, AgentError> {
+        // The bytes read here are hashed, checked and handed to the kernel: nothing re-reads
+        // the file in between.
+        let (bytes, info) = self.read_module(path, &source)?;
+        let sha = sha256_hex(&bytes);
+        match source {
+            Source::Verified(e) => e.check(&bytes, &sha, &info)?,
+            Source::Boot(good) if sha != good.sha256 => {
+                return Err(AgentError::refused(
+                    format!(
+                        "the cached module {} does not match the digest recorded when it was applied",
+                        path.display()
+                    ),
+                    "nothing was loaded; the cache was changed on disk: fetch the release again",
+                ));
+            }
+            Source::ByHand | Source::Boot(_) => {}
         }
+        let expected = match source {
+            Source::Verified(e) => Some(e),
+            _ => None,
+        };
         let (level, build_id) = self.check_module(&info)?;
         if let Some(e) = expected
             && (level != e.level || build_id != e.build_id)
@@ -463,7 +486,6 @@ impl<'k, K: Kernel> Agent<'k, K> {
         if self.idle_klive_modules()?.contains(&info.name) {
             self.unload(&info.name)?;
         }
-        let sha = sha256_hex(&bytes);
         let cached_file = format!("{}-{}.ko", info.name, &sha[..16]);
         let cached = self
             .store
@@ -489,7 +511,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
         })?;
         self.journal(&op, "begin", format!("sha256 {sha}"))?;
         let start = Instant::now();
-        if let Err(source) = self.kernel.load_module(&cached) {
+        if let Err(source) = self.kernel.load_module(&bytes, &cached) {
             self.store.clear_intent()?;
             self.journal(&op, "failed", source.to_string())?;
             return Err(load_error(&info, source));
@@ -520,7 +542,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
             &cached_file,
             &sha,
             &info.klive_fixes,
-            origin == Origin::ByHand,
+            matches!(source, Source::ByHand),
         )
         .map(|replaced| ApplyOutcome::Applied {
             module: info.name.clone(),
@@ -775,25 +797,6 @@ impl<'k, K: Kernel> Agent<'k, K> {
             .store
             .cache_dir(good.build_id.as_str())
             .join(&good.cached_file);
-        let bytes = fs::read(&cached).map_err(|e| {
-            AgentError::refused(
-                format!(
-                    "the cached module for level {} ({}) cannot be read: {e}",
-                    good.level,
-                    cached.display()
-                ),
-                "nothing was loaded; fetch the release again (klive apply FILE)",
-            )
-        })?;
-        if sha256_hex(&bytes) != good.sha256 {
-            return Err(AgentError::refused(
-                format!(
-                    "the cached module {} does not match the digest recorded when it was applied",
-                    cached.display()
-                ),
-                "nothing was loaded; the cache was changed on disk: fetch the release again",
-            ));
-        }
         self.guarded_boot_apply(&good, &cached)
             .map(BootOutcome::Restored)
     }
@@ -847,7 +850,7 @@ impl<'k, K: Kernel> Agent<'k, K> {
             unconfirmed_boots: unconfirmed + 1,
         });
         self.store.save_state(&state)?;
-        match self.apply_locked(cached, None, Origin::Boot) {
+        match self.apply_locked(cached, Source::Boot(good)) {
             Ok(o) => Ok(o),
             Err(e) => {
                 // Nothing stayed loaded (refused, or reversed): not a crash.
@@ -1021,14 +1024,16 @@ impl<'k, K: Kernel> Agent<'k, K> {
     }
 }
 
-/// Turns a failed `finit_module` into a message that says what to do.
-/// Where a module to apply comes from: an administrator's `klive apply FILE`, a verified
-/// release (`klive update`, bundles), or the cache at boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+/// Turns a failed module load into a message that says what to do.
+/// Where a module to apply comes from, and what its bytes must be: an administrator's
+/// `klive apply FILE`, a verified release (`klive update`, bundles) that must match its
+/// signed metadata, or the cache at boot, which must match the digest recorded when that
+/// level was applied.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
     ByHand,
-    Verified,
-    Boot,
+    Verified(&'a ExpectedModule),
+    Boot(&'a GoodLevel),
 }
 
 fn held_back_error(held: &HeldBack) -> AgentError {

@@ -336,7 +336,7 @@ fn interrupted_apply_is_rolled_forward_when_the_kernel_finished() {
         h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
         0
     );
-    // Simulate a crash right after finit_module: the kernel completed level 2, the agent
+    // Simulate a crash right after the module load: the kernel completed level 2, the agent
     // never unloaded level 1 nor recorded level 2.
     let l2 = h.module("klive_t_l2", 2);
     let state_before = std::fs::read_to_string(h.state.join("state.json")).unwrap();
@@ -347,7 +347,9 @@ fn interrupted_apply_is_rolled_forward_when_the_kernel_finished() {
         "previous": "klive_t_l1"
     });
     std::fs::write(h.state.join("intent.json"), intent.to_string()).unwrap();
-    h.kernel.load_module(&l2).unwrap();
+    h.kernel
+        .load_module(&std::fs::read(&l2).unwrap(), &l2)
+        .unwrap();
     assert!(
         h.kernel
             .loaded_modules()
@@ -380,7 +382,9 @@ fn interrupted_apply_is_reversed_when_the_transition_is_stuck() {
         stack: "[<0>] pipe_read+0x1/0x2\n".into(),
     });
     let l1 = h.module("klive_t_l1", 1);
-    h.kernel.load_module(&l1).unwrap();
+    h.kernel
+        .load_module(&std::fs::read(&l1).unwrap(), &l1)
+        .unwrap();
     let intent = serde_json::json!({
         "operation": {"kind": "apply", "module": "klive_t_l1", "level": 1,
                       "cached_file": "klive_t_l1.ko", "sha256": "00", "fixes": []},

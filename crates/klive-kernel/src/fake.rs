@@ -15,7 +15,11 @@ use crate::{Kernel, KernelError, SysRoot};
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Load(String),
+    /// The file named as the source, and the bytes the kernel got.
+    Load {
+        source: String,
+        image: Vec<u8>,
+    },
     Delete(String),
     SetEnabled(String, bool),
 }
@@ -120,7 +124,7 @@ impl FakeKernel {
         self.behaviour.borrow_mut().plan = plan;
     }
 
-    /// The next `finit_module` fails with `errno`.
+    /// The next module load fails with `errno`.
     pub fn fail_next_load(&self, errno: i32) {
         self.behaviour.borrow_mut().fail_load = Some(errno);
     }
@@ -227,22 +231,25 @@ impl Kernel for FakeKernel {
         &self.root
     }
 
-    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
-        let shown = path.display().to_string();
-        self.calls.borrow_mut().push(Call::Load(shown.clone()));
+    fn load_module(&self, image: &[u8], source: &Path) -> Result<(), KernelError> {
+        let shown = source.display().to_string();
+        self.calls.borrow_mut().push(Call::Load {
+            source: shown.clone(),
+            image: image.to_vec(),
+        });
         if let Some(errno) = self.behaviour.borrow_mut().fail_load.take() {
-            return Err(Self::err("finit_module", &shown, errno));
+            return Err(Self::err("init_module", &shown, errno));
         }
-        let info =
-            module::inspect(path).map_err(|_| Self::err("finit_module", &shown, libc::ENOEXEC))?;
+        let info = module::inspect_bytes(source, image)
+            .map_err(|_| Self::err("init_module", &shown, libc::ENOEXEC))?;
         if self.root.is_dir(&format!("/sys/module/{}", info.name)) {
-            return Err(Self::err("finit_module", &shown, libc::EEXIST));
+            return Err(Self::err("init_module", &shown, libc::EEXIST));
         }
         let release = self.root.read_trimmed("/proc/sys/kernel/osrelease")?;
         if info.vermagic_release() != release {
-            return Err(Self::err("finit_module", &shown, libc::ENOEXEC));
+            return Err(Self::err("init_module", &shown, libc::ENOEXEC));
         }
-        let io = Self::io("finit_module", &shown);
+        let io = Self::io("init_module", &shown);
         let name = info.name.clone();
         self.put(
             &format!("/sys/module/{name}/version"),
@@ -263,7 +270,7 @@ impl Kernel for FakeKernel {
                 == "1"
         }) {
             fs::remove_dir_all(self.root.path(&format!("/sys/module/{name}"))).map_err(&io)?;
-            return Err(Self::err("finit_module", &shown, libc::EBUSY));
+            return Err(Self::err("init_module", &shown, libc::EBUSY));
         }
         taint |= 1 << 15;
         self.put("/proc/sys/kernel/tainted", &taint.to_string())

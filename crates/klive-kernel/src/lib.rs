@@ -52,8 +52,11 @@ impl KernelError {
 pub trait Kernel {
     /// Where `/sys` and `/proc` are read from.
     fn root(&self) -> &SysRoot;
-    /// `finit_module(2)` of the file at `path` with no parameters.
-    fn load_module(&self, path: &Path) -> Result<(), KernelError>;
+    /// Loads a module with no parameters: `init_module(2)` of `image`, the bytes the caller
+    /// verified, so nothing can change them between the check and the load. `source` is a
+    /// file holding the same bytes, loaded with `finit_module(2)` instead when the kernel only
+    /// accepts modules from files (LoadPin, IMA appraisal: `init_module` gets EPERM/EACCES).
+    fn load_module(&self, image: &[u8], source: &Path) -> Result<(), KernelError>;
     /// `delete_module(2)` with `O_NONBLOCK`.
     fn delete_module(&self, name: &str) -> Result<(), KernelError>;
     /// Writes `/sys/kernel/livepatch/<patch>/enabled`. Writing the opposite value while a

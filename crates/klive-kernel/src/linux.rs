@@ -2,7 +2,8 @@ use std::ffi::CString;
 use std::fs::File;
 use std::path::Path;
 
-use nix::kmod::{DeleteModuleFlags, ModuleInitFlags, delete_module, finit_module};
+use nix::errno::Errno;
+use nix::kmod::{DeleteModuleFlags, ModuleInitFlags, delete_module, finit_module, init_module};
 
 use crate::{Kernel, KernelError, SysRoot};
 
@@ -31,16 +32,22 @@ impl Kernel for LinuxKernel {
         &self.root
     }
 
-    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
-        let shown = path.display().to_string();
-        let file = File::open(path).map_err(|source| KernelError::Syscall {
-            op: "open",
-            object: shown.clone(),
-            source,
-        })?;
-        // No parameters and no flags: vermagic and modversions are always checked by the kernel.
-        finit_module(&file, c"", ModuleInitFlags::empty())
-            .map_err(|e| syscall_err("finit_module", &shown, e))
+    fn load_module(&self, image: &[u8], source: &Path) -> Result<(), KernelError> {
+        let shown = source.display().to_string();
+        // No parameters: vermagic and modversions are always checked by the kernel.
+        match init_module(image, c"") {
+            Ok(()) => Ok(()),
+            Err(Errno::EPERM | Errno::EACCES) => {
+                let file = File::open(source).map_err(|source| KernelError::Syscall {
+                    op: "open",
+                    object: shown.clone(),
+                    source,
+                })?;
+                finit_module(&file, c"", ModuleInitFlags::empty())
+                    .map_err(|e| syscall_err("finit_module", &shown, e))
+            }
+            Err(e) => Err(syscall_err("init_module", &shown, e)),
+        }
     }
 
     fn delete_module(&self, name: &str) -> Result<(), KernelError> {
