@@ -123,16 +123,10 @@ pub fn inspect_bytes(path: &Path, data: &[u8]) -> Result<ModuleInfo, ModuleError
     })
 }
 
-/// `.modinfo` is a sequence of NUL-terminated `key=value` strings (with NUL padding).
+/// `.modinfo` is a sequence of NUL-terminated `key=value` strings (with NUL padding); read
+/// for reporting, so a non-UTF-8 entry is shown with replacement characters.
 pub fn parse_modinfo(data: &[u8]) -> Vec<(String, String)> {
-    data.split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| {
-            let s = String::from_utf8_lossy(s);
-            let (k, v) = s.split_once('=')?;
-            Some((k.to_owned(), v.to_owned()))
-        })
-        .collect()
+    klive_format::modinfo::parse(data, klive_format::modinfo::Utf8::Lossy).unwrap_or_default()
 }
 
 #[cfg(test)]

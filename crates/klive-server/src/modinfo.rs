@@ -18,18 +18,12 @@ pub fn read(module: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let data = section
         .data()
         .map_err(|e| Error::InvalidModule(format!("its .modinfo section cannot be read ({e})")))?;
-    let mut out = Vec::new();
-    for entry in data.split(|b| *b == 0) {
-        if entry.is_empty() {
-            continue;
-        }
-        let text = std::str::from_utf8(entry)
-            .map_err(|_| Error::InvalidModule("its .modinfo has a non-UTF-8 entry".into()))?;
-        if let Some((key, value)) = text.split_once('=') {
-            out.push((key.to_owned(), value.to_owned()));
-        }
-    }
-    Ok(out)
+    klive_format::modinfo::parse(data, klive_format::modinfo::Utf8::Strict).map_err(|e| {
+        Error::InvalidModule(format!(
+            "its .modinfo has a non-UTF-8 entry at offset {}",
+            e.offset
+        ))
+    })
 }
 
 /// The value of the first `tag` entry.
