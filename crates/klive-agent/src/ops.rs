@@ -483,7 +483,10 @@ impl<'k, K: Kernel> Agent<'k, K> {
         }
         // A module of the same name loaded without a live patch: an earlier level that was
         // replaced or disabled but never unloaded. The kernel would refuse the load (EEXIST).
-        if self.idle_klive_modules()?.contains(&info.name) {
+        let root = self.kernel.root();
+        if root.is_dir(&format!("/sys/module/{}", info.name))
+            && !root.is_dir(&format!("{}/{}", livepatch::LIVEPATCH_DIR, info.name))
+        {
             self.unload(&info.name)?;
         }
         let cached_file = format!("{}-{}.ko", info.name, &sha[..16]);

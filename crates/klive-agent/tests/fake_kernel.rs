@@ -596,3 +596,27 @@ fn a_clean_shutdown_or_enough_uptime_confirms_the_boot() {
     let (_, s) = h.json(&["status"]);
     assert_eq!(s["boot_probation"]["unconfirmed_boots"], 1, "{s}");
 }
+
+#[test]
+fn an_idle_module_of_the_same_name_is_unloaded_before_the_load() {
+    let h = Host::new();
+    let l1 = h.module("klive_t_l1", 1);
+    assert_eq!(h.klive(&["apply", Host::p(&l1)]).0, 0);
+    // Disabled behind klive's back: the patch is gone, the module stays loaded.
+    h.kernel.set_enabled("klive_t_l1", false).unwrap();
+    assert!(h.patch_names().is_empty());
+    assert!(h.kernel.root().is_dir("/sys/module/klive_t_l1"));
+    let before = h.kernel.calls().len();
+    let (code, _, err) = h.klive(&["apply", Host::p(&l1)]);
+    assert_eq!(code, 0, "{err}");
+    let calls: Vec<String> = h.kernel.calls()[before..]
+        .iter()
+        .map(|c| match c {
+            Call::Load { .. } => "load".to_owned(),
+            Call::Delete(m) => format!("delete {m}"),
+            Call::SetEnabled(p, e) => format!("enabled {p} {e}"),
+        })
+        .collect();
+    assert_eq!(calls, ["delete klive_t_l1", "load"]);
+    assert_eq!(h.patch_names(), vec!["klive_t_l1"]);
+}
