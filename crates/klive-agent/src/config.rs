@@ -124,6 +124,25 @@ impl FleetFiles {
         Ok(dir)
     }
 
+    /// The newest TUF root this host has verified (`STATE/tuf/.root.json`; the leading dot
+    /// keeps it apart from the channel datastores), where the next load starts, so that
+    /// metadata signed by keys a later root retired is refused. `None` until a newer root
+    /// than the pinned one was seen; a new registration removes it with the datastores.
+    pub fn trusted_root(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.store.dir().join("tuf").join(".root.json");
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    pub fn save_trusted_root(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = self.store.dir().join("tuf");
+        self.ensure(&dir)?;
+        write_atomic(&dir.join(".root.json"), bytes, Durability::Durable)
+    }
+
     /// `STATE/staging/`, created: verified downloads wait here until they are applied.
     pub fn staging_dir(&self) -> Result<PathBuf, StoreError> {
         let dir = self.store.dir().join("staging");

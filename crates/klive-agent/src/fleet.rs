@@ -211,7 +211,7 @@ fn tuf_error(what: &str, e: tough::error::Error) -> FleetError {
     } else if lower.contains("hash") || lower.contains("length") || lower.contains("digest") {
         "a file did not match its signed hash or length (tampered or corrupted in storage or transit): report it to the server's operator"
     } else if lower.contains("signature") || lower.contains("threshold") || lower.contains("key") {
-        "the metadata is not signed by the keys of the pinned root: check that this host registered with the right server"
+        "the metadata is not signed by the keys of the root this host trusts (the pinned one, or a newer one it verified since): check that this host registered with the right server and that the server does not sign with keys a root rotation retired"
     } else {
         "check the server and retry; report it to the server's operator if it persists"
     };
@@ -702,7 +702,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
         };
         let (metadata, targets) = (url("metadata")?, url("targets")?);
         let datastore = self.files.tuf_datastore(channel)?;
-        let root_bytes = reg.tuf_root.as_bytes().to_vec();
+        let root_bytes = self.trusted_root(reg)?;
         let loader = RepositoryLoader::new(&root_bytes, metadata, targets)
             .transport(ServerTransport {
                 http: Arc::clone(http),
@@ -710,7 +710,36 @@ impl<'a, K: Kernel> Fleet<'a, K> {
             })
             .datastore(datastore);
         let what = format!("the signed metadata of channel {channel}");
-        block_on(&what, loader.load())?.map_err(|e| tuf_error(&what, e))
+        let repo = block_on(&what, loader.load())?.map_err(|e| tuf_error(&what, e))?;
+        self.remember_root(&root_bytes, &repo)?;
+        Ok(repo)
+    }
+
+    /// The root to start verifying from: the newest one verified so far, else the pinned one.
+    fn trusted_root(&self, reg: &FleetRegistration) -> Result<Vec<u8>, FleetError> {
+        Ok(self
+            .files
+            .trusted_root()?
+            .unwrap_or_else(|| reg.tuf_root.as_bytes().to_vec()))
+    }
+
+    /// Keeps the root `repo` was verified under when it is newer than `started_from` (the
+    /// server rotated its root): the rotation's retired keys are refused from then on.
+    fn remember_root(
+        &self,
+        started_from: &[u8],
+        repo: &tough::Repository,
+    ) -> Result<(), FleetError> {
+        let old =
+            serde_json::from_slice::<tough::schema::Signed<tough::schema::Root>>(started_from)
+                .map(|r| r.signed.version.get())
+                .unwrap_or(0);
+        if repo.root().signed.version.get() > old {
+            let bytes = serde_json::to_vec(repo.root())
+                .map_err(|e| FleetError::Usage(format!("encoding the TUF root: {e}")))?;
+            self.files.save_trusted_root(&bytes)?;
+        }
+        Ok(())
     }
 
     /// Reads the target release through TUF, checks it, stages it.
@@ -881,7 +910,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
                 ))
             })?,
             None => match self.files.registration()? {
-                Some(r) => r.tuf_root.into_bytes(),
+                Some(r) => self.trusted_root(&r)?,
                 None => {
                     return Err(FleetError::Usage(
                         "no pinned TUF root: register this host, or give --root FILE (the server's root.json) to verify the bundle".into(),
@@ -986,8 +1015,14 @@ impl<'a, K: Kernel> Fleet<'a, K> {
             Ok(r.body)
         };
         let base = format!("{}/api/v1/tuf/{channel}", reg.server);
-        let files = [
-            ("root.json".to_owned(), "1.root.json".to_owned()),
+        // The whole root chain, so that a host that pinned root 1 reaches the one in force.
+        let mut files: Vec<(String, String)> =
+            vec![("root.json".to_owned(), "1.root.json".to_owned())];
+        files.extend(
+            (2..=repo.root().signed.version.get())
+                .map(|v| (format!("{v}.root.json"), String::new())),
+        );
+        files.extend([
             ("timestamp.json".to_owned(), "timestamp.json".to_owned()),
             (
                 format!("{}.snapshot.json", repo.snapshot().signed.version),
@@ -997,7 +1032,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
                 format!("{}.targets.json", repo.targets().signed.version),
                 String::new(),
             ),
-        ];
+        ]);
         for (name, also) in &files {
             let bytes = get(format!("{base}/metadata/{name}"))?;
             write_file(&metadata_dir.join(name), &bytes)?;
@@ -1036,6 +1071,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
         // The copy must verify as it will on the air-gapped host.
         let check = tempfile_dir(&self.files)?;
         let root_bytes = reg.tuf_root.as_bytes().to_vec();
+        // (Verified from the pinned root, as an air-gapped host that never saw a newer one.)
         let to_url = |p: &Path| {
             Url::from_directory_path(p)
                 .map_err(|()| FleetError::Usage(format!("{} is not an absolute path", p.display())))

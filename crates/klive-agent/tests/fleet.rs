@@ -95,9 +95,18 @@ impl Server {
         let service = self.service.clone();
         let port = self.port;
         let (task, port) = self.rt.block_on(async move {
-            let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
+            // The stopped listener's accept task may hold the port a little longer.
+            let mut tries = 0;
+            let tcp = loop {
+                match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    Ok(tcp) => break tcp,
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("binding 127.0.0.1:{port}: {e}"),
+                }
+            };
             let port = tcp.local_addr().unwrap().port();
             let config = klive_server::tls::server_config(&files.cert, &files.key).unwrap();
             let listener = klive_server::tls::TlsListener::new(tcp, config).unwrap();
@@ -908,4 +917,74 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
     ]);
     assert_eq!(code, 4, "{err}");
     assert_eq!(offline.loads().len(), 2);
+}
+
+#[test]
+fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
+    let mut s = Server::start();
+    let h = Host::new();
+    h.register(&s, "canary");
+    let (l1, l2, l3) = (module(1), module(2), module(3));
+    s.publish(1, &l1);
+    assert_eq!(h.klive(&["update"]).0, 0);
+    assert_eq!(h.level(), Some(1));
+
+    // The operator signs root 2 with new online keys and restarts the server.
+    let retired = klive_server::tuf::Signer::load(&s.data).unwrap();
+    let done =
+        s.rt.block_on(klive_server::tuf::rotate(
+            &s.data,
+            &[s.data.join("keys/offline/root-1.pk8")],
+            true,
+            365,
+        ))
+        .unwrap();
+    assert_eq!(done.version, 2);
+    let restart = |s: &mut Server, signer| {
+        s.stop();
+        s.service = s.service.clone().with_signer(signer);
+        s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
+        s.listen();
+    };
+    let current = klive_server::tuf::Signer::load(&s.data).unwrap();
+    restart(&mut s, current);
+    s.publish(2, &l2);
+    // Still pinned to root 1, the agent walks to root 2 and keeps it.
+    let (code, out, err) = h.klive(&["update"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(h.level(), Some(2));
+    h.assert_last_load_is(&l2);
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.state.join("tuf/.root.json")).unwrap()).unwrap();
+    assert_eq!(kept["signed"]["version"], 2);
+
+    // A replica still running with the retired keys: its metadata is refused.
+    restart(&mut s, retired);
+    s.publish(3, &l3);
+    assert_refused(
+        &h,
+        "metadata signed by retired keys",
+        "not signed by the keys",
+    );
+    assert_eq!(h.level(), Some(2));
+
+    // Back on the current keys: a bundle carries the root chain, so an air-gapped host
+    // that only knows root 1 verifies it.
+    let current = klive_server::tuf::Signer::load(&s.data).unwrap();
+    restart(&mut s, current);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let (code, out, err) = h.klive(&["bundle", bundle.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(bundle.join("metadata/2.root.json").is_file());
+    let offline = Host::new();
+    let (code, v) = offline.json(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--root",
+        s.root().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["level"], 3);
+    offline.assert_last_load_is(&l3);
 }

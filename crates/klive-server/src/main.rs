@@ -168,6 +168,21 @@ enum KeysCommand {
         #[arg(long, default_value_t = 365)]
         root_expires_days: i64,
     },
+    /// Sign the next root version with THRESHOLD of the offline root keys: renews the root's
+    /// expiry and, with --new-online-keys, replaces the online keys (after a suspected leak).
+    /// Run it with the servers stopped; then copy DATA/tuf and DATA/keys/online to every
+    /// replica and start them. Agents follow to the new root by themselves.
+    Rotate {
+        /// An offline root key (`root-N.pk8` from keys init); give at least the threshold.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// Replace the targets, snapshot and timestamp keys.
+        #[arg(long)]
+        new_online_keys: bool,
+        /// Lifetime of the new root metadata.
+        #[arg(long, default_value_t = 365)]
+        root_expires_days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -365,6 +380,56 @@ async fn run(cli: Cli) -> Result<()> {
             println!(
                 "agents pin the root: klive register ... --root-sha256 {}",
                 done.root_sha256
+            );
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    root_keys,
+                    new_online_keys,
+                    root_expires_days,
+                },
+        } => {
+            let done = klive_server::tuf::rotate(
+                &cli.data,
+                &root_keys,
+                new_online_keys,
+                root_expires_days,
+            )
+            .await?;
+            let signer = klive_server::tuf::Signer::load(&cli.data)?;
+            let service = service.with_signer(signer);
+            service
+                .record_system_event(
+                    "tuf.root-rotated",
+                    &format!("root-v{}", done.version),
+                    serde_json::json!({
+                        "version": done.version,
+                        "expires": done.expires,
+                        "online_keys_replaced": done.online_keys_replaced,
+                    }),
+                )
+                .await?;
+            let channels = service.tuf_refresh(true).await?;
+            println!(
+                "root version {} in force: {} (expires {})",
+                done.version,
+                done.root_json.display(),
+                done.expires
+            );
+            if done.online_keys_replaced {
+                println!(
+                    "new online keys signed the metadata of channels: {}",
+                    channels.join(", ")
+                );
+            } else {
+                println!(
+                    "re-signed the metadata of channels: {}",
+                    channels.join(", ")
+                );
+            }
+            println!(
+                "copy DATA/tuf and DATA/keys/online to every replica, then start the servers; move the root keys offline again"
             );
         }
         Command::User { command } => match command {

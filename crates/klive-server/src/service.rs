@@ -197,6 +197,19 @@ impl Service {
         Ok(done)
     }
 
+    /// Appends one audit record by the system (an operator's command on the server itself).
+    pub async fn record_system_event(
+        &self,
+        action: &str,
+        object: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), Error> {
+        let mut tx = self.db.begin_audited().await?;
+        audit::append(&mut tx, self.now(), &Actor::System, action, object, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     fn now(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -1280,7 +1293,8 @@ impl Service {
         self.blobs.get(&sha256).await
     }
 
-    /// The trusted root (`1.root.json`), which agents pin at registration.
+    /// Root version 1 (`1.root.json`), which agents pin at registration; they reach the
+    /// version in force through `{N}.root.json`.
     pub fn tuf_root(&self) -> Result<Vec<u8>, Error> {
         self.signer
             .as_ref()
@@ -1299,8 +1313,15 @@ impl Service {
         if channel != host.channel {
             return Err(missing());
         }
-        if name == "root.json" || name == "1.root.json" {
+        if name == "root.json" {
             return self.tuf_root();
+        }
+        if let Some(version) = name
+            .strip_suffix(".root.json")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let signer = self.signer.as_ref().ok_or_else(missing)?;
+            return signer.root_metadata(version)?.ok_or_else(missing);
         }
         let body: Option<String> =
             sqlx::query_scalar("SELECT body FROM tuf_metadata WHERE channel = $1 AND name = $2")

@@ -61,8 +61,12 @@ impl Default for Lifetimes {
 /// The server's signing state: the root (public) and the online keys.
 #[derive(Debug)]
 pub struct Signer {
+    /// The root in force.
     root: Signed<Root>,
+    /// Root version 1 (the anchor agents pin).
     root_bytes: Vec<u8>,
+    version: u64,
+    paths: KeyPaths,
     online_keys: Vec<Box<dyn KeySource>>,
     pub lifetimes: Lifetimes,
 }
@@ -79,8 +83,13 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
 #[derive(Debug)]
 pub struct KeyPaths {
     pub offline: PathBuf,
+    /// The online keys of root version 1; a rotation that replaces them puts the new ones
+    /// in `online/v{N}/` for root version N.
     pub online: PathBuf,
+    /// Root version 1, the trust anchor agents pin at registration.
     pub root_json: PathBuf,
+    /// Every root version as `{N}.root.json`; the highest is the one in force.
+    pub roots: PathBuf,
 }
 
 impl KeyPaths {
@@ -89,7 +98,44 @@ impl KeyPaths {
             offline: data.join("keys").join("offline"),
             online: data.join("keys").join("online"),
             root_json: data.join("tuf").join("root.json"),
+            roots: data.join("tuf").join("roots"),
         }
+    }
+
+    fn root_version(&self, version: u64) -> PathBuf {
+        self.roots.join(format!("{version}.root.json"))
+    }
+
+    /// Versions present in `roots/`, ascending (empty for a data directory made before
+    /// root versions were kept, where `root.json` is version 1 and the only one).
+    fn versions(&self) -> Result<Vec<u64>, Error> {
+        let entries = match std::fs::read_dir(&self.roots) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(format!("listing {}", self.roots.display()))(e)),
+        };
+        let mut versions: Vec<u64> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".root.json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The online key directory of root version `version`: the newest `online/v{K}` with
+    /// K <= version, else `online/`.
+    fn online_for(&self, version: u64) -> PathBuf {
+        (2..=version)
+            .rev()
+            .map(|k| self.online.join(format!("v{k}")))
+            .find(|d| d.is_dir())
+            .unwrap_or_else(|| self.online.clone())
     }
 }
 
@@ -208,12 +254,177 @@ pub async fn init_keys(
     let bytes = signed.buffer().clone();
     std::fs::write(&paths.root_json, &bytes)
         .map_err(io(format!("writing {}", paths.root_json.display())))?;
+    std::fs::create_dir_all(&paths.roots)
+        .map_err(io(format!("creating {}", paths.roots.display())))?;
+    write_atomic(&paths.root_version(1), &bytes)?;
     Ok(Initialised {
         root_sha256: sha256_hex(&bytes),
         root_json: paths.root_json,
         offline_dir: paths.offline,
         root_keys,
         threshold,
+    })
+}
+
+/// Writes `bytes` to `path` through a temp file, fsynced and renamed into place, then
+/// fsyncs the directory: the file is either absent or whole, also after a power loss.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming {}", tmp.display())))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing {}", dir.display())))
+}
+
+/// What `keys rotate` did.
+#[derive(Debug)]
+pub struct Rotated {
+    pub version: u64,
+    pub expires: String,
+    pub online_keys_replaced: bool,
+    pub root_json: PathBuf,
+}
+
+/// Signs root version N+1 (N = the version in force) with `root_key_files`, which must hold
+/// at least the threshold of root N's keys: a new expiry and, with `new_online_keys`, fresh
+/// targets, snapshot and timestamp keys in place of the old ones (after a suspected leak).
+/// The root keys themselves stay. Agents walk from the root they pinned to `N+1.root.json`.
+///
+/// Commit point: `tuf/roots/{N+1}.root.json` appears (atomic rename) only once everything it
+/// names exists; an interrupted rotation leaves version N in force and can be run again.
+/// Servers load the keys at start: run it with them stopped, then copy `DATA/tuf` and
+/// `DATA/keys/online` to every replica and start them.
+pub async fn rotate(
+    data: &Path,
+    root_key_files: &[PathBuf],
+    new_online_keys: bool,
+    root_expires_days: i64,
+) -> Result<Rotated, Error> {
+    let Some(current) = Signer::load(data)? else {
+        return Err(Error::Config(
+            "there are no TUF keys yet; run `klive-server keys init` first".into(),
+        ));
+    };
+    if root_expires_days <= 0 {
+        return Err(Error::Config(
+            "--root-expires-days must be at least 1".into(),
+        ));
+    }
+    let paths = KeyPaths::new(data);
+    let old = current.root.signed.clone();
+    let root_role = old
+        .roles
+        .get(&RoleType::Root)
+        .ok_or_else(|| tuf_error("the root in force", "it names no root keys"))?;
+    // The given files must be distinct root keys of the version in force, enough of them.
+    let mut given = Vec::new();
+    let mut sources: Vec<Box<dyn KeySource>> = Vec::new();
+    for path in root_key_files {
+        let pkcs8 = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+        let id = tough::sign::parse_keypair(&pkcs8)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{} is not a private key ({e}); give the root-N.pk8 files from keys init",
+                    path.display()
+                ))
+            })?
+            .tuf_key()
+            .key_id()
+            .map_err(|e| tuf_error("computing a key id", e))?;
+        if !root_role.keyids.contains(&id) {
+            return Err(Error::Config(format!(
+                "{} is not a root key of root version {}; give the root-N.pk8 files from keys init",
+                path.display(),
+                current.version
+            )));
+        }
+        if !given.contains(&id) {
+            given.push(id);
+            sources.push(Box::new(LocalKeySource { path: path.clone() }));
+        }
+    }
+    if (given.len() as u64) < root_role.threshold.get() {
+        return Err(Error::Config(format!(
+            "{} distinct root key(s) given; root version {} needs {} of its {} root keys to sign the next root",
+            given.len(),
+            current.version,
+            root_role.threshold,
+            root_role.keyids.len()
+        )));
+    }
+    let version = current.version + 1;
+    let mut root = old.clone();
+    root.version = NonZeroU64::new(version).unwrap_or(NonZeroU64::MIN);
+    root.expires = expires_in(root_expires_days * 86400)?;
+    if new_online_keys {
+        let dir = paths.online.join(format!("v{version}"));
+        // Left by an interrupted rotation: version `version` never came into force.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        }
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(format!("creating {}", dir.display())))?;
+        }
+        for (name, role) in ONLINE_ROLES {
+            let key = new_key(&dir.join(format!("{name}.pk8")))?.tuf_key();
+            let id = key
+                .key_id()
+                .map_err(|e| tuf_error("computing a key id", e))?;
+            if let Some(keys) = root.roles.get_mut(&role) {
+                for old_id in std::mem::replace(&mut keys.keyids, vec![id.clone()]) {
+                    root.keys.remove(&old_id);
+                }
+            }
+            root.keys.insert(id, key);
+        }
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(format!("syncing {}", dir.display())))?;
+    }
+    let signed = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(root.clone()),
+        &sources,
+        &SystemRandom::new(),
+    )
+    .await
+    .map_err(|e| tuf_error("signing the new root", e))?;
+    // What a client checks (TUF 5.3.4): the new root is signed by a threshold of the old
+    // root's keys and of its own.
+    let parsed: Signed<Root> = serde_json::from_slice(signed.buffer())
+        .map_err(|e| tuf_error("reading back the new root", e))?;
+    for (which, trusted) in [("the old", &old), ("the new", &root)] {
+        trusted
+            .verify_role(&parsed)
+            .map_err(|e| tuf_error(&format!("checking the new root against {which} root"), e))?;
+    }
+    std::fs::create_dir_all(&paths.roots)
+        .map_err(io(format!("creating {}", paths.roots.display())))?;
+    // A data directory from before root versions were kept: version 1 joins the chain.
+    if current.version == 1 && !paths.root_version(1).exists() {
+        write_atomic(&paths.root_version(1), &current.root_bytes)?;
+    }
+    let out = paths.root_version(version);
+    write_atomic(&out, signed.buffer())?;
+    Ok(Rotated {
+        version,
+        expires: root.expires.to_string(),
+        online_keys_replaced: new_online_keys,
+        root_json: out,
     })
 }
 
@@ -230,16 +441,49 @@ impl Signer {
         if !paths.root_json.exists() {
             return Ok(None);
         }
-        let root_bytes = std::fs::read(&paths.root_json)
+        let anchor = std::fs::read(&paths.root_json)
             .map_err(io(format!("reading {}", paths.root_json.display())))?;
-        let root: Signed<Root> = serde_json::from_slice(&root_bytes)
+        let (version, current) = match paths.versions()?.last() {
+            Some(&v) => {
+                let path = paths.root_version(v);
+                let bytes =
+                    std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+                (v, bytes)
+            }
+            None => (1, anchor.clone()),
+        };
+        let root: Signed<Root> = serde_json::from_slice(&current)
             .map_err(|e| tuf_error("parsing the root metadata", e))?;
+        if root.signed.version.get() != version {
+            return Err(Error::Config(format!(
+                "{} says version {}; restore the file from backup",
+                paths.root_version(version).display(),
+                root.signed.version
+            )));
+        }
+        let online = paths.online_for(version);
         let mut online_keys: Vec<Box<dyn KeySource>> = Vec::new();
-        for (name, _) in ONLINE_ROLES {
-            let path = paths.online.join(format!("{name}.pk8"));
-            if !path.exists() {
+        for (name, role) in ONLINE_ROLES {
+            let path = online.join(format!("{name}.pk8"));
+            let pkcs8 = std::fs::read(&path).map_err(|e| {
+                Error::Config(format!(
+                    "the online {name} key {} cannot be read ({e}); restore it from backup",
+                    path.display()
+                ))
+            })?;
+            let id = tough::sign::parse_keypair(&pkcs8)
+                .map_err(|e| tuf_error(&format!("reading {}", path.display()), e))?
+                .tuf_key()
+                .key_id()
+                .map_err(|e| tuf_error("computing a key id", e))?;
+            if !root
+                .signed
+                .roles
+                .get(&role)
+                .is_some_and(|r| r.keyids.contains(&id))
+            {
                 return Err(Error::Config(format!(
-                    "the online {name} key {} is missing; restore it from backup",
+                    "the online {name} key {} is not the one root version {version} names; restore the keys that belong to it",
                     path.display()
                 )));
             }
@@ -247,10 +491,32 @@ impl Signer {
         }
         Ok(Some(Signer {
             root,
-            root_bytes,
+            root_bytes: anchor,
+            version,
+            paths,
             online_keys,
             lifetimes: Lifetimes::default(),
         }))
+    }
+
+    /// The root version in force.
+    pub fn root_version(&self) -> u64 {
+        self.version
+    }
+
+    /// `{version}.root.json` for 1 <= version <= the version in force (`None` otherwise), so
+    /// that agents that pinned an older root walk the chain to the current one.
+    pub fn root_metadata(&self, version: u64) -> Result<Option<Vec<u8>>, Error> {
+        if version == 0 || version > self.version {
+            return Ok(None);
+        }
+        if version == 1 {
+            return Ok(Some(self.root_bytes.clone()));
+        }
+        let path = self.paths.root_version(version);
+        std::fs::read(&path)
+            .map(Some)
+            .map_err(io(format!("reading {}", path.display())))
     }
 
     /// The trusted root the agent pins (`1.root.json`).

@@ -106,3 +106,53 @@ async fn operator_bootstraps_publishes_and_verifies_the_audit_log() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("broken at record 2"), "{}", text(&o));
 }
+
+#[test]
+fn operator_rotates_the_tuf_root_with_the_offline_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let o = run(&data, &["keys", "init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let key = |i: u32| data.join(format!("keys/offline/root-{i}.pk8"));
+    let key = |i: u32| key(i).to_str().unwrap().to_owned();
+    // One key of a 2-of-3 root: refused, with what to do.
+    let o = run(&data, &["keys", "rotate", "--root-key", &key(1)]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("needs 2 of its 3 root keys"),
+        "{}",
+        text(&o)
+    );
+    assert!(!data.join("tuf/roots/2.root.json").exists());
+    let o = run(
+        &data,
+        &[
+            "keys",
+            "rotate",
+            "--root-key",
+            &key(1),
+            "--root-key",
+            &key(2),
+            "--new-online-keys",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("root version 2 in force"), "{}", text(&o));
+    assert!(data.join("tuf/roots/2.root.json").is_file());
+    assert!(data.join("keys/online/v2/timestamp.pk8").is_file());
+    // The rotation is in the audit log, and the log is intact.
+    let o = run(&data, &["audit", "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let recorded: i64 = rt.block_on(async {
+        let s = klive_server::open(&data, None).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'tuf.root-rotated'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(recorded, 1);
+}

@@ -21,7 +21,7 @@ use klive_format::api::{
     EnrollTokenRequest, RegisterRequest, tuf_manifest_target, tuf_module_target,
 };
 use klive_server::Service;
-use klive_server::tuf::{Signer, init_keys};
+use klive_server::tuf::{Signer, init_keys, rotate};
 
 use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
 
@@ -29,6 +29,7 @@ both_backends!(
     agent_reads_verified_releases_of_its_channel,
     tampered_bytes_and_unknown_keys_are_refused,
     rollback_and_freeze_are_refused,
+    root_rotation_is_followed_and_retired_keys_are_refused,
 );
 
 /// How the fake network treats a response.
@@ -361,4 +362,125 @@ async fn rollback_and_freeze_are_refused(mut fx: Fixture) {
         .expect_err("expired timestamp must be refused")
         .to_string();
     assert!(err.to_lowercase().contains("expired"), "{err}");
+}
+
+async fn root_rotation_is_followed_and_retired_keys_are_refused(mut fx: Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    with_keys(&mut fx, dir.path()).await;
+    let s = fx.service.clone();
+    let pinned = s.tuf_root().unwrap();
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko.clone())
+        .await
+        .unwrap();
+    let canary = host(&s, &fx, "canary").await;
+    let datastore = store(dir.path(), "c");
+    let repo = load(&s, &canary, &pinned, &datastore, Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(repo.root().signed.version.get(), 1);
+
+    let offline = dir.path().join("keys/offline");
+    let root_key = |i: u32| offline.join(format!("root-{i}.pk8"));
+    // Fewer keys than the threshold (2 of 3), the same key twice, or a key that is not a
+    // root key: refused, nothing changes.
+    for keys in [
+        vec![root_key(1)],
+        vec![root_key(2), root_key(2)],
+        vec![root_key(1), dir.path().join("keys/online/timestamp.pk8")],
+    ] {
+        let err = rotate(dir.path(), &keys, true, 365).await.unwrap_err();
+        assert!(
+            err.to_string().contains("needs 2") || err.to_string().contains("not a root key"),
+            "{err}"
+        );
+    }
+    assert_eq!(Signer::load(dir.path()).unwrap().unwrap().root_version(), 1);
+
+    // Version 2 with new online keys. A server still running with the old keys signs
+    // metadata that clients which know root 2 refuse.
+    let retired = Signer::load(dir.path()).unwrap();
+    let done = rotate(dir.path(), &[root_key(1), root_key(3)], true, 365)
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.online_keys_replaced), (2, true));
+    let signer = Signer::load(dir.path()).unwrap();
+    assert_eq!(signer.as_ref().unwrap().root_version(), 2);
+    let s = fx.service.clone().with_signer(signer);
+    s.tuf_refresh(true).await.unwrap();
+    // The agent still pins root 1 and follows the chain to 2.
+    let repo = load(&s, &canary, &pinned, &datastore, Mangle::None)
+        .await
+        .unwrap();
+    assert_eq!(repo.root().signed.version.get(), 2);
+    assert_eq!(
+        read(&repo, &tuf_module_target(BUILD, 1))
+            .await
+            .unwrap()
+            .unwrap(),
+        ko.to_vec()
+    );
+    // A client keeps the newest root it verified (the agent does) and from then on refuses
+    // metadata signed by the retired keys, e.g. from a replica still running with them.
+    let newest = serde_json::to_vec(repo.root()).unwrap();
+    let old = fx.service.clone().with_signer(retired);
+    old.tuf_refresh(true).await.unwrap();
+    let err = load(
+        &old,
+        &canary,
+        &newest,
+        &store(dir.path(), "fresh"),
+        Mangle::None,
+    )
+    .await
+    .expect_err("metadata signed by retired keys must be refused");
+    assert!(!err.to_string().is_empty());
+    // Signed again with the keys root 2 names: accepted.
+    s.tuf_refresh(true).await.unwrap();
+    assert!(
+        load(&s, &canary, &pinned, &datastore, Mangle::None)
+            .await
+            .is_ok()
+    );
+
+    // Version 3 renews the expiry only; the chain ends at the version in force.
+    let done = rotate(dir.path(), &[root_key(2), root_key(3)], false, 30)
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.online_keys_replaced), (3, false));
+    let s = fx
+        .service
+        .clone()
+        .with_signer(Signer::load(dir.path()).unwrap());
+    s.tuf_refresh(true).await.unwrap();
+    let repo = load(
+        &s,
+        &canary,
+        &pinned,
+        &store(dir.path(), "later"),
+        Mangle::None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(repo.root().signed.version.get(), 3);
+    let get = |name: &str| {
+        let r = Request::get(format!("/api/v1/tuf/canary/metadata/{name}"))
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", canary.credential),
+            )
+            .body(Body::empty())
+            .unwrap();
+        klive_server::api::router(s.clone()).oneshot(r)
+    };
+    for (name, status) in [
+        ("1.root.json", StatusCode::OK),
+        ("3.root.json", StatusCode::OK),
+        ("4.root.json", StatusCode::NOT_FOUND),
+        ("0.root.json", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(get(name).await.unwrap().status(), status, "{name}");
+    }
+    // The anchor agents pin at registration stays version 1.
+    assert_eq!(s.tuf_root().unwrap(), pinned);
 }
