@@ -42,7 +42,18 @@ impl Clock {
 
 /// RFC 3339 text of a unix-milliseconds time, for the API and the CLI.
 pub fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| format!("@{ms}ms"))
+    let mut s = String::new();
+    write_rfc3339(&mut s, ms);
+    s
+}
+
+/// [`rfc3339`] into `out` (cleared first), reusing its allocation: the evidence pack formats
+/// millions of times.
+pub fn write_rfc3339(out: &mut String, ms: i64) {
+    use std::fmt::Write as _;
+    out.clear();
+    let _ = match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => write!(out, "{t}"),
+        Err(_) => write!(out, "@{ms}ms"),
+    };
 }

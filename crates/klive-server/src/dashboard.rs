@@ -1387,21 +1387,28 @@ async fn evidence_generate(
         Err(e) => return evidence_view(&d, &session, Some(e)),
     };
     let key = EvidenceKey::load_or_create(&d.data)?;
-    let pack = match report::build_pack(&d.service, &session.user, &key, from, to).await {
-        Ok(p) => p,
-        Err(Error::BadRequest(m)) => return evidence_view(&d, &session, Some(m)),
-        Err(e) => return Err(e.into()),
-    };
     let name = format!("klive-soc2-{}-{}", day_text(from), day_text(to));
     let work = d.data.join("reports").join(format!(
         "{name}-{}",
         crate::crypto::new_id().map_err(Denied::from)?
     ));
-    let data = d.data.clone();
+    let chromium = report::find_chromium();
+    let generated = report::generate_pack(
+        &d.service,
+        &session.user,
+        &key,
+        from,
+        to,
+        &work,
+        chromium.as_deref(),
+    )
+    .await;
+    match generated {
+        Ok(_) => {}
+        Err(Error::BadRequest(m)) => return evidence_view(&d, &session, Some(m)),
+        Err(e) => return Err(e.into()),
+    }
     let tar = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Error> {
-        let _ = data;
-        let chromium = report::find_chromium();
-        report::write_pack(&pack, &key, &work, chromium.as_deref())?;
         let tar = report::tar_dir(&work, &name);
         let _ = std::fs::remove_dir_all(&work);
         tar
@@ -1445,7 +1452,7 @@ async fn export(
         "vanta.json" => (report::vanta_export(&f).to_string(), "application/json"),
         "drata.json" => (report::drata_export(&f).to_string(), "application/json"),
         "findings.csv" => (
-            report::csv(&f.findings, report::FINDING_COLUMNS),
+            report::findings_csv(&f.finding_records()),
             "text/csv; charset=utf-8",
         ),
         "hosts.csv" => (

@@ -287,13 +287,13 @@ pub async fn soc2(
     let from = parse_time(from, false)?;
     let to = parse_time(to, true)?;
     let key = EvidenceKey::load_or_create(data)?;
-    let pack = report::build_pack(service, by, &key, from, to).await?;
     let chromium = if no_pdf {
         None
     } else {
         report::find_chromium()
     };
-    let note = report::write_pack(&pack, &key, out, chromium.as_deref())?;
+    let pack = report::generate_pack(service, by, &key, from, to, out, chromium.as_deref()).await?;
+    let note = pack.pdf_note.clone();
     let s = &pack.summary;
     println!("evidence pack written to {}", out.display());
     if s.no_data {

@@ -28,11 +28,11 @@ use sqlx::Row;
 use klive_format::evidence::{ClockStart, ExceptionRecord, Finding, FixMethod, Rating, Verdict};
 use klive_format::release::ReleaseManifest;
 
-use crate::clock::rfc3339;
+use crate::clock::{rfc3339, write_rfc3339};
 use crate::cve::KERNEL_PACKAGE;
 use crate::debver;
 use crate::error::Error;
-use crate::history::{self, DAY_MS, HostState};
+use crate::history::{DAY_MS, HostState};
 use crate::policy::{PolicyVersion, in_force};
 use crate::service::Service;
 
@@ -467,6 +467,8 @@ pub struct Assessment {
     pub findings: Vec<FindingCalc>,
     pub policies: Vec<PolicyVersion>,
     pub exceptions: Vec<(i64, i64, ExceptionRecord)>,
+    /// Where the time went (step, milliseconds), for the benchmark.
+    pub timings: Vec<(&'static str, u128)>,
 }
 
 impl Assessment {
@@ -498,6 +500,49 @@ impl Assessment {
         }
     }
 
+    /// [`Assessment::record`] into `out`, reusing its strings: the pack renders every finding
+    /// of the period (millions) one at a time.
+    pub fn fill_record(&self, f: &FindingCalc, out: &mut Finding) {
+        fn set(s: &mut String, v: &str) {
+            s.clear();
+            s.push_str(v);
+        }
+        fn set_opt(s: &mut Option<String>, v: Option<&str>) {
+            match (s.as_mut(), v) {
+                (Some(s), Some(v)) => set(s, v),
+                (None, Some(v)) => *s = Some(v.to_owned()),
+                (_, None) => *s = None,
+            }
+        }
+        let host = &self.hosts[f.host as usize];
+        set(&mut out.host_id, &host.id);
+        set(&mut out.hostname, &host.hostname);
+        set(&mut out.cve, self.knowledge.cve_name(f.cve));
+        out.severity = f.severity;
+        set(&mut out.severity_source, &f.severity_source);
+        out.kev = f.kev;
+        set(&mut out.kernel_release, &f.kernel_release);
+        write_rfc3339(&mut out.detected_at, f.detected_at);
+        write_rfc3339(&mut out.clock_start_at, f.clock_start_at);
+        set(&mut out.clock_start_basis, f.clock_start_basis.as_str());
+        write_rfc3339(&mut out.due_at, f.due_at);
+        out.policy_version = f.policy_version;
+        match f.fixed_at {
+            Some(at) => write_rfc3339(out.fixed_at.get_or_insert_with(String::new), at),
+            None => out.fixed_at = None,
+        }
+        out.fix_method = f.fix_method;
+        out.fixed_level = f.fixed_level.and_then(|l| u32::try_from(l).ok());
+        set_opt(&mut out.fixed_kernel, f.fixed_kernel.as_deref());
+        out.time_to_patch_secs = f.time_to_patch().map(|ms| (ms / 1000) as u64);
+        out.verdict = f.verdict;
+        set_opt(
+            &mut out.exception_id,
+            f.exception
+                .map(|i| self.exceptions[i as usize].2.id.as_str()),
+        );
+    }
+
     /// The latest state of a host at or before `t`.
     pub fn state_at(&self, host: usize, t: i64) -> Option<&HostState> {
         self.timelines[host].iter().rev().find(|s| s.at <= t)
@@ -506,6 +551,7 @@ impl Assessment {
 
 /// Loads everything and computes every finding as of `as_of`.
 pub async fn assess(service: &Service, as_of: i64) -> Result<Assessment, Error> {
+    let started = std::time::Instant::now();
     let knowledge = Knowledge::load(service, as_of).await?;
     let rows = sqlx::query(
         "SELECT id, hostname, channel, registered_at, revoked_at, last_checkin_at FROM hosts WHERE registered_at <= $1 ORDER BY id",
@@ -528,17 +574,9 @@ pub async fn assess(service: &Service, as_of: i64) -> Result<Assessment, Error> 
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let mut timelines: Vec<Vec<HostState>> = vec![Vec::new(); hosts.len()];
-    let positions: HashMap<&str, usize> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.id.as_str(), i))
-        .collect();
-    for s in history::fleet_timelines(&service.db, as_of).await? {
-        if let Some(i) = positions.get(s.host_id.as_str()) {
-            timelines[*i].push(s);
-        }
-    }
+    let loaded = started.elapsed().as_millis();
+    let timelines = load_timelines(service, &hosts, as_of).await?;
+    let read = started.elapsed().as_millis();
     let policies = service.sla_policies().await?;
     let exceptions = service.exceptions(as_of).await?;
     let mut assessment = Assessment {
@@ -549,19 +587,97 @@ pub async fn assess(service: &Service, as_of: i64) -> Result<Assessment, Error> 
         findings: Vec::new(),
         policies,
         exceptions,
+        timings: Vec::new(),
     };
-    assessment.findings = compute(&assessment);
+    assessment.findings = compute_parallel(&assessment);
+    assessment.timings = vec![
+        ("knowledge_and_hosts", loaded),
+        ("host_history", read - loaded),
+        ("findings_compute", started.elapsed().as_millis() - read),
+    ];
     Ok(assessment)
+}
+
+/// Every host's history rows up to `as_of`, by host index: streamed (the fleet has millions
+/// of rows) and decoded by column position; rows of hosts registered after `as_of` are
+/// skipped.
+async fn load_timelines(
+    service: &Service,
+    hosts: &[HostRow],
+    as_of: i64,
+) -> Result<Vec<Vec<HostState>>, Error> {
+    use futures_util::TryStreamExt as _;
+    let mut timelines: Vec<Vec<HostState>> = vec![Vec::new(); hosts.len()];
+    let positions: HashMap<&str, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.id.as_str(), i))
+        .collect();
+    let mut rows = sqlx::query(
+        "SELECT host_id, sequence, at, events, kernel_release, package_version, build_id, applied_level, applied_state, boot_id, uptime_secs, taint, error FROM host_history WHERE at <= $1 ORDER BY host_id, sequence",
+    )
+    .bind(as_of)
+    .fetch(&service.db.pool);
+    // Rows arrive grouped by host: look the host up once per group.
+    let mut current: Option<(String, Option<usize>)> = None;
+    while let Some(r) = rows.try_next().await? {
+        let host_id: String = r.try_get(0)?;
+        let index = match &current {
+            Some((id, index)) if *id == host_id => *index,
+            _ => {
+                let index = positions.get(host_id.as_str()).copied();
+                current = Some((host_id.clone(), index));
+                index
+            }
+        };
+        let Some(index) = index else { continue };
+        timelines[index].push(HostState {
+            host_id,
+            sequence: r.try_get(1)?,
+            at: r.try_get(2)?,
+            events: r.try_get(3)?,
+            kernel_release: r.try_get(4)?,
+            package_version: r.try_get(5)?,
+            build_id: r.try_get(6)?,
+            applied_level: r.try_get(7)?,
+            applied_state: r.try_get(8)?,
+            boot_id: r.try_get(9)?,
+            uptime_secs: r.try_get(10)?,
+            taint: r.try_get(11)?,
+            error: r.try_get(12)?,
+        });
+    }
+    Ok(timelines)
+}
+
+/// [`compute`] over the hosts split in two halves on two threads (each host's findings depend
+/// on that host's history alone); the result is in the same order as one pass.
+fn compute_parallel(a: &Assessment) -> Vec<FindingCalc> {
+    let n = a.hosts.len();
+    if n < 2_000 {
+        return compute(a, 0..n);
+    }
+    let mid = n / 2;
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| compute(a, mid..n));
+        let mut out = compute(a, 0..mid);
+        match second.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
 }
 
 type ExposureKey = (Option<String>, Option<String>, Option<i64>);
 
-fn compute(a: &Assessment) -> Vec<FindingCalc> {
+fn compute(a: &Assessment, hosts: std::ops::Range<usize>) -> Vec<FindingCalc> {
     let k = &a.knowledge;
     let mut cache: HashMap<ExposureKey, Arc<Vec<(u32, i64)>>> = HashMap::new();
     let mut kernels: HashMap<String, Arc<str>> = HashMap::new();
     let mut out = Vec::new();
-    for (host_index, host) in a.hosts.iter().enumerate() {
+    for host_index in hosts {
+        let host = &a.hosts[host_index];
         let states = &a.timelines[host_index];
         let end = host.revoked_at.unwrap_or(a.as_of).min(a.as_of);
         let mut open: BTreeMap<u32, Exposure> = BTreeMap::new();

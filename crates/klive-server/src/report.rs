@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use askama::Template;
@@ -14,6 +15,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use klive_format::api::{AuditEntry, Role};
@@ -148,7 +150,8 @@ pub struct Figures {
     pub as_of: i64,
     pub summary: ReportSummary,
     pub hosts: Vec<HostRecord>,
-    pub findings: Vec<Finding>,
+    /// What the findings were computed from; the period's are [`Figures::findings`].
+    pub assessment: Assessment,
     pub changes: Vec<ChangeRecord>,
     pub exceptions: Vec<ExceptionRecord>,
     pub audit: Vec<AuditEntry>,
@@ -159,6 +162,19 @@ pub struct Figures {
     pub ttp_chart: String,
     pub open_chart: String,
     pub coverage_chart: String,
+}
+
+impl Figures {
+    /// The findings population of the period, in pack order (by host, then as computed).
+    pub fn findings(&self) -> impl Iterator<Item = &FindingCalc> {
+        period_findings(&self.assessment, self.from)
+    }
+
+    /// The period's findings rendered as records (for the dashboard exports; the pack
+    /// streams them instead).
+    pub fn finding_records(&self) -> Vec<Finding> {
+        self.findings().map(|f| self.assessment.record(f)).collect()
+    }
 }
 
 fn in_period(t: i64, from: i64, to: i64) -> bool {
@@ -571,7 +587,6 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
     let hosts = host_records(&a, from);
     let severities = severity_figures(&a, from);
     let population: Vec<&FindingCalc> = period_findings(&a, from).collect();
-    let findings: Vec<Finding> = population.iter().map(|f| a.record(f)).collect();
     let changes = changes(service, &a, from).await?;
     let exceptions: Vec<ExceptionRecord> = a
         .exceptions
@@ -676,7 +691,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
         hosts_in_scope: hosts.len() as u64,
         hosts_without_cve_knowledge: hosts.iter().filter(|h| !h.cve_knowledge).count() as u64,
         hosts_silent_at_end: silent,
-        findings: findings.len() as u64,
+        findings: population.len() as u64,
         severities,
         kev_findings: kev.len() as u64,
         kev_on_time: kev
@@ -719,7 +734,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
         as_of,
         summary,
         hosts,
-        findings,
+        assessment: a,
         changes,
         exceptions,
         audit,
@@ -738,78 +753,125 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
 
 /// CSV text of `records`, with `columns` in that order (values from their JSON form).
 pub fn csv<T: Serialize>(records: &[T], columns: &[&str]) -> String {
-    let mut out = columns.join(",");
-    out.push('\n');
+    let mut out = Vec::new();
+    let _ = write_csv(&mut out, records, columns);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`csv`] into a writer.
+pub fn write_csv<T: Serialize, W: Write>(
+    w: &mut W,
+    records: &[T],
+    columns: &[&str],
+) -> std::io::Result<()> {
+    w.write_all(columns.join(",").as_bytes())?;
+    w.write_all(b"\n")?;
+    let mut line = Vec::new();
     for r in records {
+        line.clear();
         let value = serde_json::to_value(r).unwrap_or(Value::Null);
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let cell = match value.get(c) {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                };
-                csv_cell(&cell)
-            })
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push('\n');
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            match value.get(c) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => csv_cell(&mut line, s),
+                Some(other) => csv_cell(&mut line, &other.to_string()),
+            }
+        }
+        line.push(b'\n');
+        w.write_all(&line)?;
     }
-    out
+    Ok(())
 }
 
-fn csv_cell(s: &str) -> String {
-    // A leading = + - @ would be a formula in a spreadsheet: quote it with a leading '.
-    let guarded = if s.starts_with(['=', '+', '-', '@']) && !s.starts_with("-0") {
-        format!("'{s}")
+/// Appends one CSV cell. A leading = + - @ would be a formula in a spreadsheet: it is quoted
+/// with a leading '.
+fn csv_cell(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let guard = matches!(bytes.first(), Some(b'=' | b'+' | b'-' | b'@')) && !s.starts_with("-0");
+    let quote = bytes
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
+    if quote {
+        out.push(b'"');
+    }
+    if guard {
+        out.push(b'\'');
+    }
+    if quote {
+        for part in s.split_inclusive('"') {
+            out.extend_from_slice(part.as_bytes());
+            if part.ends_with('"') {
+                out.push(b'"');
+            }
+        }
+        out.push(b'"');
     } else {
-        s.to_owned()
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Appends one finding as a CSV line (the header is [`FINDING_COLUMNS`]); the same cells as
+/// [`csv`] gives, written field by field (the population can have millions of rows).
+pub fn finding_csv_line(out: &mut Vec<u8>, x: &Finding) {
+    let opt = |out: &mut Vec<u8>, v: &Option<String>| {
+        if let Some(v) = v {
+            csv_cell(out, v);
+        }
     };
-    if guarded.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
+    csv_cell(out, &x.host_id);
+    out.push(b',');
+    csv_cell(out, &x.hostname);
+    out.push(b',');
+    csv_cell(out, &x.cve);
+    out.push(b',');
+    out.extend_from_slice(x.severity.as_str().as_bytes());
+    out.push(b',');
+    csv_cell(out, &x.severity_source);
+    out.push(b',');
+    out.extend_from_slice(if x.kev { b"true," } else { b"false," });
+    csv_cell(out, &x.kernel_release);
+    out.push(b',');
+    csv_cell(out, &x.detected_at);
+    out.push(b',');
+    csv_cell(out, &x.clock_start_at);
+    out.push(b',');
+    csv_cell(out, &x.clock_start_basis);
+    out.push(b',');
+    csv_cell(out, &x.due_at);
+    let _ = write!(out, ",{},", x.policy_version);
+    opt(out, &x.fixed_at);
+    out.push(b',');
+    if let Some(m) = x.fix_method {
+        out.extend_from_slice(m.as_str().as_bytes());
     }
+    out.push(b',');
+    if let Some(l) = x.fixed_level {
+        let _ = write!(out, "{l}");
+    }
+    out.push(b',');
+    opt(out, &x.fixed_kernel);
+    out.push(b',');
+    if let Some(t) = x.time_to_patch_secs {
+        let _ = write!(out, "{t}");
+    }
+    out.push(b',');
+    out.extend_from_slice(x.verdict.as_str().as_bytes());
+    out.push(b',');
+    opt(out, &x.exception_id);
+    out.push(b'\n');
 }
 
-/// The findings population as CSV, written field by field (it can have millions of rows);
-/// the same columns and cells as [`csv`] with [`FINDING_COLUMNS`].
+/// The findings population as CSV text (see [`finding_csv_line`]).
 pub fn findings_csv(findings: &[Finding]) -> String {
-    let mut out = String::with_capacity(findings.len() * 260 + 256);
-    out.push_str(&FINDING_COLUMNS.join(","));
-    out.push('\n');
-    let opt = |v: &Option<String>| v.as_deref().map(csv_cell).unwrap_or_default();
+    let mut out = FINDING_COLUMNS.join(",").into_bytes();
+    out.push(b'\n');
     for x in findings {
-        let cells = [
-            csv_cell(&x.host_id),
-            csv_cell(&x.hostname),
-            csv_cell(&x.cve),
-            x.severity.as_str().to_owned(),
-            csv_cell(&x.severity_source),
-            x.kev.to_string(),
-            csv_cell(&x.kernel_release),
-            csv_cell(&x.detected_at),
-            csv_cell(&x.clock_start_at),
-            csv_cell(&x.clock_start_basis),
-            csv_cell(&x.due_at),
-            x.policy_version.to_string(),
-            opt(&x.fixed_at),
-            x.fix_method
-                .map(|m| m.as_str().to_owned())
-                .unwrap_or_default(),
-            x.fixed_level.map(|l| l.to_string()).unwrap_or_default(),
-            opt(&x.fixed_kernel),
-            x.time_to_patch_secs
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            x.verdict.as_str().to_owned(),
-            opt(&x.exception_id),
-        ];
-        out.push_str(&cells.join(","));
-        out.push('\n');
+        finding_csv_line(&mut out, x);
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 pub const HOST_COLUMNS: &[&str] = &[
@@ -887,16 +949,37 @@ pub const AUDIT_COLUMNS: &[&str] = &[
 ];
 
 /// A JSON array with one compact record per line (populations can have millions of rows).
-fn json_records<T: Serialize>(records: &[T]) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(records.len() * 256 + 4);
-    out.extend_from_slice(b"[");
-    for (i, r) in records.iter().enumerate() {
-        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
-        serde_json::to_writer(&mut out, r)
-            .map_err(|e| Error::Corrupt(format!("serialising evidence: {e}")))?;
+pub fn write_json_records<T: Serialize, W: Write>(
+    w: &mut W,
+    records: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
+    let mut json = JsonLines::default();
+    for r in records {
+        json.push(w, &r)?;
     }
-    out.extend_from_slice(b"\n]\n");
-    Ok(out)
+    json.finish(w)
+}
+
+/// Writes a JSON array one compact record per line, record by record.
+#[derive(Default)]
+struct JsonLines {
+    any: bool,
+    line: Vec<u8>,
+}
+
+impl JsonLines {
+    fn push<T: Serialize, W: Write>(&mut self, w: &mut W, record: &T) -> std::io::Result<()> {
+        self.line.clear();
+        self.line
+            .extend_from_slice(if self.any { b",\n" } else { b"[\n" });
+        self.any = true;
+        serde_json::to_writer(&mut self.line, record)?;
+        w.write_all(&self.line)
+    }
+
+    fn finish<W: Write>(self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(if self.any { b"\n]\n" } else { b"[\n]\n" })
+    }
 }
 
 fn json_bytes<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, Error> {
@@ -926,8 +1009,8 @@ pub fn vanta_export(f: &Figures) -> Value {
         })
         .collect();
     let vulns: Vec<Value> = f
-        .findings
-        .iter()
+        .finding_records()
+        .into_iter()
         .filter(|x| x.fixed_at.is_none() && x.verdict != Verdict::HostRetired)
         .map(|x| {
             serde_json::json!({
@@ -959,8 +1042,8 @@ fn vanta_severity(r: Rating) -> f64 {
 /// Drata custom-connection records: one per finding of the period.
 pub fn drata_export(f: &Figures) -> Value {
     let records: Vec<Value> = f
-        .findings
-        .iter()
+        .finding_records()
+        .into_iter()
         .map(|x| {
             serde_json::json!({
                 "id": format!("{}:{}:{}", x.host_id, x.cve, x.detected_at),
@@ -991,7 +1074,7 @@ struct ReportPage<'a> {
     generator: String,
     public_key: &'a str,
     severity_rows: Vec<[String; 11]>,
-    top_findings: Vec<&'a Finding>,
+    top_findings: Vec<Finding>,
     findings_listed: usize,
     cve_rows: Vec<&'a CveRow>,
     silent_hosts: Vec<&'a HostRecord>,
@@ -1039,14 +1122,20 @@ pub fn render_html(
     command: &str,
     public_key: &str,
 ) -> Result<String, Error> {
-    let mut top: Vec<&Finding> = f
-        .findings
-        .iter()
+    // Earliest due first by the due date's text (as the populations show it), then host.
+    let a = &f.assessment;
+    let mut top: Vec<(String, &str, &FindingCalc)> = f
+        .findings()
         .filter(|x| matches!(x.verdict, Verdict::OpenOverdue | Verdict::FixedLate))
+        .map(|x| (rfc3339(x.due_at), a.hosts[x.host as usize].id.as_str(), x))
         .collect();
-    top.sort_by(|a, b| a.due_at.cmp(&b.due_at).then(a.host_id.cmp(&b.host_id)));
+    top.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(y.1)));
     let listed = top.len().min(HTML_FINDINGS);
-    top.truncate(HTML_FINDINGS);
+    let top: Vec<Finding> = top
+        .into_iter()
+        .take(HTML_FINDINGS)
+        .map(|(_, _, x)| a.record(x))
+        .collect();
     let page = ReportPage {
         f,
         s: &f.summary,
@@ -1084,20 +1173,6 @@ pub fn render_html(
         .map_err(|e| Error::Corrupt(format!("rendering the report: {e}")))
 }
 
-/// A generated pack, in memory.
-#[derive(Debug)]
-pub struct Pack {
-    pub summary: ReportSummary,
-    /// (relative path, bytes, data rows)
-    pub files: Vec<(String, Vec<u8>, Option<u64>)>,
-    pub generated_at: i64,
-    pub from: i64,
-    pub to: i64,
-    pub as_of: i64,
-    pub generated_by: String,
-    pub command: String,
-}
-
 /// The command that regenerates a pack of this period.
 pub fn reproduce_command(from: i64, to: i64) -> String {
     format!(
@@ -1107,79 +1182,452 @@ pub fn reproduce_command(from: i64, to: i64) -> String {
     )
 }
 
-/// Computes the pack's files. Needs the approver role: the pack is signed with the server's
-/// key and is the organisation's formal evidence (viewers read the same figures on the
-/// dashboard).
-pub async fn build_pack(
+/// A pack that was written.
+#[derive(Debug)]
+pub struct PackOutcome {
+    pub summary: ReportSummary,
+    pub manifest: EvidenceManifest,
+    pub command: String,
+    /// Why the PDF is missing although Chromium was given.
+    pub pdf_note: Option<String>,
+    /// Where the time went, step by step (milliseconds).
+    pub timings: Vec<(&'static str, u128)>,
+}
+
+/// Computes the period's figures and writes the pack into `out` (which must not exist or be
+/// empty). Needs the approver role: the pack is signed with the server's key and is the
+/// organisation's formal evidence (viewers read the same figures on the dashboard).
+///
+/// The populations are streamed to disk record by record, each file hashed as its bytes go
+/// out; the report is written first so Chromium prints the PDF while the populations are
+/// written. Everything goes to a sibling temporary directory that is renamed into place once
+/// the signed manifest is written, so a failed run leaves no partial pack.
+pub async fn generate_pack(
     service: &Service,
     by: &AuthUser,
     key: &EvidenceKey,
     from: i64,
     to: i64,
-) -> Result<Pack, Error> {
+    out: &Path,
+    chromium: Option<&Path>,
+) -> Result<PackOutcome, Error> {
     require(by, Role::Approver)?;
+    let dir = PackDir::create(out)?;
+    let started = std::time::Instant::now();
     let f = figures(service, from, to).await?;
+    let mut timings = f.assessment.timings.clone();
+    timings.push(("figures", started.elapsed().as_millis()));
     let generated_at = service.clock.now_ms();
     let command = reproduce_command(from, to);
-    let mut files: Vec<(String, Vec<u8>, Option<u64>)> = Vec::new();
-    let mut population = |name: &str, csv_text: String, json: Vec<u8>, rows: usize| {
-        files.push((
-            format!("{name}.csv"),
-            csv_text.into_bytes(),
-            Some(rows as u64),
-        ));
-        files.push((format!("{name}.json"), json, Some(rows as u64)));
+    let computed = started.elapsed().as_millis();
+    let html = render_html(&f, generated_at, &by.name, &command, &key.public_hex)?;
+    timings.push(("report_html", started.elapsed().as_millis() - computed));
+    let chromium = chromium.map(Path::to_path_buf);
+    let (dir, f, pdf_note, steps) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let mut dir = dir;
+        let (pdf_note, steps) = write_files(&mut dir, &f, &html, chromium.as_deref())?;
+        Ok((dir, f, pdf_note, steps))
+    })
+    .await
+    .map_err(|e| Error::Corrupt(format!("the pack writer failed: {e}")))??;
+    timings.extend(steps);
+    let manifest = dir.finish(
+        EvidenceManifest {
+            format: EVIDENCE_FORMAT,
+            kind: "soc2".into(),
+            generator: format!("klive-server {}", env!("CARGO_PKG_VERSION")),
+            generated_at: rfc3339(generated_at),
+            period_from: rfc3339(from),
+            period_to: rfc3339(to),
+            as_of: rfc3339(f.as_of),
+            generated_by: by.name.clone(),
+            command: command.clone(),
+            public_key: key.public_hex.clone(),
+            files: Vec::new(),
+        },
+        key,
+    )?;
+    timings.push(("total", started.elapsed().as_millis()));
+    Ok(PackOutcome {
+        summary: f.summary,
+        manifest,
+        command,
+        pdf_note,
+        timings,
+    })
+}
+
+/// Writes the report, starts Chromium on it, then the summary and every population; waits
+/// for the PDF last.
+fn write_files(
+    dir: &mut PackDir,
+    f: &Figures,
+    html: &str,
+    chromium: Option<&Path>,
+) -> Result<(Option<String>, Vec<(&'static str, u128)>), Error> {
+    let mut steps = Vec::new();
+    let mut step = std::time::Instant::now();
+    let mut lap = |name: &'static str, steps: &mut Vec<(&'static str, u128)>| {
+        steps.push((name, step.elapsed().as_millis()));
+        step = std::time::Instant::now();
     };
-    population(
-        "hosts",
-        csv(&f.hosts, HOST_COLUMNS),
-        json_records(&f.hosts)?,
-        f.hosts.len(),
-    );
-    population(
-        "findings",
-        findings_csv(&f.findings),
-        json_records(&f.findings)?,
-        f.findings.len(),
-    );
-    population(
-        "changes",
-        csv(&f.changes, CHANGE_COLUMNS),
-        json_records(&f.changes)?,
-        f.changes.len(),
-    );
-    population(
-        "exceptions",
-        csv(&f.exceptions, EXCEPTION_COLUMNS),
-        json_records(&f.exceptions)?,
-        f.exceptions.len(),
-    );
-    population(
-        "audit",
-        csv(&f.audit, AUDIT_COLUMNS),
-        json_records(&f.audit)?,
-        f.audit.len(),
-    );
-    files.push(("summary.json".into(), json_bytes(&serde_json::json!({
+    dir.write("report.html", None, |w| w.write_all(html.as_bytes()))?;
+    let mut pdf = None;
+    let mut pdf_note = None;
+    if let Some(chromium) = chromium {
+        let html = std::fs::canonicalize(dir.path().join("report.html"))
+            .map_err(io("locating report.html".into()))?;
+        match start_pdf(chromium, &html, &dir.path().join("report.pdf")) {
+            Ok(job) => pdf = Some(job),
+            Err(e) => pdf_note = Some(e),
+        }
+    }
+    let summary = json_bytes(&serde_json::json!({
         "summary": f.summary,
         "policies_in_force": f.policies,
         "cve_imports": f.imports,
         "daily_checkins": f.coverage.iter().map(|(d, n)| serde_json::json!({"day": rfc3339(*d), "hosts": n})).collect::<Vec<_>>(),
-    }))?, None));
+    }))?;
+    dir.write("summary.json", None, |w| w.write_all(&summary))?;
+    lap("report_and_summary", &mut steps);
+    // Two writers, one per core: every CSV file on this thread, every JSON file on another;
+    // each renders the findings record by record as it goes.
+    let shared: &PackDir = dir;
+    let (csv, json) = std::thread::scope(|scope| {
+        let json = scope.spawn(|| write_json_files(shared, f));
+        let csv = write_csv_files(shared, f);
+        let json = json
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (csv, json)
+    });
+    dir.files.extend(csv?);
+    dir.files.extend(json?);
+    lap("populations", &mut steps);
     // The Vanta and Drata shapes repeat the findings population; they are served as
     // dashboard exports (/ui/exports/) rather than doubling the pack.
-    let html = render_html(&f, generated_at, &by.name, &command, &key.public_hex)?;
-    files.push(("report.html".into(), html.into_bytes(), None));
-    Ok(Pack {
-        summary: f.summary,
-        files,
-        generated_at,
-        from,
-        to,
-        as_of: f.as_of,
-        generated_by: by.name.clone(),
-        command,
-    })
+    if let Some(job) = pdf {
+        match job.wait() {
+            Ok(()) => dir.add_written("report.pdf")?,
+            Err(e) => pdf_note = Some(e),
+        }
+        lap("pdf_wait", &mut steps);
+    }
+    Ok((pdf_note, steps))
+}
+
+fn write_csv_files(dir: &PackDir, f: &Figures) -> Result<Vec<ManifestFile>, Error> {
+    let mut files = Vec::new();
+    let mut small =
+        |name: &str, rows: usize, write: &dyn Fn(&mut PackFile) -> std::io::Result<()>| {
+            let mut file = dir.open_file(name)?;
+            write(&mut file).map_err(io(format!("writing {name}")))?;
+            files.push(file.finish(Some(rows as u64))?);
+            Ok::<(), Error>(())
+        };
+    small("hosts.csv", f.hosts.len(), &|w| {
+        write_csv(w, &f.hosts, HOST_COLUMNS)
+    })?;
+    small("changes.csv", f.changes.len(), &|w| {
+        write_csv(w, &f.changes, CHANGE_COLUMNS)
+    })?;
+    small("exceptions.csv", f.exceptions.len(), &|w| {
+        write_csv(w, &f.exceptions, EXCEPTION_COLUMNS)
+    })?;
+    small("audit.csv", f.audit.len(), &|w| {
+        write_csv(w, &f.audit, AUDIT_COLUMNS)
+    })?;
+    let mut file = dir.open_file("findings.csv")?;
+    let mut record = empty_finding();
+    let mut line = FINDING_COLUMNS.join(",").into_bytes();
+    line.push(b'\n');
+    let mut rows = 0u64;
+    (|| -> std::io::Result<()> {
+        file.write_all(&line)?;
+        for x in f.findings() {
+            f.assessment.fill_record(x, &mut record);
+            line.clear();
+            finding_csv_line(&mut line, &record);
+            file.write_all(&line)?;
+            rows += 1;
+        }
+        Ok(())
+    })()
+    .map_err(io("writing findings.csv".into()))?;
+    files.push(file.finish(Some(rows))?);
+    Ok(files)
+}
+
+fn write_json_files(dir: &PackDir, f: &Figures) -> Result<Vec<ManifestFile>, Error> {
+    let mut files = Vec::new();
+    let mut small =
+        |name: &str, rows: usize, write: &dyn Fn(&mut PackFile) -> std::io::Result<()>| {
+            let mut file = dir.open_file(name)?;
+            write(&mut file).map_err(io(format!("writing {name}")))?;
+            files.push(file.finish(Some(rows as u64))?);
+            Ok::<(), Error>(())
+        };
+    small("hosts.json", f.hosts.len(), &|w| {
+        write_json_records(w, &f.hosts)
+    })?;
+    small("changes.json", f.changes.len(), &|w| {
+        write_json_records(w, &f.changes)
+    })?;
+    small("exceptions.json", f.exceptions.len(), &|w| {
+        write_json_records(w, &f.exceptions)
+    })?;
+    small("audit.json", f.audit.len(), &|w| {
+        write_json_records(w, &f.audit)
+    })?;
+    let mut file = dir.open_file("findings.json")?;
+    let mut record = empty_finding();
+    let mut json = JsonLines::default();
+    let mut rows = 0u64;
+    (|| -> std::io::Result<()> {
+        for x in f.findings() {
+            f.assessment.fill_record(x, &mut record);
+            json.push(&mut file, &record)?;
+            rows += 1;
+        }
+        json.finish(&mut file)
+    })()
+    .map_err(io("writing findings.json".into()))?;
+    files.push(file.finish(Some(rows))?);
+    Ok(files)
+}
+
+fn empty_finding() -> Finding {
+    Finding {
+        host_id: String::new(),
+        hostname: String::new(),
+        cve: String::new(),
+        severity: Rating::Unrated,
+        severity_source: String::new(),
+        kev: false,
+        kernel_release: String::new(),
+        detected_at: String::new(),
+        clock_start_at: String::new(),
+        clock_start_basis: String::new(),
+        due_at: String::new(),
+        policy_version: 0,
+        fixed_at: None,
+        fix_method: None,
+        fixed_level: None,
+        fixed_kernel: None,
+        time_to_patch_secs: None,
+        verdict: Verdict::OpenWithinSla,
+        exception_id: None,
+    }
+}
+
+/// A file of the pack being written: buffered, and hashed (SHA-256) and counted as its bytes
+/// go to disk, so no file is read back to hash it.
+pub struct PackFile {
+    name: String,
+    inner: BufWriter<HashedFile>,
+}
+
+impl std::fmt::Debug for PackFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackFile")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PackFile {
+    /// Flushes the file; its manifest entry with hash, size and data rows.
+    pub fn finish(self, rows: Option<u64>) -> Result<ManifestFile, Error> {
+        let what = format!("writing {}", self.name);
+        let hashed = self.inner.into_inner().map_err(|e| Error::Io {
+            what,
+            source: e.into_error(),
+        })?;
+        Ok(ManifestFile {
+            path: self.name,
+            sha256: hex(&hashed.hasher.finalize()),
+            size: hashed.size,
+            rows,
+        })
+    }
+}
+
+struct HashedFile {
+    file: std::fs::File,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for HashedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Write for PackFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A pack being written into a sibling temporary directory of its destination; removed
+/// unless [`PackDir::finish`] moved it into place.
+#[derive(Debug)]
+pub struct PackDir {
+    out: PathBuf,
+    tmp: PathBuf,
+    files: Vec<ManifestFile>,
+    done: bool,
+}
+
+impl PackDir {
+    /// Refuses a destination that exists and is not empty; creates the temporary directory.
+    pub fn create(out: &Path) -> Result<PackDir, Error> {
+        PackDir::check_destination(out)?;
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pack".into());
+        let tmp = parent.join(format!(".{name}.partial"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
+        }
+        std::fs::create_dir(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        Ok(PackDir {
+            out: out.to_path_buf(),
+            tmp,
+            files: Vec::new(),
+            done: false,
+        })
+    }
+
+    fn check_destination(out: &Path) -> Result<bool, Error> {
+        if !out.exists() {
+            return Ok(false);
+        }
+        let empty = std::fs::read_dir(out)
+            .map_err(io(format!("reading {}", out.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::BadRequest(format!(
+                "{} exists and is not empty; choose a new directory for the pack",
+                out.display()
+            )));
+        }
+        Ok(true)
+    }
+
+    /// The temporary directory the files go to.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Opens a new file of the pack.
+    pub fn open_file(&self, name: &str) -> Result<PackFile, Error> {
+        let path = self.tmp.join(name);
+        let file =
+            std::fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+        Ok(PackFile {
+            name: name.to_owned(),
+            inner: BufWriter::with_capacity(
+                1 << 20,
+                HashedFile {
+                    file,
+                    hasher: Sha256::new(),
+                    size: 0,
+                },
+            ),
+        })
+    }
+
+    /// Flushes a file and lists it.
+    pub fn close(&mut self, file: PackFile, rows: Option<u64>) -> Result<(), Error> {
+        let entry = file.finish(rows)?;
+        self.files.push(entry);
+        Ok(())
+    }
+
+    /// Writes a whole file.
+    pub fn write(
+        &mut self,
+        name: &str,
+        rows: Option<u64>,
+        write: impl FnOnce(&mut PackFile) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        let mut file = self.open_file(name)?;
+        write(&mut file).map_err(io(format!("writing {name}")))?;
+        self.close(file, rows)
+    }
+
+    /// Lists a file something else wrote into the directory (the PDF), hashing it.
+    pub fn add_written(&mut self, name: &str) -> Result<(), Error> {
+        let path = self.tmp.join(name);
+        let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+        self.files.push(ManifestFile {
+            path: name.to_owned(),
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            rows: None,
+        });
+        Ok(())
+    }
+
+    /// Writes `manifest.json` (with the files listed, by path) and its signature, and moves
+    /// the pack into place.
+    pub fn finish(
+        mut self,
+        mut manifest: EvidenceManifest,
+        key: &EvidenceKey,
+    ) -> Result<EvidenceManifest, Error> {
+        let mut files = std::mem::take(&mut self.files);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        manifest.files = files;
+        let bytes = json_bytes(&manifest)?;
+        std::fs::write(self.tmp.join("manifest.json"), &bytes)
+            .map_err(io("writing manifest.json".into()))?;
+        std::fs::write(
+            self.tmp.join("manifest.sig"),
+            format!("{}\n", key.sign(&bytes)),
+        )
+        .map_err(io("writing manifest.sig".into()))?;
+        if PackDir::check_destination(&self.out)? {
+            std::fs::remove_dir(&self.out)
+                .map_err(io(format!("replacing {}", self.out.display())))?;
+        }
+        std::fs::rename(&self.tmp, &self.out)
+            .map_err(io(format!("moving the pack into {}", self.out.display())))?;
+        self.done = true;
+        Ok(manifest)
+    }
+}
+
+impl Drop for PackDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 /// Finds Chromium for the PDF: `KLIVE_CHROMIUM`, else `chromium` / `chromium-browser` on PATH.
@@ -1193,10 +1641,19 @@ pub fn find_chromium() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Prints `html` to `pdf` with headless Chromium; the error says why when it cannot.
-pub fn print_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<(), String> {
+/// Headless Chromium printing a report to PDF; killed if dropped before it finished.
+#[derive(Debug)]
+pub struct PdfJob {
+    child: Option<std::process::Child>,
+    profile: PathBuf,
+    pdf: PathBuf,
+    deadline: std::time::Instant,
+}
+
+/// Starts printing `html` to `pdf` with headless Chromium (at most 120 s).
+pub fn start_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<PdfJob, String> {
     let profile = tempfile_dir().map_err(|e| format!("creating a Chromium profile dir: {e}"))?;
-    let mut child = std::process::Command::new(chromium)
+    let child = std::process::Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -1212,31 +1669,63 @@ pub fn print_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<(), String>
         .arg(format!("file://{}", html.display()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", chromium.display()))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_dir_all(&profile);
-                return Err("chromium did not finish within 120 s".into());
-            }
-            Err(e) => return Err(format!("waiting for chromium: {e}")),
+        .spawn();
+    match child {
+        Ok(child) => Ok(PdfJob {
+            child: Some(child),
+            profile,
+            pdf: pdf.to_path_buf(),
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(120),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&profile);
+            Err(format!("starting {}: {e}", chromium.display()))
         }
-    };
-    let _ = std::fs::remove_dir_all(&profile);
-    if !status.success() || !pdf.is_file() {
-        return Err(format!(
-            "chromium exited with {status} without writing the PDF"
-        ));
     }
-    Ok(())
+}
+
+impl PdfJob {
+    /// Waits for Chromium; the error says why there is no PDF.
+    pub fn wait(mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("chromium was already waited for".into());
+        };
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if std::time::Instant::now() < self.deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("chromium did not finish within 120 s".into());
+                }
+                Err(e) => return Err(format!("waiting for chromium: {e}")),
+            }
+        };
+        if !status.success() || !self.pdf.is_file() {
+            return Err(format!(
+                "chromium exited with {status} without writing the PDF"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PdfJob {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Prints `html` to `pdf` with headless Chromium; the error says why when it cannot.
+pub fn print_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<(), String> {
+    start_pdf(chromium, html, pdf)?.wait()
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
@@ -1245,107 +1734,6 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("klive-chromium-{}", hex(&raw)));
     std::fs::create_dir(&dir)?;
     Ok(dir)
-}
-
-/// Writes the pack into `out` (which must not exist or be empty): files first, then the
-/// optional PDF, then the manifest and its signature; everything goes to a sibling temporary
-/// directory that is renamed into place, so a failed run leaves no partial pack.
-pub fn write_pack(
-    pack: &Pack,
-    key: &EvidenceKey,
-    out: &Path,
-    chromium: Option<&Path>,
-) -> Result<Option<String>, Error> {
-    if out.exists() {
-        let empty = std::fs::read_dir(out)
-            .map_err(io(format!("reading {}", out.display())))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(Error::BadRequest(format!(
-                "{} exists and is not empty; choose a new directory for the pack",
-                out.display()
-            )));
-        }
-        std::fs::remove_dir(out).map_err(io(format!("replacing {}", out.display())))?;
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pack".into());
-    let tmp = parent.join(format!(".{name}.partial"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    let result = (|| {
-        let mut entries = Vec::new();
-        for (path, bytes, rows) in &pack.files {
-            let target = tmp.join(path);
-            std::fs::write(&target, bytes).map_err(io(format!("writing {}", target.display())))?;
-            entries.push(ManifestFile {
-                path: path.clone(),
-                sha256: sha256_hex(bytes),
-                size: bytes.len() as u64,
-                rows: *rows,
-            });
-        }
-        let mut pdf_note = None;
-        if let Some(chromium) = chromium {
-            let html = std::fs::canonicalize(tmp.join("report.html"))
-                .map_err(io("locating report.html".into()))?;
-            let pdf = tmp.join("report.pdf");
-            match print_pdf(chromium, &html, &pdf) {
-                Ok(()) => {
-                    let bytes =
-                        std::fs::read(&pdf).map_err(io(format!("reading {}", pdf.display())))?;
-                    entries.push(ManifestFile {
-                        path: "report.pdf".into(),
-                        sha256: sha256_hex(&bytes),
-                        size: bytes.len() as u64,
-                        rows: None,
-                    });
-                }
-                Err(e) => pdf_note = Some(e),
-            }
-        }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let manifest = EvidenceManifest {
-            format: EVIDENCE_FORMAT,
-            kind: "soc2".into(),
-            generator: format!("klive-server {}", env!("CARGO_PKG_VERSION")),
-            generated_at: rfc3339(pack.generated_at),
-            period_from: rfc3339(pack.from),
-            period_to: rfc3339(pack.to),
-            as_of: rfc3339(pack.as_of),
-            generated_by: pack.generated_by.clone(),
-            command: pack.command.clone(),
-            public_key: key.public_hex.clone(),
-            files: entries,
-        };
-        let bytes = json_bytes(&manifest)?;
-        std::fs::write(tmp.join("manifest.json"), &bytes)
-            .map_err(io("writing manifest.json".into()))?;
-        std::fs::write(tmp.join("manifest.sig"), format!("{}\n", key.sign(&bytes)))
-            .map_err(io("writing manifest.sig".into()))?;
-        Ok(pdf_note)
-    })();
-    match result {
-        Ok(note) => {
-            std::fs::rename(&tmp, out)
-                .map_err(io(format!("moving the pack into {}", out.display())))?;
-            Ok(note)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
 }
 
 /// What `report verify` found wrong, first problem only.
@@ -1557,28 +1945,48 @@ mod tests {
         let key = EvidenceKey::load_or_create(dir.path()).unwrap();
         let again = EvidenceKey::load_or_create(dir.path()).unwrap();
         assert_eq!(key.public_hex, again.public_hex, "the key is kept");
-        let pack = Pack {
-            summary: serde_json::from_value(serde_json::json!({
-                "period_from": "", "period_to": "", "as_of": "", "hosts_at_start": 0, "hosts_at_end": 0,
-                "hosts_in_scope": 0, "hosts_without_cve_knowledge": 0, "hosts_silent_at_end": 0,
-                "findings": 0, "severities": [], "kev_findings": 0, "kev_on_time": 0, "changes": 0,
-                "promotions_segregation_violations": 0, "emergency_changes": 0, "emergency_unapproved": 0,
-                "reboots": 0, "reboots_avoided": 0, "median_uptime_days_at_end": null, "update_failures": 0,
-                "hosts_reporting_taint": 0, "hosts_foreign_or_unsigned_modules": 0, "exceptions_active": 0,
-                "audit_records_in_period": 0, "audit_chain": "", "no_data": true})).unwrap(),
-            files: vec![
-                ("a.csv".into(), b"x\n1\n".to_vec(), Some(1)),
-                ("b.json".into(), b"[]\n".to_vec(), Some(0)),
-            ],
-            generated_at: 0,
-            from: 0,
-            to: 1,
-            as_of: 1,
+        let manifest = EvidenceManifest {
+            format: EVIDENCE_FORMAT,
+            kind: "soc2".into(),
+            generator: "test".into(),
+            generated_at: String::new(),
+            period_from: String::new(),
+            period_to: String::new(),
+            as_of: String::new(),
             generated_by: "t".into(),
             command: "c".into(),
+            public_key: key.public_hex.clone(),
+            files: Vec::new(),
         };
         let out = dir.path().join("pack");
-        write_pack(&pack, &key, &out, None).unwrap();
+        let mut pack = PackDir::create(&out).unwrap();
+        // A file written in many small pieces is hashed exactly as its bytes on disk.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        pack.write("a.csv", Some(1), |w| {
+            for chunk in big.chunks(7777) {
+                w.write_all(chunk)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        pack.write("b.json", Some(0), |w| w.write_all(b"[]\n"))
+            .unwrap();
+        assert!(
+            !out.exists(),
+            "nothing is in place before the manifest is signed"
+        );
+        let written = pack.finish(manifest.clone(), &key).unwrap();
+        assert_eq!(written.files[0].sha256, sha256_hex(&big));
+        assert_eq!(written.files[0].size, big.len() as u64);
+        assert_eq!(std::fs::read(out.join("a.csv")).unwrap(), big);
+        // A pack abandoned half-way leaves nothing behind.
+        let other = dir.path().join("other");
+        let mut partial = PackDir::create(&other).unwrap();
+        partial.write("a.csv", None, |w| w.write_all(b"x")).unwrap();
+        let tmp = partial.path().to_path_buf();
+        assert!(tmp.join("a.csv").is_file());
+        drop(partial);
+        assert!(!tmp.exists() && !other.exists());
         let m = verify_pack(&out, Some(&key.public_hex)).unwrap();
         assert_eq!(m.files.len(), 2);
         assert!(matches!(
@@ -1604,7 +2012,7 @@ mod tests {
         .unwrap();
         assert_eq!(verify_pack(&out, None), Err(VerifyError::BadSignature));
         assert!(
-            write_pack(&pack, &key, &out, None).is_err(),
+            PackDir::create(&out).is_err(),
             "an existing pack is never overwritten"
         );
         let tar = tar_dir(&out, "p").unwrap();

@@ -630,17 +630,17 @@ async fn simulated_fleet_report_matches_an_independent_model() {
 
     // Viewers may not generate the signed pack.
     let key = EvidenceKey::load_or_create(fx.dir().unwrap()).unwrap();
-    let err = report::build_pack(s, &fx.vic, &key, from, to)
+    let out = fx.dir().unwrap().join("pack");
+    let err = report::generate_pack(s, &fx.vic, &key, from, to, &out, None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "forbidden");
+    assert!(!out.exists());
 
     let started = std::time::Instant::now();
-    let pack = report::build_pack(s, &fx.bob, &key, from, to)
+    report::generate_pack(s, &fx.bob, &key, from, to, &out, None)
         .await
         .unwrap();
-    let out = fx.dir().unwrap().join("pack");
-    report::write_pack(&pack, &key, &out, None).unwrap();
     eprintln!(
         "evidence pack for {HOSTS} hosts x {DAYS} days in {:?}",
         started.elapsed()
@@ -781,16 +781,46 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             .starts_with("klive-server report soc2 --from ")
     );
 
+    // The streamed populations are the records' generic CSV and JSON forms.
+    let f = report::figures(s, from, to).await.unwrap();
+    let records = f.finding_records();
+    assert_eq!(records.len(), all.len());
+    assert_eq!(
+        findings_csv,
+        report::csv(&records, report::FINDING_COLUMNS),
+        "findings.csv"
+    );
+    let mut json = Vec::new();
+    report::write_json_records(&mut json, &records).unwrap();
+    assert_eq!(std::fs::read(out.join("findings.json")).unwrap(), json);
+    let parsed: Vec<klive_format::evidence::Finding> = serde_json::from_slice(&json).unwrap();
+    assert_eq!(parsed, records);
+    assert_eq!(
+        std::fs::read_to_string(out.join("hosts.csv")).unwrap(),
+        report::csv(&f.hosts, report::HOST_COLUMNS)
+    );
+
     // The same command later gives byte-identical populations.
-    let again = report::build_pack(s, &fx.bob, &key, from, to)
+    let again = fx.dir().unwrap().join("again");
+    report::generate_pack(s, &fx.bob, &key, from, to, &again, None)
         .await
         .unwrap();
-    for (path, bytes, _) in &pack.files {
+    for file in &manifest.files {
+        let path = &file.path;
         if path.ends_with(".csv") || (path.ends_with(".json") && path != "summary.json") {
-            let other = &again.files.iter().find(|f| &f.0 == path).unwrap().1;
-            assert!(bytes == other, "{path} differs on a second run");
+            let bytes = std::fs::read(out.join(path)).unwrap();
+            assert!(
+                bytes == std::fs::read(again.join(path)).unwrap(),
+                "{path} differs on a second run"
+            );
         }
     }
+    assert!(
+        report::generate_pack(s, &fx.bob, &key, from, to, &again, None)
+            .await
+            .is_err(),
+        "an existing pack is never overwritten"
+    );
 
     // One changed byte is caught and named.
     let mut bytes = std::fs::read(out.join("findings.csv")).unwrap();
