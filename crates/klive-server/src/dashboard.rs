@@ -236,6 +236,8 @@ pub struct Dashboard {
     snapshot: Arc<tokio::sync::Mutex<Option<Arc<Snapshot>>>>,
     refreshing: Arc<AtomicBool>,
     max_age_ms: i64,
+    /// Served over HTTPS: cookies carry `Secure`.
+    https: bool,
 }
 
 impl Dashboard {
@@ -250,7 +252,19 @@ impl Dashboard {
             snapshot: Arc::default(),
             refreshing: Arc::default(),
             max_age_ms: secs.max(0) * 1000,
+            https: false,
         }
+    }
+
+    /// Marks the dashboard as served over HTTPS: its cookies are then sent only over HTTPS.
+    pub fn over_https(mut self, https: bool) -> Dashboard {
+        self.https = https;
+        self
+    }
+
+    /// `; Secure` when served over HTTPS.
+    fn secure(&self) -> &'static str {
+        if self.https { "; Secure" } else { "" }
     }
 
     /// The current snapshot: computed now when there is none, else the last one (refreshed in
@@ -286,7 +300,11 @@ impl Dashboard {
 }
 
 pub fn router(service: Service, data: PathBuf) -> Router {
-    let dash = Dashboard::new(service, data);
+    dashboard_router(Dashboard::new(service, data))
+}
+
+/// The dashboard's routes for `dash` (see [`Dashboard::over_https`]).
+pub fn dashboard_router(dash: Dashboard) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
@@ -464,7 +482,11 @@ struct LoginPage<'a> {
     error: Option<String>,
 }
 
-fn login_response(error: Option<String>, status: StatusCode) -> Result<Response, Denied> {
+fn login_response(
+    d: &Dashboard,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<Response, Denied> {
     let csrf = new_secret("").map_err(Denied::from)?;
     let mut r = html(&LoginPage {
         css: CSS,
@@ -475,15 +497,16 @@ fn login_response(error: Option<String>, status: StatusCode) -> Result<Response,
     r.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+            "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+            d.secure()
         ))
         .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
     );
     Ok(r)
 }
 
-async fn login_page() -> Result<Response, Denied> {
-    login_response(None, StatusCode::OK)
+async fn login_page(State(d): State<Dashboard>) -> Result<Response, Denied> {
+    login_response(&d, None, StatusCode::OK)
 }
 
 async fn login(
@@ -495,6 +518,7 @@ async fn login(
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if expected.is_empty() || !constant_eq(sent.as_bytes(), expected.as_bytes()) {
         return login_response(
+            &d,
             Some("the sign-in form expired; sign in again".into()),
             StatusCode::FORBIDDEN,
         );
@@ -504,6 +528,7 @@ async fn login(
         Ok(u) => u,
         Err(Error::Unauthenticated) => {
             return login_response(
+                &d,
                 Some("unknown or revoked token; ask an admin for a new one".into()),
                 StatusCode::UNAUTHORIZED,
             );
@@ -544,7 +569,8 @@ async fn login(
     r.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}"
+            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{}",
+            d.secure()
         ))
         .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
     );
@@ -568,7 +594,11 @@ async fn logout(
     let mut r = Redirect::to("/ui/login").into_response();
     r.headers_mut().append(
         header::SET_COOKIE,
-        HeaderValue::from_static("klive_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+            d.secure()
+        ))
+        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
     );
     Ok(r)
 }

@@ -717,8 +717,10 @@ async fn serve(
         }
     });
     // The API under /api/v1, the dashboard under /ui/ and Prometheus at /metrics.
-    let router = klive_server::api::router(service.clone())
-        .merge(klive_server::dashboard::router(service, data));
+    let dashboard = klive_server::dashboard::Dashboard::new(service.clone(), data);
+    let router = klive_server::api::router(service).merge(
+        klive_server::dashboard::dashboard_router(dashboard.over_https(tls.is_some())),
+    );
     match tls {
         Some(files) => {
             let config = klive_server::tls::server_config(&files.cert, &files.key)?;

@@ -1182,6 +1182,9 @@ pub fn reproduce_command(from: i64, to: i64) -> String {
     )
 }
 
+/// Steps and their milliseconds.
+pub type Timings = Vec<(&'static str, u128)>;
+
 /// A pack that was written.
 #[derive(Debug)]
 pub struct PackOutcome {
@@ -1191,7 +1194,7 @@ pub struct PackOutcome {
     /// Why the PDF is missing although Chromium was given.
     pub pdf_note: Option<String>,
     /// Where the time went, step by step (milliseconds).
-    pub timings: Vec<(&'static str, u128)>,
+    pub timings: Timings,
 }
 
 /// Computes the period's figures and writes the pack into `out` (which must not exist or be
@@ -1264,7 +1267,7 @@ fn write_files(
     f: &Figures,
     html: &str,
     chromium: Option<&Path>,
-) -> Result<(Option<String>, Vec<(&'static str, u128)>), Error> {
+) -> Result<(Option<String>, Timings), Error> {
     let mut steps = Vec::new();
     let mut step = std::time::Instant::now();
     let mut lap = |name: &'static str, steps: &mut Vec<(&'static str, u128)>| {

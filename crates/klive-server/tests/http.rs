@@ -474,3 +474,83 @@ async fn every_listed_route_is_served() {
         );
     }
 }
+
+/// Every dashboard cookie (sign-in form, session, sign-out) carries `Secure` when the
+/// dashboard is served over HTTPS, and not over plain HTTP (where a browser would drop it).
+#[tokio::test]
+async fn dashboard_cookies_are_secure_over_https() {
+    let fx = Fixture::sqlite().await;
+    let token = fx.service.create_token(None, "vic").await.unwrap().token;
+    let data = fx.dir().unwrap().to_path_buf();
+    for https in [true, false] {
+        let dash = klive_server::dashboard::Dashboard::new(fx.service.clone(), data.clone())
+            .over_https(https);
+        let router = klive_server::dashboard::dashboard_router(dash);
+        let set_cookie = |r: &axum::response::Response| {
+            r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned()
+        };
+        let form = router
+            .clone()
+            .oneshot(Request::get("/ui/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let login_cookie = set_cookie(&form);
+        let csrf_cookie = login_cookie.split(';').next().unwrap().to_owned();
+        let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
+        let signed_in = router
+            .clone()
+            .oneshot(
+                Request::post("/ui/login")
+                    .header(header::COOKIE, &csrf_cookie)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(format!("token={token}&csrf={csrf}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+        let session_cookie = set_cookie(&signed_in);
+        assert!(session_cookie.starts_with("klive_session=kls_"));
+        let session = session_cookie.split(';').next().unwrap().to_owned();
+        // The session's CSRF token is in the page's forms.
+        let page = router
+            .clone()
+            .oneshot(
+                Request::get("/ui/")
+                    .header(header::COOKIE, &session)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(page.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        let csrf = body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a form with the CSRF token")
+            .to_owned();
+        let signed_out = router
+            .clone()
+            .oneshot(
+                Request::post("/ui/logout")
+                    .header(header::COOKIE, &session)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Body::from(format!("csrf={csrf}")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let logout_cookie = set_cookie(&signed_out);
+        assert!(logout_cookie.contains("Max-Age=0"), "{logout_cookie}");
+        for c in [&login_cookie, &session_cookie, &logout_cookie] {
+            let attrs: Vec<&str> = c.split(';').map(str::trim).collect();
+            assert!(attrs.contains(&"HttpOnly"), "{c}");
+            assert_eq!(attrs.contains(&"Secure"), https, "{c}");
+        }
+    }
+}
