@@ -107,17 +107,15 @@ pub async fn record(tx: &mut Tx, s: &HostState) -> Result<(), Error> {
     Ok(())
 }
 
-/// Counts the host in today's check-in coverage when this is its first check-in of the UTC day.
-pub async fn count_daily(db: &Db, previous_checkin: Option<i64>, now: i64) -> Result<(), Error> {
-    let day = now.div_euclid(DAY_MS);
-    if previous_checkin.is_some_and(|p| p.div_euclid(DAY_MS) == day) {
-        return Ok(());
-    }
+/// Adds `hosts` to day `day`'s check-in coverage (hosts whose first check-in of that UTC day
+/// this is), inside the check-ins' transaction.
+pub async fn count_daily(tx: &mut Tx, day: i64, hosts: i64) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO checkin_daily (day, hosts) VALUES ($1, 1) ON CONFLICT (day) DO UPDATE SET hosts = checkin_daily.hosts + 1",
+        "INSERT INTO checkin_daily (day, hosts) VALUES ($1, $2) ON CONFLICT (day) DO UPDATE SET hosts = checkin_daily.hosts + $2",
     )
     .bind(day)
-    .execute(&db.pool)
+    .bind(hosts)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::crypto::{new_id, new_secret, sha256_hex};
 use crate::db::{Db, Tx};
 use crate::error::{Error, on_unique};
 use crate::modinfo;
+use crate::release_cache::{Candidate, ReleaseCache};
 use crate::tuf::Signer;
 
 /// Longest accepted enrollment token lifetime: one year.
@@ -70,6 +71,8 @@ pub struct AuthHost {
     pub last_error: Option<String>,
     pub taint: Option<i64>,
     pub last_checkin_at: Option<i64>,
+    pub kernel_release: Option<String>,
+    pub agent_version: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,10 @@ pub struct Service {
     pub checkin_interval_secs: u64,
     /// Signs each channel's TUF metadata; `None` until `keys init`.
     pub signer: Option<Arc<Signer>>,
+    /// Writes check-ins in batches, see [`crate::group_commit`].
+    checkins: crate::group_commit::Writer,
+    /// What check-ins choose from, see [`crate::release_cache`].
+    release_cache: ReleaseCache,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -141,6 +148,8 @@ impl Service {
             clock: Clock::default(),
             checkin_interval_secs: 3600,
             signer: None,
+            checkins: crate::group_commit::Writer::default(),
+            release_cache: ReleaseCache::default(),
         }
     }
 
@@ -562,6 +571,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.release_cache.invalidate();
         tracing::info!(release = %id, channel = %first, by = %by.name, "release published");
         self.release(&manifest.kernel.build_id, manifest.level)
             .await
@@ -740,6 +750,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.release_cache.invalidate();
         self.promotion(&promotion_id).await
     }
 
@@ -869,6 +880,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.release_cache.invalidate();
         self.promotion(promotion_id).await
     }
 
@@ -939,6 +951,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.release_cache.invalidate();
         self.release(build_id, level).await
     }
 
@@ -1058,7 +1071,7 @@ impl Service {
             return Err(Error::Unauthenticated);
         }
         let row = sqlx::query(
-            "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
+            "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at, kernel_release, agent_version FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
         )
         .bind(sha256_hex(credential.as_bytes()))
         .fetch_optional(&self.db.pool)
@@ -1077,6 +1090,8 @@ impl Service {
             last_error: row.try_get("last_error")?,
             taint: row.try_get("taint")?,
             last_checkin_at: row.try_get("last_checkin_at")?,
+            kernel_release: row.try_get("kernel_release")?,
+            agent_version: row.try_get("agent_version")?,
         })
     }
 
@@ -1095,7 +1110,6 @@ impl Service {
                 last: host.last_sequence.max(0) as u64,
             });
         }
-        let now = self.now();
         let build_id = c.kernel.build_id.as_ref().map(|b| b.to_string());
         let level = c.applied.as_ref().map(|a| i64::from(a.level.get()));
         let state = c.applied.as_ref().map(|a| state_name(a.state));
@@ -1110,67 +1124,54 @@ impl Service {
             last_error.as_deref(),
         );
 
-        let update = sqlx::query(
-            "UPDATE hosts SET last_sequence = $1, last_checkin_at = $2, kernel_release = $3, build_id = $4, applied_level = $5, applied_state = $6, boot_id = $7, uptime_secs = $8, agent_version = $9, last_error = $10, taint = $12 WHERE id = $11 AND last_sequence < $1 AND revoked_at IS NULL",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(&c.kernel.release)
-        .bind(build_id.clone())
-        .bind(level)
-        .bind(state)
-        .bind(&c.boot_id)
-        .bind(i64::try_from(c.uptime_secs).unwrap_or(i64::MAX))
-        .bind(&c.agent_version)
-        .bind(last_error.clone())
-        .bind(&host.id)
-        .bind(taint);
-        let affected = if events.is_empty() {
-            update.execute(&self.db.pool).await?.rows_affected()
-        } else {
-            let mut tx = self.db.begin_audited().await?;
-            let affected = update.execute(&mut *tx).await?.rows_affected();
-            if affected == 1 {
-                let kinds: Vec<&str> = events
-                    .iter()
-                    .map(|(action, _)| action.trim_start_matches("host."))
-                    .collect();
-                let state = crate::history::HostState::reported(
-                    &host.id,
-                    seq,
-                    now,
-                    &kinds,
-                    &c.kernel,
-                    level.zip(state),
-                    Some(&c.boot_id),
-                    i64::try_from(c.uptime_secs).ok(),
-                    taint,
-                    last_error.as_deref(),
-                );
-                crate::history::record(&mut tx, &state).await?;
-                for (action, detail) in &events {
-                    audit::append(
-                        &mut tx,
-                        now,
-                        &Actor::Host(host.id.clone()),
-                        action,
-                        &host.id,
-                        detail.clone(),
-                    )
-                    .await?;
-                }
-                tx.commit().await?;
-            }
-            affected
+        let uptime_secs = i64::try_from(c.uptime_secs).unwrap_or(i64::MAX);
+        let steady = events.is_empty()
+            && host.kernel_release.as_deref() == Some(c.kernel.release.as_str())
+            && host.build_id == build_id
+            && host.applied_level == level
+            && host.applied_state.as_deref() == state
+            && host.boot_id.as_deref() == Some(c.boot_id.as_str())
+            && host.agent_version.as_deref() == Some(c.agent_version.as_str())
+            && host.last_error == last_error
+            && host.taint == taint;
+        let history = (!events.is_empty()).then(|| {
+            let kinds: Vec<&str> = events
+                .iter()
+                .map(|(action, _)| action.trim_start_matches("host."))
+                .collect();
+            crate::history::HostState::reported(
+                &host.id,
+                seq,
+                0,
+                &kinds,
+                &c.kernel,
+                level.zip(state),
+                Some(&c.boot_id),
+                i64::try_from(c.uptime_secs).ok(),
+                taint,
+                last_error.as_deref(),
+            )
+        });
+        let write = crate::group_commit::Write {
+            host_id: host.id.clone(),
+            sequence: seq,
+            seen_sequence: host.last_sequence,
+            previous_checkin: host.last_checkin_at,
+            steady,
+            kernel_release: c.kernel.release.clone(),
+            build_id,
+            applied_level: level,
+            applied_state: state,
+            boot_id: c.boot_id.clone(),
+            uptime_secs,
+            agent_version: c.agent_version.clone(),
+            last_error,
+            taint,
+            history,
+            events,
         };
-        if affected != 1 {
-            // Another check-in with a higher sequence won the race, or the host was revoked.
-            return Err(Error::Replay {
-                got: c.sequence,
-                last: host.last_sequence.max(0) as u64,
-            });
-        }
-        crate::history::count_daily(&self.db, host.last_checkin_at, now).await?;
+        // Answered once the batch holding this check-in committed.
+        let now = self.checkins.write(&self.db, &self.clock, write).await?;
         self.decide(host, c.kernel.build_id.as_ref(), c.applied.as_ref(), now)
             .await
     }
@@ -1198,15 +1199,12 @@ impl Service {
             return Ok(response);
         };
         let eligible_since = now - host.update_delay_secs * 1000;
-        let row = sqlx::query(
-            "SELECT r.level AS level, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.build_id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL AND rc.since <= $3 AND r.level <= $4 ORDER BY r.level DESC LIMIT 1",
-        )
-        .bind(build_id.as_str())
-        .bind(&host.channel)
-        .bind(eligible_since)
-        .bind(host.pinned_level.unwrap_or(i64::MAX))
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let pin = host.pinned_level.unwrap_or(i64::MAX);
+        let candidates = self.candidates(build_id, &host.channel).await?;
+        // Newest first: the newest level that has soaked long enough and is not above the pin.
+        let row = candidates
+            .iter()
+            .find(|r| r.since <= eligible_since && r.level <= pin);
         match row {
             None => {
                 response.reason = format!(
@@ -1220,13 +1218,13 @@ impl Service {
                 }
             }
             Some(row) => {
-                let level = level_from_db(row.try_get("level")?)?;
+                let level = level_from_db(row.level)?;
                 let target = TargetRelease {
                     build_id: build_id.clone(),
                     level,
-                    module_name: row.try_get("module_name")?,
-                    sha256: row.try_get("sha256")?,
-                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
+                    module_name: row.module_name.clone(),
+                    sha256: row.sha256.clone(),
+                    size: row.size.max(0) as u64,
                     manifest_path: format!("/api/v1/host/releases/{build_id}/{level}/manifest"),
                     module_path: format!("/api/v1/host/releases/{build_id}/{level}/module"),
                 };
@@ -1250,6 +1248,50 @@ impl Service {
             }
         }
         Ok(response)
+    }
+
+    /// How check-ins were grouped: (write transactions, check-ins they carried) since start.
+    pub fn checkin_batches(&self) -> (u64, u64) {
+        self.checkins.stats()
+    }
+
+    /// The releases of `build_id` in `channel` that are not withdrawn, newest first.
+    async fn candidates(
+        &self,
+        build_id: &BuildId,
+        channel: &str,
+    ) -> Result<Arc<Vec<Candidate>>, Error> {
+        if let Some(hit) = self.release_cache.get(build_id.as_str(), channel) {
+            return Ok(hit);
+        }
+        let generation = self.release_cache.generation();
+        let rows = sqlx::query(
+            "SELECT r.level AS level, rc.since AS since, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.build_id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL ORDER BY r.level DESC",
+        )
+        .bind(build_id.as_str())
+        .bind(channel)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let candidates = rows
+            .iter()
+            .map(|row| {
+                Ok(Candidate {
+                    level: row.try_get("level")?,
+                    since: row.try_get("since")?,
+                    module_name: row.try_get("module_name")?,
+                    sha256: row.try_get("sha256")?,
+                    size: row.try_get("size")?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let candidates = Arc::new(candidates);
+        self.release_cache.put(
+            build_id.as_str(),
+            channel,
+            generation,
+            Arc::clone(&candidates),
+        );
+        Ok(candidates)
     }
 
     async fn host_release_row(
