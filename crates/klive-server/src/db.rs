@@ -5,7 +5,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 
 use crate::error::Error;
 
@@ -19,6 +19,9 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("evidence", include_str!("../migrations/0004_evidence.sql")),
 ];
+
+/// The PostgreSQL advisory lock key held while migrating ("klive" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006b_6c69_7665;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -91,35 +94,28 @@ impl Db {
     }
 
     async fn migrate(&self) -> Result<(), Error> {
-        self.pool
-            .execute(
-                "CREATE TABLE IF NOT EXISTS klive_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-            )
-            .await?;
-        for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
-            let version = index as i64 + 1;
-            let mut tx = self.pool.begin().await?;
-            // Taking a write lock first makes two servers starting at once apply it only once:
-            // the loser fails on the primary key and retries as already applied.
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM klive_schema WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if done.is_some() {
-                continue;
-            }
-            sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, $2, $3)")
-                .bind(version)
-                .bind(*name)
-                .bind(crate::clock::system_now_ms())
-                .execute(&mut *tx)
-                .await?;
-            for statement in split_statements(sql) {
-                tx.execute(sqlx::AssertSqlSafe(statement)).await?;
-            }
-            tx.commit().await?;
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Sqlite {
+            return migrate_on(&mut conn).await;
         }
+        // Servers starting at once on one PostgreSQL database migrate one after the other: the
+        // others wait here, then find every migration applied. (Even `CREATE TABLE IF NOT
+        // EXISTS` can fail when two sessions run it at the same moment.)
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let migrated = migrate_on(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the session is what releases the lock then.
+            conn.close_on_drop();
+        }
+        migrated?;
+        unlocked?;
         Ok(())
     }
 
@@ -141,6 +137,39 @@ impl Db {
             .await?;
         Ok(row.try_get::<i64, _>("v")?)
     }
+}
+
+/// Applies the migrations not applied yet, each in its own transaction on `conn`.
+async fn migrate_on(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) -> Result<(), Error> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS klive_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        let mut tx = conn.begin().await?;
+        // Applied once: on PostgreSQL the advisory lock orders servers starting at once; on
+        // SQLite a second one fails on the primary key below instead of applying it twice.
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM klive_schema WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(version)
+            .bind(*name)
+            .bind(crate::clock::system_now_ms())
+            .execute(&mut *tx)
+            .await?;
+        for statement in split_statements(sql) {
+            tx.execute(sqlx::AssertSqlSafe(statement)).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Splits a migration into statements at `;` line ends, dropping `--` comment lines.

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+mod auth_failures;
 pub mod blobs;
 pub mod charts;
 pub mod clock;

@@ -88,6 +88,8 @@ pub struct Service {
     checkins: crate::group_commit::Writer,
     /// What check-ins choose from, see [`crate::release_cache`].
     release_cache: ReleaseCache,
+    /// Rate limit of the audit records of failed sign-ins.
+    failed_auth: crate::auth_failures::FailedAuth,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -150,6 +152,7 @@ impl Service {
             signer: None,
             checkins: crate::group_commit::Writer::default(),
             release_cache: ReleaseCache::default(),
+            failed_auth: crate::auth_failures::FailedAuth::default(),
         }
     }
 
@@ -354,9 +357,11 @@ impl Service {
         auth_user(&row)
     }
 
-    /// The user holding this API token.
+    /// The user holding this API token. A failure is audited (at most once a minute per
+    /// kind of token, see [`crate::auth_failures`]).
     pub async fn authenticate_user(&self, token: &str) -> Result<AuthUser, Error> {
         if !token.starts_with(USER_TOKEN_PREFIX) {
+            self.audit_failed_auth("malformed token").await;
             return Err(Error::Unauthenticated);
         }
         let row = sqlx::query(
@@ -364,9 +369,37 @@ impl Service {
         )
         .bind(sha256_hex(token.as_bytes()))
         .fetch_optional(&self.db.pool)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
+        .await?;
+        let Some(row) = row else {
+            self.audit_failed_auth("api token").await;
+            return Err(Error::Unauthenticated);
+        };
         auth_user(&row)
+    }
+
+    async fn audit_failed_auth(&self, kind: &'static str) {
+        let now = self.now();
+        let Some(failures) = self.failed_auth.note(kind, now) else {
+            return;
+        };
+        let record = async {
+            let mut tx = self.db.begin_audited().await?;
+            audit::append(
+                &mut tx,
+                now,
+                &Actor::System,
+                "auth.failed",
+                kind,
+                json!({"failures": failures, "window_secs": crate::auth_failures::WINDOW_MS / 1000}),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = record.await {
+            // The caller is refused either way; the failure stays in the server's log.
+            tracing::warn!(kind, failures, "recording a failed sign-in failed: {e}");
+        }
     }
 
     // ------------------------------------------------------------------------------------------

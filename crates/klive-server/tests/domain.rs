@@ -24,6 +24,7 @@ both_backends!(
     host_reads_only_its_channels_releases,
     audit_verify_finds_the_first_altered_record,
     concurrent_checkins_and_admin_writes_all_succeed,
+    failed_sign_ins_are_audited_at_most_once_a_minute,
 );
 
 async fn counts(fx: &Fixture) -> (usize, u64) {
@@ -764,4 +765,85 @@ async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
     let (releases, records) = counts(&fx).await;
     assert_eq!(releases, 5);
     assert!(records > 40, "{records} audit records");
+}
+
+async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
+    let s = &fx.service;
+    let failed = async || -> Vec<(String, serde_json::Value)> {
+        audit::recent(&s.db, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "auth.failed")
+            .map(|e| (e.subject, serde_json::from_str(&e.detail).unwrap()))
+            .collect()
+    };
+    for _ in 0..5 {
+        let err = s.authenticate_user("klu_guessed").await.unwrap_err();
+        assert!(matches!(err, Error::Unauthenticated));
+    }
+    s.authenticate_user("not-a-token").await.unwrap_err();
+    let records = failed().await;
+    assert_eq!(
+        records.len(),
+        2,
+        "one per kind within the minute: {records:?}"
+    );
+    assert!(records.contains(&(
+        "api token".into(),
+        serde_json::json!({"failures": 1, "window_secs": 60})
+    )));
+    assert!(records.contains(&(
+        "malformed token".into(),
+        serde_json::json!({"failures": 1, "window_secs": 60})
+    )));
+
+    s.clock.advance_secs(61);
+    s.authenticate_user("klu_guessed").await.unwrap_err();
+    let records = failed().await;
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[0],
+        (
+            "api token".into(),
+            serde_json::json!({"failures": 5, "window_secs": 60})
+        ),
+        "the next record counts the failures it stood for"
+    );
+    // A valid token is not affected, and the chain holds.
+    s.authenticate_user(
+        &s.create_token(Some(&fx.admin), "alice")
+            .await
+            .unwrap()
+            .token,
+    )
+    .await
+    .unwrap();
+    counts(&fx).await;
+}
+
+/// Servers started at once on a new PostgreSQL database both come up, with every migration
+/// applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_servers_starting_at_once_migrate_once() {
+    let Some(url) = common::postgres_url().await else {
+        eprintln!("KLIVE_TEST_DATABASE_URL is unset: PostgreSQL test skipped");
+        return;
+    };
+    let opened =
+        futures_util::future::join_all((0..4).map(|_| klive_server::db::Db::connect(&url))).await;
+    let mut versions = Vec::new();
+    for db in opened {
+        versions.push(db.unwrap().schema_version().await.unwrap());
+    }
+    assert!(
+        versions.iter().all(|v| *v == versions[0] && *v >= 4),
+        "{versions:?}"
+    );
+    let db = klive_server::db::Db::connect(&url).await.unwrap();
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM klive_schema ORDER BY version")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, (1..=versions[0]).collect::<Vec<_>>());
 }

@@ -18,6 +18,7 @@ both_backends!(
     a_replay_inside_a_batch_is_refused_alone,
     a_revoked_host_inside_a_batch_is_refused_alone,
     a_failing_checkin_does_not_fail_its_batch,
+    decisions_follow_changes_at_once_here_and_within_a_second_from_elsewhere,
 );
 
 const HOSTS: usize = 40;
@@ -253,4 +254,42 @@ async fn a_failing_checkin_does_not_fail_its_batch(fx: Fixture) {
         assert_eq!(last_sequence(&fx, h).await, 1, "host {i}");
     }
     chain_records(&fx).await;
+}
+
+/// The release choice is cached: a change through this service shows in the next check-in;
+/// a change another server made (here: straight in the database) within a second.
+async fn decisions_follow_changes_at_once_here_and_within_a_second_from_elsewhere(fx: Fixture) {
+    let s = &fx.service;
+    let (m, ko) = release(BUILD, 1);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    let hosts = hosts(&fx, 1).await;
+    let host = &hosts[0];
+    let mut seq = 0;
+    let mut target = async || {
+        seq += 1;
+        let auth = s.authenticate_host(&host.credential).await.unwrap();
+        let r = s.checkin(&auth, &report(seq, false)).await.unwrap();
+        r.target.map(|t| t.level.get())
+    };
+    assert_eq!(target().await, Some(1));
+    let (m, ko) = release(BUILD, 2);
+    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    assert_eq!(target().await, Some(2), "a publish here shows at once");
+    s.withdraw(&fx.alice, &common::build(BUILD), level(2), "bad")
+        .await
+        .unwrap();
+    assert_eq!(target().await, Some(1), "a withdrawal here shows at once");
+
+    // Another replica withdraws level 1: seen after at most a second.
+    sqlx::query("UPDATE releases SET withdrawn_at = $1, withdrawn_by = 'alice', withdraw_reason = 'elsewhere' WHERE level = 1")
+        .bind(s.clock.now_ms())
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        target().await,
+        None,
+        "a change made elsewhere shows within a second"
+    );
 }

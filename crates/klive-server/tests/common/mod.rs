@@ -107,6 +107,12 @@ impl Fixture {
     }
 }
 
+/// The URL of a new empty PostgreSQL database, `None` when `KLIVE_TEST_DATABASE_URL` is unset.
+pub async fn postgres_url() -> Option<String> {
+    let url = std::env::var("KLIVE_TEST_DATABASE_URL").ok()?;
+    Some(fresh_database(&url).await)
+}
+
 /// Creates an empty database next to the one in `url` and returns its URL.
 async fn fresh_database(url: &str) -> String {
     use sqlx::Executor;
