@@ -66,6 +66,8 @@ struct Figures {
     checkin: Load,
     fleet_best: Duration,
     fleet_median: Duration,
+    /// What `klive-server audit verify` said after the loads.
+    audit: String,
 }
 
 pub fn run(root: &Path) -> Result<()> {
@@ -361,6 +363,9 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
         }
     }
     fleet.sort();
+    // Every check-in above went through grouped transactions: the hash chain must still hold.
+    let audit = cli(bin, &data, db, &["audit", "verify"])?.trim().to_owned();
+    eprintln!("xtask: {audit}");
     Ok(Figures {
         backend: label,
         register,
@@ -369,6 +374,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
         checkin,
         fleet_best: fleet[0],
         fleet_median: fleet[fleet.len() / 2],
+        audit,
     })
 }
 
@@ -621,6 +627,13 @@ fn report(figures: &[Figures]) -> String {
             f.backend,
             ms(f.fleet_median),
             verdict(fleet <= TARGET_FLEET_MS)
+        );
+    }
+    for f in figures {
+        let _ = writeln!(
+            md,
+            "\n{} after the run, `klive-server audit verify`: {}.",
+            f.backend, f.audit
         );
     }
     md
