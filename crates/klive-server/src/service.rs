@@ -1098,18 +1098,36 @@ impl Service {
         })
     }
 
-    /// The host holding this credential, unless revoked.
+    /// The host holding this credential, unless revoked. A failure is audited like a failed
+    /// sign-in (at most once a minute per kind: malformed, unknown, revoked).
     pub async fn authenticate_host(&self, credential: &str) -> Result<AuthHost, Error> {
         if !credential.starts_with(HOST_CREDENTIAL_PREFIX) {
+            self.audit_failed_auth("malformed host credential").await;
             return Err(Error::Unauthenticated);
         }
+        let hash = sha256_hex(credential.as_bytes());
         let row = sqlx::query(
             "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at, kernel_release, agent_version FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(sha256_hex(credential.as_bytes()))
+        .bind(&hash)
         .fetch_optional(&self.db.pool)
-        .await?
-        .ok_or(Error::Unauthenticated)?;
+        .await?;
+        let Some(row) = row else {
+            // Only on failure: tell a revoked host (still running, or its credential stolen)
+            // from a guess.
+            let revoked: Option<String> =
+                sqlx::query_scalar("SELECT id FROM hosts WHERE credential_hash = $1")
+                    .bind(&hash)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            self.audit_failed_auth(if revoked.is_some() {
+                "revoked host credential"
+            } else {
+                "host credential"
+            })
+            .await;
+            return Err(Error::Unauthenticated);
+        };
         Ok(AuthHost {
             id: row.try_get("id")?,
             channel: row.try_get("channel")?,

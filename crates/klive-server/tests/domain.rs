@@ -634,6 +634,26 @@ async fn replayed_and_revoked_checkins_are_refused(fx: Fixture) {
     s.revoke_host(&fx.admin, &agent.host.id).await.unwrap();
     let err = s.authenticate_host(&agent.credential).await.unwrap_err();
     assert!(matches!(err, Error::Unauthenticated));
+    // Failed host authentications are audited by kind, without the credential.
+    s.authenticate_host("klh_guessed").await.unwrap_err();
+    s.authenticate_host("garbage").await.unwrap_err();
+    let failed: Vec<String> = audit::recent(&s.db, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "auth.failed")
+        .map(|e| {
+            assert!(!e.detail.contains("klh_"), "{}", e.detail);
+            e.subject
+        })
+        .collect();
+    for kind in [
+        "revoked host credential",
+        "host credential",
+        "malformed host credential",
+    ] {
+        assert!(failed.iter().any(|k| k == kind), "{kind}: {failed:?}");
+    }
 }
 
 async fn host_reads_only_its_channels_releases(fx: Fixture) {
