@@ -50,16 +50,12 @@ pub fn run(root: &Path) -> Result<()> {
     }
     let get = |name: &str| figures.get(name).and_then(|v| v.first().copied());
     let mut md = String::new();
-    let date = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = crate::bench_env::today();
     let _ = writeln!(
         md,
         "\n## klive-server dashboard and evidence pack (`cargo xtask bench dashboard`), {date}\n"
     );
-    let _ = writeln!(md, "Machine: {}.\n", machine());
+    let _ = writeln!(md, "Machine: {}.\n", crate::bench_env::machine());
     let _ = writeln!(
         md,
         "Data: 100,000 hosts (4 kernel builds, 10% canary), a year of history: 12 monthly live patch levels per build each fixing one CVE, applied 3 to 23 days after publication, a tenth of the hosts rebooted into a newer kernel at day 200, a Debian changelog with 6 CVEs; {} `host_history` rows, 365 daily check-in counts. SQLite, release build. Pages are timed through the real axum router in process (no network), signed in, after the findings snapshot is warm; the cold snapshot (every finding of the fleet computed from the history) is listed separately; it is refreshed in the background at most once a minute.\n",
@@ -126,29 +122,4 @@ pub fn run(root: &Path) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("xtask: appended to {}", path.display());
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or("? GiB".into(), |kb| {
-            format!("{:.0} GiB", kb / 1024.0 / 1024.0)
-        });
-    format!("{cores} cores ({cpu}), {mem}, shared with other work")
 }

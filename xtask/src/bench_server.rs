@@ -556,8 +556,8 @@ fn report(figures: &[Figures]) -> String {
     let _ = writeln!(
         md,
         "\n## klive-server check-ins (`cargo xtask bench server`), {}, {}\n",
-        today(),
-        machine()
+        crate::bench_env::today(),
+        crate::bench_env::machine()
     );
     let _ = writeln!(
         md,
@@ -637,24 +637,4 @@ fn report(figures: &[Figures]) -> String {
         );
     }
     md
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|m| m.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} cores {model}")
 }

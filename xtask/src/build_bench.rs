@@ -69,8 +69,8 @@ pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
     let _ = writeln!(
         md,
         "\n## klive-build vs a full kernel build ({}, {}, `cargo xtask bench build`)\n",
-        today(),
-        machine()
+        crate::bench_env::today(),
+        crate::bench_env::machine()
     );
     let _ = writeln!(
         md,
@@ -169,31 +169,4 @@ fn objects(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-fn today() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|m| m.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|k| k.parse::<u64>().ok())
-        .map_or(0, |k| k / 1024 / 1024);
-    format!("{cpus} cores {model}, {mem_gib} GiB")
 }

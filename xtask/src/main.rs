@@ -5,6 +5,7 @@
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
 mod bench_dashboard;
+mod bench_env;
 mod bench_server;
 mod browser;
 mod build_bench;

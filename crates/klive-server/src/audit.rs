@@ -164,26 +164,30 @@ pub async fn verify(db: &Db) -> Result<Verdict, Error> {
 
 /// The newest `limit` records, newest first.
 pub async fn recent(db: &Db, limit: i64) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(
-        "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT $1",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT $1"
+    )))
     .bind(limit)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(AuditEntry {
-                seq: row.try_get::<i64, _>("seq")?.max(0) as u64,
-                at: rfc3339(row.try_get("at")?),
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                subject: row.try_get("subject")?,
-                detail: row.try_get("detail")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(entry).collect()
+}
+
+/// The columns every audit listing selects.
+pub(crate) const ENTRY_COLUMNS: &str = "seq, at, actor, action, subject, detail, prev_hash, hash";
+
+/// One audit record as the API shows it, from a row with [`ENTRY_COLUMNS`].
+pub(crate) fn entry(row: &sqlx::any::AnyRow) -> Result<AuditEntry, Error> {
+    Ok(AuditEntry {
+        seq: row.try_get::<i64, _>("seq")?.max(0) as u64,
+        at: rfc3339(row.try_get("at")?),
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        subject: row.try_get("subject")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
 }
 
 #[cfg(test)]

@@ -514,27 +514,15 @@ async fn changes(service: &Service, a: &Assessment, from: i64) -> Result<Vec<Cha
 }
 
 async fn audit_extract(service: &Service, from: i64, to: i64) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(
-        "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_log WHERE at >= $1 AND at <= $2 ORDER BY seq",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM audit_log WHERE at >= $1 AND at <= $2 ORDER BY seq",
+        audit::ENTRY_COLUMNS
+    )))
     .bind(from)
     .bind(to)
     .fetch_all(&service.db.pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(AuditEntry {
-                seq: row.try_get::<i64, _>("seq")?.max(0) as u64,
-                at: rfc3339(row.try_get("at")?),
-                actor: row.try_get("actor")?,
-                action: row.try_get("action")?,
-                subject: row.try_get("subject")?,
-                detail: row.try_get("detail")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-            })
-        })
-        .collect()
+    rows.iter().map(audit::entry).collect()
 }
 
 async fn imports(service: &Service, until: i64) -> Result<Vec<ImportRow>, Error> {
