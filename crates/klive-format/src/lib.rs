@@ -1,13 +1,16 @@
 //! The only serialisable types of klive: identifiers, release manifests, the agent's reports.
 //!
 //! Every other crate converts its own types to and from these at its edge. This crate does no
-//! I/O and depends on nothing that does.
+//! I/O and depends on nothing that does. It also holds the one SHA-256 and hex spelling
+//! (`digest`) and the one percentile definition (`stats`) that those types and figures use.
 
 pub mod agent_state;
 pub mod api;
+pub mod digest;
 pub mod evidence;
 mod ids;
 pub mod release;
+pub mod stats;
 pub mod status;
 
 pub use ids::{BuildId, IdError, PatchLevel};

@@ -1,0 +1,1 @@
+//! Livepatch-shaped ELF modules for tests, written with `object::write`.
