@@ -22,7 +22,7 @@ use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, Target
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::fake::{self, Call, FakeKernel};
 use klive_server::Service;
-use klive_server::service::AuthUser;
+use klive_server::domain::AuthUser;
 
 const OTHER_BUILD: &str = "ffffeeeeddddccccbbbbaaaa9999888877776666";
 
@@ -55,11 +55,11 @@ impl Server {
             .build()
             .unwrap();
         let (service, admin, alice, bob) = rt.block_on(async {
-            klive_server::tuf::init_keys(&data, 1, 1, 365)
+            klive_server::trust::tuf::init_keys(&data, 1, 1, 365)
                 .await
                 .unwrap();
             let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-            klive_server::tls::init(&data, &names, 30).unwrap();
+            klive_server::trust::tls::init(&data, &names, 30).unwrap();
             let s = klive_server::open(&data, None).await.unwrap();
             s.tuf_refresh(true).await.unwrap();
             s.add_user(None, "admin", Role::Admin).await.unwrap();
@@ -91,7 +91,7 @@ impl Server {
 
     /// Serves HTTPS on the port it had (or a new one the first time).
     fn listen(&mut self) {
-        let files = klive_server::tls::TlsFiles::new(&self.data);
+        let files = klive_server::trust::tls::TlsFiles::new(&self.data);
         let service = self.service.clone();
         let port = self.port;
         let (task, port) = self.rt.block_on(async move {
@@ -108,9 +108,9 @@ impl Server {
                 }
             };
             let port = tcp.local_addr().unwrap().port();
-            let config = klive_server::tls::server_config(&files.cert, &files.key).unwrap();
-            let listener = klive_server::tls::TlsListener::new(tcp, config).unwrap();
-            let router = klive_server::api::router(service);
+            let config = klive_server::trust::tls::server_config(&files.cert, &files.key).unwrap();
+            let listener = klive_server::trust::tls::TlsListener::new(tcp, config).unwrap();
+            let router = klive_server::http::api::router(service);
             let task = tokio::spawn(async move {
                 let _ = axum::serve(listener, router).await;
             });
@@ -696,7 +696,7 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
     let h = Host::new();
     let other = tempfile::tempdir().unwrap();
     let names = ["localhost".to_owned()];
-    let files = klive_server::tls::init(other.path(), &names, 30).unwrap();
+    let files = klive_server::trust::tls::init(other.path(), &names, 30).unwrap();
     let token = s.token("canary");
     let (code, _, err) = h.klive(&[
         "register",
@@ -907,7 +907,7 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
 
     // A bundle signed under another root is refused.
     let other = tempfile::tempdir().unwrap();
-    s.rt.block_on(klive_server::tuf::init_keys(other.path(), 1, 1, 365))
+    s.rt.block_on(klive_server::trust::tuf::init_keys(other.path(), 1, 1, 365))
         .unwrap();
     let (code, _, err) = offline.klive(&[
         "apply",
@@ -930,9 +930,9 @@ fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
     assert_eq!(h.level(), Some(1));
 
     // The operator signs root 2 with new online keys and restarts the server.
-    let retired = klive_server::tuf::Signer::load(&s.data).unwrap();
+    let retired = klive_server::trust::tuf::Signer::load(&s.data).unwrap();
     let done =
-        s.rt.block_on(klive_server::tuf::rotate(
+        s.rt.block_on(klive_server::trust::tuf::rotate(
             &s.data,
             &[s.data.join("keys/offline/root-1.pk8")],
             true,
@@ -946,7 +946,7 @@ fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
         s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
         s.listen();
     };
-    let current = klive_server::tuf::Signer::load(&s.data).unwrap();
+    let current = klive_server::trust::tuf::Signer::load(&s.data).unwrap();
     restart(&mut s, current);
     s.publish(2, &l2);
     // Still pinned to root 1, the agent walks to root 2 and keeps it.
@@ -970,7 +970,7 @@ fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
 
     // Back on the current keys: a bundle carries the root chain, so an air-gapped host
     // that only knows root 1 verifies it.
-    let current = klive_server::tuf::Signer::load(&s.data).unwrap();
+    let current = klive_server::trust::tuf::Signer::load(&s.data).unwrap();
     restart(&mut s, current);
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");

@@ -3,7 +3,7 @@
 
 use klive_format::release::ManifestError;
 
-use crate::db::Backend;
+use crate::store::db::Backend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

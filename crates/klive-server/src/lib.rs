@@ -3,35 +3,18 @@
 //! hash-chained audit log of everything. SQLite and a local blob directory by default;
 //! PostgreSQL by URL, with the same SQL.
 
-pub mod api;
-pub mod audit;
-mod auth_failures;
-pub mod blobs;
-pub mod charts;
 pub mod clock;
-pub mod crypto;
-pub mod cve;
-pub mod dashboard;
-pub mod db;
-pub mod debver;
+pub mod domain;
 pub mod error;
-pub mod findings;
-mod group_commit;
-pub mod history;
-pub mod metrics;
-pub mod modinfo;
-pub mod policy;
-mod release_cache;
-pub mod report;
-pub mod s3;
-pub mod service;
-pub mod tls;
-pub mod tuf;
+pub mod evidence;
+pub mod http;
+pub mod store;
+pub mod trust;
 
 use std::path::Path;
 
+pub use domain::Service;
 pub use error::Error;
-pub use service::Service;
 
 /// Opens the server's state: `DATA/klive.db` (or `database_url`) and `DATA/blobs/`.
 pub async fn open(data: &Path, database_url: Option<&str>) -> Result<Service, Error> {
@@ -49,13 +32,13 @@ pub async fn open_with(
         source: e,
     })?;
     let db = match database_url {
-        Some(url) => db::Db::connect(url).await?,
-        None => db::Db::open_sqlite_dir(data).await?,
+        Some(url) => store::db::Db::connect(url).await?,
+        None => store::db::Db::open_sqlite_dir(data).await?,
     };
     let blobs = match blob_url {
-        Some(url) => s3::blobs(url)?,
-        None => blobs::Blobs::local(&data.join("blobs"))?,
+        Some(url) => store::s3::blobs(url)?,
+        None => store::blobs::Blobs::local(&data.join("blobs"))?,
     };
-    let signer = tuf::Signer::load(data)?;
+    let signer = trust::tuf::Signer::load(data)?;
     Ok(Service::new(db, blobs).with_signer(signer))
 }

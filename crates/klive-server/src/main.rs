@@ -2,7 +2,7 @@
 //! data directory or database as the server, as a named user (`--as`), with the same role
 //! checks and audit records as the HTTP API.
 
-mod evidence_cli;
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +14,8 @@ use klive_format::api::{ChannelRequest, EnrollTokenRequest, PromoteRequest, Role
 use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 use klive_server::Service;
-use klive_server::audit::{self, Verdict};
-use klive_server::service::AuthUser;
+use klive_server::domain::AuthUser;
+use klive_server::store::audit::{self, Verdict};
 
 #[derive(Parser)]
 #[command(name = "klive-server", version, about = "klive patch server")]
@@ -123,22 +123,22 @@ enum Command {
     /// Import CVE knowledge (Debian changelogs, OSV, CISA KEV).
     Cve {
         #[command(subcommand)]
-        command: evidence_cli::CveCommand,
+        command: cli::evidence::CveCommand,
     },
     /// Show or change the SLA policy.
     Policy {
         #[command(subcommand)]
-        command: evidence_cli::PolicyCommand,
+        command: cli::evidence::PolicyCommand,
     },
     /// Manage SLA exceptions (risk acceptances).
     Exception {
         #[command(subcommand)]
-        command: evidence_cli::ExceptionCommand,
+        command: cli::evidence::ExceptionCommand,
     },
     /// SOC 2 evidence packs: write one, verify one.
     Report {
         #[command(subcommand)]
-        command: evidence_cli::ReportCommand,
+        command: cli::evidence::ReportCommand,
     },
 }
 
@@ -308,10 +308,10 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     // Auditors verify packs without the server's database.
     if let Command::Report {
-        command: evidence_cli::ReportCommand::Verify { dir, key },
+        command: cli::evidence::ReportCommand::Verify { dir, key },
     } = &cli.command
     {
-        return evidence_cli::verify(&cli.data, dir, key.clone());
+        return cli::evidence::verify(&cli.data, dir, key.clone());
     }
     let service = klive_server::open_with(
         &cli.data,
@@ -330,14 +330,14 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Serve { listen, plain_http } => {
-            let tls = klive_server::tls::TlsFiles::new(&cli.data);
+            let tls = klive_server::trust::tls::TlsFiles::new(&cli.data);
             let tls = (!plain_http && tls.exist()).then_some(tls);
             serve(service, listen, tls, cli.data.clone()).await?
         }
         Command::Tls {
             command: TlsCommand::Init { names, days },
         } => {
-            let files = klive_server::tls::init(&cli.data, &names, days)?;
+            let files = klive_server::trust::tls::init(&cli.data, &names, days)?;
             println!(
                 "CA certificate (agents pin this): {}",
                 files.ca_cert.display()
@@ -360,10 +360,14 @@ async fn run(cli: Cli) -> Result<()> {
                     root_expires_days,
                 },
         } => {
-            let done =
-                klive_server::tuf::init_keys(&cli.data, root_keys, threshold, root_expires_days)
-                    .await?;
-            let signer = klive_server::tuf::Signer::load(&cli.data)?;
+            let done = klive_server::trust::tuf::init_keys(
+                &cli.data,
+                root_keys,
+                threshold,
+                root_expires_days,
+            )
+            .await?;
+            let signer = klive_server::trust::tuf::Signer::load(&cli.data)?;
             let channels = service.with_signer(signer).tuf_refresh(true).await?;
             println!(
                 "root metadata: {} (sha256 {})",
@@ -390,14 +394,14 @@ async fn run(cli: Cli) -> Result<()> {
                     root_expires_days,
                 },
         } => {
-            let done = klive_server::tuf::rotate(
+            let done = klive_server::trust::tuf::rotate(
                 &cli.data,
                 &root_keys,
                 new_online_keys,
                 root_expires_days,
             )
             .await?;
-            let signer = klive_server::tuf::Signer::load(&cli.data)?;
+            let signer = klive_server::trust::tuf::Signer::load(&cli.data)?;
             let service = service.with_signer(signer);
             service
                 .record_system_event(
@@ -623,28 +627,28 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Cve { command } => {
-            let evidence_cli::CveCommand::Import { actor, .. } = &command;
+            let cli::evidence::CveCommand::Import { actor, .. } = &command;
             let by = user(actor.clone()).await?;
-            evidence_cli::cve(&service, &by, command).await?
+            cli::evidence::cve(&service, &by, command).await?
         }
         Command::Policy { command } => {
             let by = match &command {
-                evidence_cli::PolicyCommand::Set { actor, .. } => Some(user(actor.clone()).await?),
-                evidence_cli::PolicyCommand::Show => None,
+                cli::evidence::PolicyCommand::Set { actor, .. } => Some(user(actor.clone()).await?),
+                cli::evidence::PolicyCommand::Show => None,
             };
-            evidence_cli::policy(&service, by.as_ref(), command).await?
+            cli::evidence::policy(&service, by.as_ref(), command).await?
         }
         Command::Exception { command } => {
             let by = match &command {
-                evidence_cli::ExceptionCommand::Add { actor, .. } => {
+                cli::evidence::ExceptionCommand::Add { actor, .. } => {
                     Some(user(actor.clone()).await?)
                 }
-                evidence_cli::ExceptionCommand::List => None,
+                cli::evidence::ExceptionCommand::List => None,
             };
-            evidence_cli::exception(&service, by.as_ref(), command).await?
+            cli::evidence::exception(&service, by.as_ref(), command).await?
         }
         Command::Report { command } => match command {
-            evidence_cli::ReportCommand::Soc2 {
+            cli::evidence::ReportCommand::Soc2 {
                 from,
                 to,
                 out,
@@ -652,10 +656,10 @@ async fn run(cli: Cli) -> Result<()> {
                 actor,
             } => {
                 let by = user(actor).await?;
-                evidence_cli::soc2(&service, &cli.data, &by, &from, &to, &out, no_pdf).await?
+                cli::evidence::soc2(&service, &cli.data, &by, &from, &to, &out, no_pdf).await?
             }
-            evidence_cli::ReportCommand::Verify { dir, key } => {
-                evidence_cli::verify(&cli.data, &dir, key)?
+            cli::evidence::ReportCommand::Verify { dir, key } => {
+                cli::evidence::verify(&cli.data, &dir, key)?
             }
         },
         Command::Audit {
@@ -689,7 +693,7 @@ async fn require_bootstrap(service: &Service) -> Result<()> {
 async fn serve(
     service: Service,
     listen: SocketAddr,
-    tls: Option<klive_server::tls::TlsFiles>,
+    tls: Option<klive_server::trust::tls::TlsFiles>,
     data: PathBuf,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -717,14 +721,14 @@ async fn serve(
         }
     });
     // The API under /api/v1, the dashboard under /ui/ and Prometheus at /metrics.
-    let dashboard = klive_server::dashboard::Dashboard::new(service.clone(), data);
-    let router = klive_server::api::router(service).merge(
-        klive_server::dashboard::dashboard_router(dashboard.over_https(tls.is_some())),
+    let dashboard = klive_server::http::dashboard::Dashboard::new(service.clone(), data);
+    let router = klive_server::http::api::router(service).merge(
+        klive_server::http::dashboard::dashboard_router(dashboard.over_https(tls.is_some())),
     );
     match tls {
         Some(files) => {
-            let config = klive_server::tls::server_config(&files.cert, &files.key)?;
-            let listener = klive_server::tls::TlsListener::new(listener, config)
+            let config = klive_server::trust::tls::server_config(&files.cert, &files.key)?;
+            let listener = klive_server::trust::tls::TlsListener::new(listener, config)
                 .context("starting the TLS listener")?;
             tracing::info!(%listen, cert = %files.cert.display(), "klive-server listening (https)");
             axum::serve(listener, router)

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use klive_format::api::PromoteRequest;
 use klive_format::release::{Fix, Severity};
 use klive_server::clock::Clock;
-use klive_server::cve::Source;
-use klive_server::history::DAY_MS;
+use klive_server::evidence::cve::Source;
+use klive_server::store::history::DAY_MS;
 use tower::ServiceExt;
 
 use common::{Fixture, manifest_for, module};
@@ -294,7 +294,7 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
     println!("BENCH history_rows {history}");
 
     let data = fx.dir().unwrap().to_path_buf();
-    let router = klive_server::dashboard::router(fx.service.clone(), data.clone());
+    let router = klive_server::http::dashboard::router(fx.service.clone(), data.clone());
     // sign in with a token
     let token = fx.service.create_token(None, "vic").await.unwrap().token;
     let login = router
@@ -357,12 +357,12 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
         );
     }
 
-    let key = klive_server::report::EvidenceKey::load_or_create(&data).unwrap();
+    let key = klive_server::evidence::report::EvidenceKey::load_or_create(&data).unwrap();
     let now = fx.service.clock.now_ms();
     let out = data.join("pack");
-    let chromium = klive_server::report::find_chromium();
+    let chromium = klive_server::evidence::report::find_chromium();
     let started = Instant::now();
-    let pack = klive_server::report::generate_pack(
+    let pack = klive_server::evidence::report::generate_pack(
         &fx.service,
         &fx.bob,
         &key,
@@ -386,5 +386,5 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
         "BENCH pack_pdf {}",
         u8::from(out.join("report.pdf").is_file())
     );
-    klive_server::report::verify_pack(&out, Some(&key.public_hex)).unwrap();
+    klive_server::evidence::report::verify_pack(&out, Some(&key.public_hex)).unwrap();
 }

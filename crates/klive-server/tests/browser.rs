@@ -13,7 +13,7 @@ use klive_format::api::{
     Action, AppliedReport, CheckIn, EnrollTokenRequest, PromoteRequest, RegisterRequest,
 };
 use klive_format::status::PatchState;
-use klive_server::cve::Source;
+use klive_server::evidence::cve::Source;
 
 use common::{BUILD, Fixture, build, kernel, level, release};
 
@@ -132,8 +132,9 @@ async fn dashboard_in_a_real_browser() {
     let approver = fx.service.create_token(None, "bob").await.unwrap().token;
     let viewer = fx.service.create_token(None, "vic").await.unwrap().token;
     let data = fx.dir().unwrap().to_path_buf();
-    let router = klive_server::api::router(fx.service.clone())
-        .merge(klive_server::dashboard::router(fx.service.clone(), data));
+    let router = klive_server::http::api::router(fx.service.clone()).merge(
+        klive_server::http::dashboard::router(fx.service.clone(), data),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -184,8 +185,10 @@ async fn dashboard_in_a_real_browser() {
         .unwrap()
         .unwrap()
         .path();
-    let key = klive_server::report::EvidenceKey::load_or_create(fx.dir().unwrap()).unwrap();
-    let manifest = klive_server::report::verify_pack(&dir, Some(&key.public_hex)).unwrap();
+    let key =
+        klive_server::evidence::report::EvidenceKey::load_or_create(fx.dir().unwrap()).unwrap();
+    let manifest =
+        klive_server::evidence::report::verify_pack(&dir, Some(&key.public_hex)).unwrap();
     assert!(
         manifest.files.iter().any(|f| f.path == "report.pdf"),
         "the pack has report.pdf"

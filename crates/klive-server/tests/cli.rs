@@ -96,7 +96,9 @@ async fn operator_bootstraps_publishes_and_verifies_the_audit_log() {
     assert!(text(&o).contains("audit log intact"), "{}", text(&o));
 
     // Someone edits the database behind the server's back.
-    let db = klive_server::db::Db::open_sqlite_dir(&data).await.unwrap();
+    let db = klive_server::store::db::Db::open_sqlite_dir(&data)
+        .await
+        .unwrap();
     sqlx::query("UPDATE audit_log SET actor = 'user:mallory' WHERE seq = 2")
         .execute(&db.pool)
         .await

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use klive_format::api::Role;
-use klive_server::audit::{self, Verdict};
+use klive_server::store::audit::{self, Verdict};
 
 use common::{BUILD, build, level, release};
 

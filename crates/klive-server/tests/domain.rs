@@ -9,8 +9,8 @@ use klive_format::api::{
 };
 use klive_format::status::PatchState;
 use klive_server::Error;
-use klive_server::audit::{self, Verdict};
-use klive_server::service::AuthHost;
+use klive_server::domain::AuthHost;
+use klive_server::store::audit::{self, Verdict};
 
 use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, module, release};
 
@@ -433,7 +433,9 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
         .unwrap();
     assert!(
         !stored.contains(&a.credential)
-            && stored.contains(&klive_server::crypto::sha256_hex(a.credential.as_bytes()))
+            && stored.contains(&klive_server::trust::secrets::sha256_hex(
+                a.credential.as_bytes()
+            ))
     );
 }
 
@@ -851,7 +853,8 @@ async fn postgres_servers_starting_at_once_migrate_once() {
         return;
     };
     let opened =
-        futures_util::future::join_all((0..4).map(|_| klive_server::db::Db::connect(&url))).await;
+        futures_util::future::join_all((0..4).map(|_| klive_server::store::db::Db::connect(&url)))
+            .await;
     let mut versions = Vec::new();
     for db in opened {
         versions.push(db.unwrap().schema_version().await.unwrap());
@@ -860,7 +863,7 @@ async fn postgres_servers_starting_at_once_migrate_once() {
         versions.iter().all(|v| *v == versions[0] && *v >= 4),
         "{versions:?}"
     );
-    let db = klive_server::db::Db::connect(&url).await.unwrap();
+    let db = klive_server::store::db::Db::connect(&url).await.unwrap();
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM klive_schema ORDER BY version")
         .fetch_all(&db.pool)
         .await

@@ -14,12 +14,12 @@ use klive_format::api::{
 use klive_format::evidence::{Rating, ReportSummary};
 use klive_format::release::{Fix, Severity};
 use klive_format::status::{KernelInfo, PatchState};
-use klive_server::cve::Source;
-use klive_server::findings::{assess, percentile};
-use klive_server::history::DAY_MS;
-use klive_server::policy::PolicyChange;
-use klive_server::report::{self, EvidenceKey, VerifyError};
-use klive_server::service::AuthHost;
+use klive_server::domain::AuthHost;
+use klive_server::evidence::cve::Source;
+use klive_server::evidence::findings::{assess, percentile};
+use klive_server::evidence::policy::PolicyChange;
+use klive_server::evidence::report::{self, EvidenceKey, VerifyError};
+use klive_server::store::history::DAY_MS;
 
 use common::{Fixture, manifest_for, module};
 
@@ -160,7 +160,7 @@ impl Model {
         if let Some(known) = self.debian_known_at.filter(|k| *k <= now) {
             let pv = KERNELS[kernel].1;
             for (version, cves) in DEBIAN_LATER {
-                if klive_server::debver::compare(version, pv).is_gt() {
+                if klive_server::evidence::debver::compare(version, pv).is_gt() {
                     for c in cves {
                         out.insert((*c).to_owned(), known);
                     }
@@ -859,8 +859,8 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         return;
     };
     // Independent count of the CVE ids in the file.
-    let text = klive_server::cve::decompress("c", &bytes).unwrap();
-    let ids = klive_server::cve::cve_ids(&text);
+    let text = klive_server::evidence::cve::decompress("c", &bytes).unwrap();
+    let ids = klive_server::evidence::cve::cve_ids(&text);
     let summary = s
         .import_cves(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
         .await
@@ -909,12 +909,12 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
 
     // A host on an older version lacks exactly the CVEs of later entries that are not
     // also named at or below its version.
-    let entries = klive_server::cve::parse_debian_changelog("c", &text).unwrap();
+    let entries = klive_server::evidence::cve::parse_debian_changelog("c", &text).unwrap();
     let host_version = "6.1.170-1";
     let (later, upto): (Vec<_>, Vec<_>) = entries
         .iter()
         .filter(|e| e.package == "linux")
-        .partition(|e| klive_server::debver::compare(&e.version, host_version).is_gt());
+        .partition(|e| klive_server::evidence::debver::compare(&e.version, host_version).is_gt());
     let fixed_upto: HashSet<&String> = upto.iter().flat_map(|e| e.cves.iter()).collect();
     let lacking: HashSet<&String> = later
         .iter()
@@ -1028,8 +1028,8 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     assert!(f.summary.audit_chain.starts_with("intact"));
 
     let dir = tempfile::tempdir().unwrap();
-    let dash = klive_server::dashboard::Dashboard::new(s.clone(), dir.path().to_path_buf());
-    let text = klive_server::metrics::render(&dash).await.unwrap();
+    let dash = klive_server::http::dashboard::Dashboard::new(s.clone(), dir.path().to_path_buf());
+    let text = klive_server::http::metrics::render(&dash).await.unwrap();
     assert!(
         text.contains("klive_findings_open{severity=\"unrated\"} 10"),
         "{text}"

@@ -7,9 +7,9 @@ use futures_util::future::join_all;
 use klive_format::api::{AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
 use klive_format::status::PatchState;
 use klive_server::Error;
-use klive_server::audit::{self, Verdict};
-use klive_server::db::Backend;
-use klive_server::service::AuthHost;
+use klive_server::domain::AuthHost;
+use klive_server::store::audit::{self, Verdict};
+use klive_server::store::db::Backend;
 
 use common::{BUILD, Fixture, kernel, level, release};
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use klive_format::api::{Action, CheckInResponse, ErrorBody, RegisterResponse};
-use klive_server::api::{self, JSON_LIMIT, OPENAPI, ROUTES};
+use klive_server::http::api::{self, JSON_LIMIT, OPENAPI, ROUTES};
 
 use common::{BUILD, Fixture, kernel, release};
 
@@ -483,9 +483,9 @@ async fn dashboard_cookies_are_secure_over_https() {
     let token = fx.service.create_token(None, "vic").await.unwrap().token;
     let data = fx.dir().unwrap().to_path_buf();
     for https in [true, false] {
-        let dash = klive_server::dashboard::Dashboard::new(fx.service.clone(), data.clone())
+        let dash = klive_server::http::dashboard::Dashboard::new(fx.service.clone(), data.clone())
             .over_https(https);
-        let router = klive_server::dashboard::dashboard_router(dash);
+        let router = klive_server::http::dashboard::dashboard_router(dash);
         let set_cookie = |r: &axum::response::Response| {
             r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned()
         };

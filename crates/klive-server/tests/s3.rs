@@ -8,8 +8,8 @@ mod common;
 use bytes::Bytes;
 use klive_format::api::{EnrollTokenRequest, Role};
 use klive_server::Service;
-use klive_server::crypto::new_id;
-use klive_server::db::Db;
+use klive_server::store::db::Db;
+use klive_server::trust::secrets::new_id;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -25,7 +25,7 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
     // A prefix per run: the bucket outlives the test.
     let prefix = format!("run-{}", new_id().unwrap());
     let url = format!("{}/{prefix}", base.trim_end_matches('/'));
-    let blobs = klive_server::s3::blobs(&url).unwrap();
+    let blobs = klive_server::store::s3::blobs(&url).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_sqlite_dir(dir.path()).await.unwrap();

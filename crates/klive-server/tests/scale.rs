@@ -97,7 +97,7 @@ async fn checkin_rate(fx: Fixture) {
             .unwrap();
         credentials.push(r.credential);
     }
-    let router = klive_server::api::router(s.clone());
+    let router = klive_server::http::api::router(s.clone());
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..32usize {

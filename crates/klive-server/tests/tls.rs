@@ -13,7 +13,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-use klive_server::tls::{TlsListener, init, server_config};
+use klive_server::trust::tls::{TlsListener, init, server_config};
 
 use common::Fixture;
 
@@ -57,7 +57,11 @@ async fn https_serves_clients_that_pin_its_ca_and_no_others() {
     let port = tcp.local_addr().unwrap().port();
     let listener = TlsListener::new(tcp, server_config(&files.cert, &files.key).unwrap()).unwrap();
     let server = tokio::spawn(
-        axum::serve(listener, klive_server::api::router(fx.service.clone())).into_future(),
+        axum::serve(
+            listener,
+            klive_server::http::api::router(fx.service.clone()),
+        )
+        .into_future(),
     );
 
     // A client that never finishes its handshake does not hold up the others.

@@ -21,7 +21,7 @@ use klive_format::api::{
     EnrollTokenRequest, RegisterRequest, tuf_manifest_target, tuf_module_target,
 };
 use klive_server::Service;
-use klive_server::tuf::{Signer, init_keys, rotate};
+use klive_server::trust::tuf::{Signer, init_keys, rotate};
 
 use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
 
@@ -151,7 +151,7 @@ async fn load(
         Url::parse(&format!("{base}targets/")).unwrap(),
     )
     .transport(RouterTransport {
-        router: klive_server::api::router(s.clone()),
+        router: klive_server::http::api::router(s.clone()),
         credential: h.credential.clone(),
         mangle,
     })
@@ -471,7 +471,7 @@ async fn root_rotation_is_followed_and_retired_keys_are_refused(mut fx: Fixture)
             )
             .body(Body::empty())
             .unwrap();
-        klive_server::api::router(s.clone()).oneshot(r)
+        klive_server::http::api::router(s.clone()).oneshot(r)
     };
     for (name, status) in [
         ("1.root.json", StatusCode::OK),

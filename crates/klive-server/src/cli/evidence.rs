@@ -7,10 +7,10 @@ use clap::Subcommand;
 
 use klive_format::evidence::ClockStart;
 use klive_server::Service;
-use klive_server::cve::Source;
-use klive_server::policy::PolicyChange;
-use klive_server::report::{self, EvidenceKey};
-use klive_server::service::AuthUser;
+use klive_server::domain::AuthUser;
+use klive_server::evidence::cve::Source;
+use klive_server::evidence::policy::PolicyChange;
+use klive_server::evidence::report::{self, EvidenceKey};
 
 #[derive(Subcommand)]
 pub enum CveCommand {
@@ -125,7 +125,7 @@ pub fn parse_time(s: &str, end: bool) -> Result<i64> {
         .timestamp()
         .as_millisecond();
     Ok(if end {
-        start + klive_server::history::DAY_MS - 1
+        start + klive_server::store::history::DAY_MS - 1
     } else {
         start
     })

@@ -2,6 +2,10 @@
 //! their check-ins. Every method checks the caller's role, runs in one transaction and, when it
 //! changes anything, appends to the audit log in that same transaction.
 
+mod auth_failures;
+pub mod checkin;
+pub mod modinfo;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,15 +24,14 @@ use klive_format::release::ReleaseManifest;
 use klive_format::status::PatchState;
 use klive_format::{BuildId, PatchLevel, modinfo as tags};
 
-use crate::audit::{self, Actor};
-use crate::blobs::Blobs;
 use crate::clock::{Clock, rfc3339};
-use crate::crypto::{new_id, new_secret, sha256_hex};
-use crate::db::{Db, Tx};
+use crate::domain::checkin::release_cache::{Candidate, ReleaseCache};
 use crate::error::{Error, on_unique};
-use crate::modinfo;
-use crate::release_cache::{Candidate, ReleaseCache};
-use crate::tuf::Signer;
+use crate::store::audit::{self, Actor};
+use crate::store::blobs::Blobs;
+use crate::store::db::{Db, Tx};
+use crate::trust::secrets::{new_id, new_secret, sha256_hex};
+use crate::trust::tuf::Signer;
 
 /// Longest accepted enrollment token lifetime: one year.
 pub const MAX_ENROLL_SECS: u64 = 366 * 24 * 3600;
@@ -84,12 +87,12 @@ pub struct Service {
     pub checkin_interval_secs: u64,
     /// Signs each channel's TUF metadata; `None` until `keys init`.
     pub signer: Option<Arc<Signer>>,
-    /// Writes check-ins in batches, see [`crate::group_commit`].
-    checkins: crate::group_commit::Writer,
-    /// What check-ins choose from, see [`crate::release_cache`].
+    /// Writes check-ins in batches, see [`crate::domain::checkin::group_commit`].
+    checkins: crate::domain::checkin::group_commit::Writer,
+    /// What check-ins choose from, see [`crate::domain::checkin::release_cache`].
     release_cache: ReleaseCache,
     /// Rate limit of the audit records of failed sign-ins.
-    failed_auth: crate::auth_failures::FailedAuth,
+    failed_auth: crate::domain::auth_failures::FailedAuth,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -150,9 +153,9 @@ impl Service {
             clock: Clock::default(),
             checkin_interval_secs: 3600,
             signer: None,
-            checkins: crate::group_commit::Writer::default(),
+            checkins: crate::domain::checkin::group_commit::Writer::default(),
             release_cache: ReleaseCache::default(),
-            failed_auth: crate::auth_failures::FailedAuth::default(),
+            failed_auth: crate::domain::auth_failures::FailedAuth::default(),
         }
     }
 
@@ -358,7 +361,7 @@ impl Service {
     }
 
     /// The user holding this API token. A failure is audited (at most once a minute per
-    /// kind of token, see [`crate::auth_failures`]).
+    /// kind of token, see [`crate::domain::auth_failures`]).
     pub async fn authenticate_user(&self, token: &str) -> Result<AuthUser, Error> {
         if !token.starts_with(USER_TOKEN_PREFIX) {
             self.audit_failed_auth("malformed token").await;
@@ -390,7 +393,7 @@ impl Service {
                 &Actor::System,
                 "auth.failed",
                 kind,
-                json!({"failures": failures, "window_secs": crate::auth_failures::WINDOW_MS / 1000}),
+                json!({"failures": failures, "window_secs": crate::domain::auth_failures::WINDOW_MS / 1000}),
             )
             .await?;
             tx.commit().await?;
@@ -1075,7 +1078,7 @@ impl Service {
         .bind(&req.agent_version)
         .execute(&mut *tx)
         .await?;
-        let state = crate::history::HostState::reported(
+        let state = crate::store::history::HostState::reported(
             &host_id,
             0,
             now,
@@ -1087,7 +1090,7 @@ impl Service {
             None,
             None,
         );
-        crate::history::record(&mut tx, &state).await?;
+        crate::store::history::record(&mut tx, &state).await?;
         audit::append(&mut tx, now, &Actor::Host(host_id.clone()), "host.register", &host_id,
             json!({"hostname": hostname, "channel": channel, "kernel": req.kernel.release, "build_id": req.kernel.build_id})).await?;
         tx.commit().await?;
@@ -1190,7 +1193,7 @@ impl Service {
                 .iter()
                 .map(|(action, _)| action.trim_start_matches("host."))
                 .collect();
-            crate::history::HostState::reported(
+            crate::store::history::HostState::reported(
                 &host.id,
                 seq,
                 0,
@@ -1203,7 +1206,7 @@ impl Service {
                 last_error.as_deref(),
             )
         });
-        let write = crate::group_commit::Write {
+        let write = crate::domain::checkin::group_commit::Write {
             host_id: host.id.clone(),
             sequence: seq,
             seen_sequence: host.last_sequence,

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use klive_format::api::Role;
 use klive_format::evidence::Rating;
 
-use crate::audit::{self, Actor};
-use crate::crypto::{new_id, sha256_hex};
-use crate::debver;
+use crate::domain::{AuthUser, Service};
 use crate::error::{Error, on_unique};
-use crate::service::{AuthUser, Service};
+use crate::evidence::debver;
+use crate::store::audit::{self, Actor};
+use crate::trust::secrets::{new_id, sha256_hex};
 
 /// The Debian source package of the kernel; host package versions are compared with its
 /// changelog versions.
@@ -515,7 +515,7 @@ pub fn parse_kev(file: &str, text: &str) -> Result<Parsed, FeedError> {
         }
         let added = date_ms(file, "dateAdded", field("dateAdded")?)?;
         // Due "by" that date: the end of that UTC day.
-        let due = date_ms(file, "dueDate", field("dueDate")?)? + crate::history::DAY_MS - 1;
+        let due = date_ms(file, "dueDate", field("dueDate")?)? + crate::store::history::DAY_MS - 1;
         parsed.facts.push(Fact {
             cve: cve.to_owned(),
             severity: None,

@@ -29,12 +29,12 @@ use klive_format::evidence::{ClockStart, ExceptionRecord, Finding, FixMethod, Ra
 use klive_format::release::ReleaseManifest;
 
 use crate::clock::{rfc3339, write_rfc3339};
-use crate::cve::KERNEL_PACKAGE;
-use crate::debver;
+use crate::domain::Service;
 use crate::error::Error;
-use crate::history::{DAY_MS, HostState};
-use crate::policy::{PolicyVersion, in_force};
-use crate::service::Service;
+use crate::evidence::cve::KERNEL_PACKAGE;
+use crate::evidence::debver;
+use crate::evidence::policy::{PolicyVersion, in_force};
+use crate::store::history::{DAY_MS, HostState};
 
 /// A host as registered.
 #[derive(Debug, Clone, PartialEq, Eq)]

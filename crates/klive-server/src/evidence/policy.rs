@@ -8,12 +8,12 @@ use sqlx::any::AnyRow;
 use klive_format::api::Role;
 use klive_format::evidence::{ClockStart, ExceptionRecord, SlaPolicy};
 
-use crate::audit::{self, Actor};
 use crate::clock::rfc3339;
-use crate::crypto::new_id;
-use crate::cve::{is_cve_id, require};
+use crate::domain::{AuthUser, Service};
 use crate::error::Error;
-use crate::service::{AuthUser, Service};
+use crate::evidence::cve::{is_cve_id, require};
+use crate::store::audit::{self, Actor};
+use crate::trust::secrets::new_id;
 
 /// A policy version with its effective time in unix ms, as the findings engine uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use klive_format::api::{
 use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 
-use crate::audit;
+use crate::domain::{AuthHost, AuthUser, Service};
 use crate::error::Error;
-use crate::service::{AuthHost, AuthUser, Service};
+use crate::store::audit;
 
 /// Largest JSON request body.
 pub const JSON_LIMIT: usize = 64 * 1024;
@@ -29,7 +29,7 @@ pub const JSON_LIMIT: usize = 64 * 1024;
 pub const MODULE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The OpenAPI document, kept in the repository and tested against [`ROUTES`].
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// Every route the router serves, as (method, OpenAPI path).
 pub const ROUTES: &[(&str, &str)] = &[

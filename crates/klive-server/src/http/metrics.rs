@@ -12,9 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::dashboard::{Dashboard, Denied};
 use crate::error::Error;
-use crate::history::DAY_MS;
+use crate::http::dashboard::{Dashboard, Denied};
+use crate::store::history::DAY_MS;
 
 type Labels = Vec<(String, String)>;
 

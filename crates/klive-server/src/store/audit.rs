@@ -8,9 +8,9 @@ use sqlx::Row;
 use klive_format::api::AuditEntry;
 
 use crate::clock::rfc3339;
-use crate::crypto::sha256_hex;
-use crate::db::{Db, Tx};
 use crate::error::Error;
+use crate::store::db::{Db, Tx};
+use crate::trust::secrets::sha256_hex;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -10,8 +10,8 @@ use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use crate::crypto::{is_sha256_hex, sha256_hex};
 use crate::error::Error;
+use crate::trust::secrets::{is_sha256_hex, sha256_hex};
 
 #[derive(Debug, Clone)]
 pub struct Blobs {
@@ -31,7 +31,7 @@ impl Blobs {
         })
     }
 
-    /// Blobs in any object store (S3: [`crate::s3`]).
+    /// Blobs in any object store (S3: [`crate::store::s3`]).
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Blobs {
         Blobs { store }
     }

@@ -11,13 +11,16 @@ use crate::error::Error;
 
 /// Compiled-in migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[(&str, &str)] = &[
-    ("init", include_str!("../migrations/0001_init.sql")),
-    ("tuf", include_str!("../migrations/0002_tuf.sql")),
+    ("init", include_str!("../../migrations/0001_init.sql")),
+    ("tuf", include_str!("../../migrations/0002_tuf.sql")),
     (
         "fleet_index",
-        include_str!("../migrations/0003_fleet_index.sql"),
+        include_str!("../../migrations/0003_fleet_index.sql"),
     ),
-    ("evidence", include_str!("../migrations/0004_evidence.sql")),
+    (
+        "evidence",
+        include_str!("../../migrations/0004_evidence.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock key held while migrating ("klive" in ASCII).

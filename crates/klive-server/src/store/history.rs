@@ -7,8 +7,8 @@ use klive_format::status::KernelInfo;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::db::{Db, Tx};
 use crate::error::Error;
+use crate::store::db::{Db, Tx};
 
 pub const DAY_MS: i64 = 86_400_000;
 

@@ -11,8 +11,8 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
 
-use crate::blobs::Blobs;
 use crate::error::Error;
+use crate::store::blobs::Blobs;
 
 /// The blob store named by `url` (`s3://BUCKET[/PREFIX]`).
 pub fn blobs(url: &str) -> Result<Blobs, Error> {

@@ -27,9 +27,9 @@ use tough::sign::Sign;
 
 use klive_format::api::{tuf_manifest_target, tuf_module_target};
 
-use crate::crypto::sha256_hex;
-use crate::db::Tx;
 use crate::error::Error;
+use crate::store::db::Tx;
+use crate::trust::secrets::sha256_hex;
 
 const SPEC_VERSION: &str = "1.0.0";
 const ONLINE_ROLES: [(&str, RoleType); 3] = [

@@ -12,10 +12,10 @@ use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, Target
 use klive_format::status::KernelInfo;
 use klive_format::{BuildId, PatchLevel};
 use klive_server::Service;
-use klive_server::blobs::Blobs;
-use klive_server::crypto::{new_id, sha256_hex};
-use klive_server::db::Db;
-use klive_server::service::AuthUser;
+use klive_server::domain::AuthUser;
+use klive_server::store::blobs::Blobs;
+use klive_server::store::db::Db;
+use klive_server::trust::secrets::{new_id, sha256_hex};
 
 pub const BUILD: &str = "3e0c8f6a1b2c4d5e";
 pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";

@@ -16,11 +16,11 @@ use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{self, Actor};
 use crate::clock::Clock;
-use crate::db::{Db, Tx};
 use crate::error::Error;
-use crate::history::{DAY_MS, HostState};
+use crate::store::audit::{self, Actor};
+use crate::store::db::{Db, Tx};
+use crate::store::history::{DAY_MS, HostState};
 
 /// Most check-ins in one transaction.
 const MAX_BATCH: usize = 512;
@@ -183,7 +183,7 @@ async fn commit(db: &Db, now: i64, writes: &[&Write]) -> Result<Vec<Result<(), E
         outcomes.push(outcome);
     }
     if !counted.is_empty() {
-        crate::history::count_daily(&mut tx, day, counted.len() as i64).await?;
+        crate::store::history::count_daily(&mut tx, day, counted.len() as i64).await?;
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -246,7 +246,7 @@ async fn write_one(tx: &mut Tx, now: i64, w: &Write) -> Result<Result<(), Error>
     if let Some(history) = &w.history {
         let mut state = history.clone();
         state.at = now;
-        crate::history::record(tx, &state).await?;
+        crate::store::history::record(tx, &state).await?;
     }
     let actor = Actor::Host(w.host_id.clone());
     for (action, detail) in &w.events {

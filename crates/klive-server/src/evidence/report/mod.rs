@@ -24,16 +24,16 @@ use klive_format::evidence::{
     HostRecord, ManifestFile, Rating, ReportSummary, SeverityFigures, SlaPolicy, Verdict,
 };
 
-use crate::audit::{self, Verdict as ChainVerdict};
-use crate::charts::{self, TtpSeries};
 use crate::clock::rfc3339;
-use crate::crypto::{hex, sha256_hex};
-use crate::cve::require;
+use crate::domain::{AuthUser, Service};
 use crate::error::Error;
-use crate::findings::{Assessment, FindingCalc, assess, percentile};
-use crate::history::DAY_MS;
-use crate::policy::in_force;
-use crate::service::{AuthUser, Service};
+use crate::evidence::charts::{self, TtpSeries};
+use crate::evidence::cve::require;
+use crate::evidence::findings::{Assessment, FindingCalc, assess, percentile};
+use crate::evidence::policy::in_force;
+use crate::store::audit::{self, Verdict as ChainVerdict};
+use crate::store::history::DAY_MS;
+use crate::trust::secrets::{hex, sha256_hex};
 
 /// Taint bits that show code the kernel vendor did not sign or ship: P (proprietary),
 /// O (out-of-tree), E (unsigned).
@@ -317,7 +317,7 @@ fn host_records(a: &Assessment, from: i64) -> Vec<HostRecord> {
             let last = timeline.last();
             let mut reboots = 0;
             let mut livepatches = 0;
-            let mut previous: Option<&crate::history::HostState> = None;
+            let mut previous: Option<&crate::store::history::HostState> = None;
             for s in timeline {
                 if in_period(s.at, from, a.as_of) {
                     if s.has_event("reboot") {
@@ -376,8 +376,8 @@ fn host_records(a: &Assessment, from: i64) -> Vec<HostRecord> {
 
 /// A live patch level went up on the same boot: that is a fix that needed no reboot.
 pub fn is_livepatch_apply(
-    previous: Option<&crate::history::HostState>,
-    s: &crate::history::HostState,
+    previous: Option<&crate::store::history::HostState>,
+    s: &crate::store::history::HostState,
 ) -> bool {
     let Some(level) = s.effective_level() else {
         return false;
@@ -594,7 +594,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
         })
         .map(|(_, p)| p.policy.clone())
         .collect();
-    let coverage = crate::history::daily_coverage(&service.db, from, as_of).await?;
+    let coverage = crate::store::history::daily_coverage(&service.db, from, as_of).await?;
 
     let mut per_cve: BTreeMap<u32, CveRow> = BTreeMap::new();
     for f in &population {
@@ -1070,7 +1070,7 @@ struct ReportPage<'a> {
     style: &'static str,
 }
 
-pub const REPORT_CSS: &str = include_str!("../templates/report.css");
+pub const REPORT_CSS: &str = include_str!("../../../templates/report.css");
 
 /// Days with one decimal, or "no data".
 pub fn days_text(secs: Option<u64>) -> String {

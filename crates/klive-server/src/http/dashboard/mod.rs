@@ -28,19 +28,19 @@ use sqlx::Row;
 use klive_format::api::Role;
 use klive_format::evidence::{Finding, FixMethod, Rating, Verdict};
 
-use crate::audit::{self, Actor};
 use crate::clock::rfc3339;
-use crate::crypto::{new_secret, sha256_hex};
+use crate::domain::{AuthUser, Service};
 use crate::error::Error;
-use crate::findings::{Assessment, assess};
-use crate::history::DAY_MS;
-use crate::report::{self, EvidenceKey};
-use crate::service::{AuthUser, Service};
+use crate::evidence::findings::{Assessment, assess};
+use crate::evidence::report::{self, EvidenceKey};
+use crate::store::audit::{self, Actor};
+use crate::store::history::DAY_MS;
+use crate::trust::secrets::{new_secret, sha256_hex};
 
 const SESSION_COOKIE: &str = "klive_session";
 const LOGIN_COOKIE: &str = "klive_login";
 const SESSION_SECS: i64 = 12 * 3600;
-const CSS: &str = include_str!("../templates/ui/dashboard.css");
+const CSS: &str = include_str!("../../../templates/ui/dashboard.css");
 const PAGE: i64 = 100;
 
 /// Fleet-wide findings as of one time, with per-host and per-CVE aggregates.
@@ -142,8 +142,8 @@ impl OverviewFigures {
             })
             .collect();
         let (days, open) = report::open_series(a, since);
-        f.ttp_chart = crate::charts::time_to_patch(&report::ttp_series(a, since));
-        f.open_chart = crate::charts::open_over_time(&days, &open);
+        f.ttp_chart = crate::evidence::charts::time_to_patch(&report::ttp_series(a, since));
+        f.open_chart = crate::evidence::charts::open_over_time(&days, &open);
         f
     }
 }
@@ -319,7 +319,7 @@ pub fn dashboard_router(dash: Dashboard) -> Router {
         .route("/ui/audit", get(audit_page))
         .route("/ui/evidence", get(evidence_page).post(evidence_generate))
         .route("/ui/exports/{file}", get(export))
-        .route("/metrics", get(crate::metrics::metrics))
+        .route("/metrics", get(crate::http::metrics::metrics))
         .with_state(dash)
 }
 
@@ -381,7 +381,7 @@ fn error_page(status: StatusCode, message: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>klive: {status}</title><style>{CSS}</style></head><body><main><h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/ui/\">Back to the dashboard</a></p></main></body></html>",
         status.as_u16(),
-        crate::charts::escape(message)
+        crate::evidence::charts::escape(message)
     );
     with_headers((status, body).into_response())
 }
@@ -1016,7 +1016,7 @@ async fn host(
     let info = d.service.host(&session.user, &id).await?;
     let snap = d.snapshot().await?;
     let now = d.service.clock.now_ms();
-    let timeline = crate::history::host_timeline(&d.service.db, &id, i64::MAX).await?;
+    let timeline = crate::store::history::host_timeline(&d.service.db, &id, i64::MAX).await?;
     let index = snap.a.hosts.iter().position(|h| h.id == id);
     let findings: Vec<Finding> = match index {
         Some(i) => snap
@@ -1252,7 +1252,7 @@ async fn cve(
     Path(cve): Path<String>,
 ) -> Result<Response, Denied> {
     let session = d.session(&headers).await?;
-    if !crate::cve::is_cve_id(&cve) {
+    if !crate::evidence::cve::is_cve_id(&cve) {
         return Err(Denied::Error(
             StatusCode::NOT_FOUND,
             format!("{cve:?} is not a CVE id (CVE-YYYY-NNNN)"),
@@ -1420,7 +1420,7 @@ async fn evidence_generate(
     let name = format!("klive-soc2-{}-{}", day_text(from), day_text(to));
     let work = d.data.join("reports").join(format!(
         "{name}-{}",
-        crate::crypto::new_id().map_err(Denied::from)?
+        crate::trust::secrets::new_id().map_err(Denied::from)?
     ));
     let chromium = report::find_chromium();
     let generated = report::generate_pack(

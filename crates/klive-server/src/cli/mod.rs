@@ -1,0 +1,3 @@
+//! The admin commands of `klive-server`, one module per group.
+
+pub mod evidence;
