@@ -1,5 +1,5 @@
 //! `cargo xtask bench server`: the release `klive-server` on loopback under a load generator
-//! in this process (real HTTP/1.1 over TCP, keep-alive connections, one thread each), on
+//! in this process (`ureq` over plain HTTP/1.1, one thread and keep-alive connection each), on
 //! SQLite and on a throwaway PostgreSQL cluster. For each backend: 100,000 hosts registered
 //! through `POST /api/v1/register`, then check-ins (`POST /api/v1/checkin`) and the trivial
 //! `GET /api/v1/health` of the same server in the same run, side by side (the ratio is the
@@ -26,7 +26,7 @@ use klive_format::release::{ModuleDigest, ReleaseManifest, TargetKernel};
 use klive_format::status::{KernelInfo, PatchState};
 use klive_format::{BuildId, PatchLevel};
 
-use crate::vm::http::Conn;
+use crate::vm::http::Client;
 
 const HOSTS: usize = 100_000;
 /// Hosts whose credentials the check-in load cycles through.
@@ -233,7 +233,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
             expires_in_secs: 3600,
             max_uses: u32::try_from(HOSTS).unwrap_or(u32::MAX),
         })?;
-        let a = Conn::open(&addr)?.request(
+        let a = Client::new(&addr).request(
             "POST",
             "/api/v1/enroll-tokens",
             Some(&token),
@@ -259,7 +259,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
             .map(|(w, t)| {
                 let (addr, kernel) = (&addr, &kernel);
                 s.spawn(move || -> Result<(Vec<String>, Vec<Duration>)> {
-                    let mut conn = Conn::open(addr)?;
+                    let client = Client::new(addr);
                     let mut creds = Vec::with_capacity(per);
                     let mut lat = Vec::with_capacity(per);
                     for i in 0..per {
@@ -270,7 +270,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
                             agent_version: "bench".into(),
                         })?;
                         let t0 = Instant::now();
-                        let a = conn.request("POST", "/api/v1/register", None, Some(&body))?;
+                        let a = client.request("POST", "/api/v1/register", None, Some(&body))?;
                         lat.push(t0.elapsed());
                         if a.status != 200 {
                             bail!("register: HTTP {}: {}", a.status, a.text());
@@ -347,10 +347,10 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
     })?;
 
     let mut fleet = Vec::new();
-    let mut conn = Conn::open(&addr)?;
+    let client = Client::new(&addr);
     for _ in 0..10 {
         let t0 = Instant::now();
-        let a = conn.request("GET", "/api/v1/fleet", Some(&token), None)?;
+        let a = client.request("GET", "/api/v1/fleet", Some(&token), None)?;
         fleet.push(t0.elapsed());
         if a.status != 200 {
             bail!("GET /api/v1/fleet: HTTP {}: {}", a.status, a.text());
@@ -395,12 +395,16 @@ fn once_each(
         let handles: Vec<_> = (0..CONNECTIONS)
             .map(|w| {
                 s.spawn(move || -> Result<Vec<Duration>> {
-                    let mut conn = Conn::open(addr)?;
+                    let client = Client::new(addr);
                     let mut lat = Vec::new();
                     for (i, cred) in creds.iter().enumerate().skip(w).step_by(CONNECTIONS) {
                         let t0 = Instant::now();
-                        let a =
-                            conn.request("POST", "/api/v1/checkin", Some(cred), Some(&body(i)))?;
+                        let a = client.request(
+                            "POST",
+                            "/api/v1/checkin",
+                            Some(cred),
+                            Some(&body(i)),
+                        )?;
                         lat.push(t0.elapsed());
                         if a.status != 200 {
                             bail!("first check-in: HTTP {}: {}", a.status, a.text());
@@ -461,7 +465,7 @@ fn load(
                 addr.to_owned(),
             );
             std::thread::spawn(move || -> Result<(Vec<Duration>, usize)> {
-                let mut conn = Conn::open(&addr)?;
+                let client = Client::new(&addr);
                 let mut lat = Vec::new();
                 let mut errors = 0;
                 let mut n = 0;
@@ -469,7 +473,7 @@ fn load(
                     let (method, path, bearer, body) = make(w, n);
                     n += 1;
                     let t0 = Instant::now();
-                    let a = conn.request(
+                    let a = client.request(
                         method,
                         &path,
                         bearer.as_deref(),

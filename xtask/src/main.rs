@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Task::VmRelay { addr, kill_file } = &cli.task {
         // Nothing may be printed: stderr is the guest's connection too.
-        return vm::http::relay(addr, kill_file.as_deref()).or(Ok(()));
+        return vm::relay::relay(addr, kill_file.as_deref()).or(Ok(()));
     }
     let root = workspace_root();
     std::env::set_current_dir(&root)

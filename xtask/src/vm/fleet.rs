@@ -216,7 +216,7 @@ impl FleetServer {
         self.work.join("fleet-step")
     }
 
-    /// Armed by the `kill-during-download` step; read by the relays (`http::relay`).
+    /// Armed by the `kill-during-download` step; read by the relays (`relay::relay`).
     fn kill_file(&self) -> PathBuf {
         self.work.join("fleet-kill")
     }

@@ -23,6 +23,7 @@ mod kallsyms;
 mod kernel;
 mod modules;
 mod qemu;
+pub(crate) mod relay;
 mod results;
 
 use std::fs;
