@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use object::build::Id;
-use object::build::elf::{Relocation, SectionData, SectionId, SymbolId};
+use object::build::elf::{Builder, Relocation, SectionData, SectionId, SymbolId};
 use object::elf;
 
 use crate::ElfError;
 use crate::diff::{Analysis, include_closure, special_entry_size};
-use crate::model::{R_X86_64_32S, SUPPORTED_RELOCATIONS, read_builder};
+use crate::model::{Elf, R_X86_64_32S, Reloc, SUPPORTED_RELOCATIONS, Section, read_builder};
 use crate::symbols::{ExternalRef, Resolution, Resolver, SymClass, TuSymbols};
 
 /// A function the patch replaces.
@@ -38,64 +38,58 @@ pub struct Emitted {
 }
 
 /// Emits the patch object. `tag` makes the alias names unique across translation units.
+///
+/// Three phases: [`collect`] decides what goes into the object, [`relocate`] points every
+/// relocation of it at the patch itself, an exported symbol or a klp placeholder (and
+/// [`alias_changed_functions`] names the new code for the `klp_func` table), [`write`] drops
+/// everything else and serialises the result.
 pub fn emit(
     patched: &[u8],
     a: &Analysis,
     resolver: &Resolver<'_>,
     tag: &str,
 ) -> Result<Emitted, ElfError> {
-    let mut a = a.clone();
     let tu = TuSymbols::from_elf(&a.orig);
-    let p = &a.patched;
-
-    // Special sections: keep the entries that belong to included functions.
-    let included_funcs: BTreeSet<usize> = a
-        .included
+    let selection = collect(a);
+    let mut b = read_builder(patched, "patched object")?;
+    let ids = SymbolIds::of(&b);
+    let relocated = relocate(&selection, &mut b, &ids, resolver, &tu)?;
+    let funcs = alias_changed_functions(&selection.analysis, &mut b, &ids, resolver, &tu, tag)?;
+    let object = write(b, &ids, &selection, relocated.relocs, &relocated.undefined)?;
+    let p = &selection.analysis.patched;
+    let special_entries = selection
+        .kept_entries
         .iter()
-        .copied()
-        .filter(|&s| {
-            p.sec(s)
-                .and_then(|x| x.bundled)
-                .and_then(|b| p.sym(b))
-                .is_some_and(|y| y.is_func())
-        })
+        .map(|(s, v)| (p.section_name(*s).to_owned(), v.len()))
         .collect();
-    let mut kept_entries: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for (si, sec) in p.sections() {
-        let Some(size) = special_entry_size(&sec.name) else {
-            continue;
-        };
-        let mut keep = Vec::new();
-        let n = sec.size.div_ceil(size);
-        for e in 0..n {
-            let lo = e * size;
-            let hi = lo + size;
-            let hit = sec
-                .relocs
-                .iter()
-                .filter(|r| r.offset >= lo && r.offset < hi)
-                .any(|r| {
-                    p.resolve_target(r)
-                        .and_then(|(t, _)| p.sym(t))
-                        .and_then(|s| s.section)
-                        .is_some_and(|s| included_funcs.contains(&s))
-                });
-            if hit {
-                keep.push(e);
-            }
-        }
-        if !keep.is_empty() {
-            kept_entries.insert(si, keep);
-        }
-    }
-    // ORC: `.orc_unwind` entries follow `.orc_unwind_ip` in lockstep.
-    if let Some((ip, _)) = p.sections().find(|(_, s)| s.name == ".orc_unwind_ip")
-        && let Some(keep) = kept_entries.get(&ip).cloned()
-        && let Some((u, _)) = p.sections().find(|(_, s)| s.name == ".orc_unwind")
-    {
-        kept_entries.insert(u, keep);
-    }
+    Ok(Emitted {
+        object,
+        funcs,
+        klp_symbols: relocated.klp_symbols,
+        exported_symbols: relocated.exported_symbols,
+        special_entries,
+    })
+}
+
+/// What goes into the patch object.
+#[derive(Debug)]
+struct Selection {
+    /// The analysis with `included` grown by the special sections kept and what they need.
+    analysis: Analysis,
+    /// Special sections (by patched index) → the entries kept, in order.
+    kept_entries: BTreeMap<usize, Vec<u64>>,
+}
+
+/// Collect: takes the analysis and gives the sections the patch object carries: the ones the
+/// diff included, the special-section entries that belong to included functions, and
+/// whatever those entries need (`.altinstr_replacement`, fresh copies).
+fn collect(a: &Analysis) -> Selection {
+    let mut a = a.clone();
+    let kept_entries = kept_special_entries(&a.patched, &a.included);
+    let p = &a.patched;
     let mut roots: Vec<usize> = kept_entries.keys().copied().collect();
+    // The closure never takes `.altinstr_replacement` (it is not compared), so it comes
+    // whole with the kept `.altinstructions` entries that point into it.
     if kept_entries
         .keys()
         .any(|&s| p.section_name(s) == ".altinstructions")
@@ -110,40 +104,145 @@ pub fn emit(
         a.included.insert(s);
     }
     include_closure(&mut a, roots);
-    let p = &a.patched;
+    Selection {
+        analysis: a,
+        kept_entries,
+    }
+}
 
-    let mut b = read_builder(patched, "patched object")?;
-    let sym_ids: Vec<SymbolId> = b.symbols.iter().map(|s| s.id()).collect();
-    let sec_ids: Vec<SectionId> = b.sections.iter().map(|s| s.id()).collect();
-    let sym_id = |i: usize| sym_ids.iter().copied().find(|id| id.index() == i);
+/// Takes the patched object and its included sections and gives, per special section, the
+/// entries whose relocations point into an included function.
+fn kept_special_entries(p: &Elf, included: &BTreeSet<usize>) -> BTreeMap<usize, Vec<u64>> {
+    let included_funcs: BTreeSet<usize> = included
+        .iter()
+        .copied()
+        .filter(|&s| {
+            p.sec(s)
+                .and_then(|x| x.bundled)
+                .and_then(|b| p.sym(b))
+                .is_some_and(|y| y.is_func())
+        })
+        .collect();
+    let mut kept_entries: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for (si, sec) in p.sections() {
+        let Some(size) = special_entry_size(&sec.name) else {
+            continue;
+        };
+        let keep: Vec<u64> = (0..sec.size.div_ceil(size))
+            .filter(|e| {
+                let (lo, hi) = (e * size, (e + 1) * size);
+                sec.relocs
+                    .iter()
+                    .filter(|r| r.offset >= lo && r.offset < hi)
+                    .any(|r| {
+                        p.resolve_target(r)
+                            .and_then(|(t, _)| p.sym(t))
+                            .and_then(|s| s.section)
+                            .is_some_and(|s| included_funcs.contains(&s))
+                    })
+            })
+            .collect();
+        if !keep.is_empty() {
+            kept_entries.insert(si, keep);
+        }
+    }
+    // ORC: `.orc_unwind` entries follow `.orc_unwind_ip` in lockstep.
+    if let Some((ip, _)) = p.sections().find(|(_, s)| s.name == ".orc_unwind_ip")
+        && let Some(keep) = kept_entries.get(&ip).cloned()
+        && let Some((u, _)) = p.sections().find(|(_, s)| s.name == ".orc_unwind")
+    {
+        kept_entries.insert(u, keep);
+    }
+    kept_entries
+}
 
-    // Changed-function sections whose address is taken stay pointed at the original.
-    let changed_secs: BTreeSet<usize> = a.changed_funcs.keys().copied().collect();
+/// The builder's ids of the patched object's own symbols, by the index the analysis uses.
+#[derive(Debug)]
+struct SymbolIds(Vec<SymbolId>);
 
-    let mut ext_syms: HashMap<String, SymbolId> = HashMap::new();
-    let mut klp_symbols = BTreeSet::new();
-    let mut exported_symbols = BTreeSet::new();
-    let mut new_relocs: BTreeMap<usize, Vec<Relocation>> = BTreeMap::new();
-    let mut resolutions: HashMap<(String, bool), Resolution> = HashMap::new();
+impl SymbolIds {
+    /// Taken before anything is added, so only the object's own symbols are found.
+    fn of(b: &Builder<'_>) -> SymbolIds {
+        SymbolIds(b.symbols.iter().map(|s| s.id()).collect())
+    }
 
-    for &si in &a.included {
+    fn get(&self, index: usize) -> Option<SymbolId> {
+        self.0.iter().copied().find(|id| id.index() == index)
+    }
+}
+
+/// What [`relocate`] gives: the new relocations and the undefined symbols it added.
+#[derive(Debug, Default)]
+struct Relocated {
+    /// Relocation section (patched index) → its rewritten relocations.
+    relocs: BTreeMap<usize, Vec<Relocation>>,
+    /// Undefined symbols added to the builder, by name.
+    undefined: HashMap<String, SymbolId>,
+    klp_symbols: BTreeSet<String>,
+    exported_symbols: BTreeSet<String>,
+}
+
+/// Relocate: takes the selection and the builder of the patched object and gives the
+/// relocations of every included section, rewritten for the patch object: entries of
+/// special sections renumbered to the kept ones, references inside the patch kept, and
+/// references outside it pointed at an exported symbol or a `.klp.sym.*` placeholder, which
+/// are added to the builder as undefined symbols.
+fn relocate(
+    selection: &Selection,
+    b: &mut Builder<'_>,
+    ids: &SymbolIds,
+    resolver: &Resolver<'_>,
+    tu: &TuSymbols,
+) -> Result<Relocated, ElfError> {
+    let mut r = Relocator {
+        a: &selection.analysis,
+        ids,
+        resolver,
+        tu,
+        changed_secs: selection.analysis.changed_funcs.keys().copied().collect(),
+        resolutions: HashMap::new(),
+        out: Relocated::default(),
+    };
+    let p = &selection.analysis.patched;
+    for &si in &selection.analysis.included {
         let Some(sec) = p.sec(si) else { continue };
         let Some(rela) = sec.rela else { continue };
-        let keep = kept_entries.get(&si);
-        let entry = special_entry_size(&sec.name).unwrap_or(0);
+        let keep = selection.kept_entries.get(&si).map(Vec::as_slice);
+        let relocs = r.section(b, sec, keep)?;
+        r.out.relocs.insert(rela, relocs);
+    }
+    Ok(r.out)
+}
+
+/// The state of [`relocate`]: resolutions are looked up once per name, undefined symbols
+/// added once per name.
+struct Relocator<'r> {
+    a: &'r Analysis,
+    ids: &'r SymbolIds,
+    resolver: &'r Resolver<'r>,
+    tu: &'r TuSymbols,
+    /// Sections of changed functions.
+    changed_secs: BTreeSet<usize>,
+    /// (name, defined in this unit) → how references to it are written.
+    resolutions: HashMap<(String, bool), Resolution>,
+    out: Relocated,
+}
+
+impl Relocator<'_> {
+    /// The rewritten relocations of one included section; `keep` lists the entries kept when
+    /// it is a special section.
+    fn section(
+        &mut self,
+        b: &mut Builder<'_>,
+        sec: &Section,
+        keep: Option<&[u64]>,
+    ) -> Result<Vec<Relocation>, ElfError> {
+        let p = &self.a.patched;
         let mut out = Vec::new();
         for r in &sec.relocs {
-            let mut offset = r.offset;
-            if let Some(keep) = keep {
-                if sec.name == ".orc_unwind" {
-                    continue;
-                }
-                let e = r.offset / entry;
-                let Some(pos) = keep.iter().position(|&k| k == e) else {
-                    continue;
-                };
-                offset = pos as u64 * entry + (r.offset - e * entry);
-            }
+            let Some(offset) = kept_offset(sec, keep, r.offset) else {
+                continue;
+            };
             if !SUPPORTED_RELOCATIONS.contains(&r.r_type) {
                 return Err(ElfError::RelocationType {
                     section: sec.name.clone(),
@@ -151,127 +250,9 @@ pub fn emit(
                     r_type: r.r_type,
                 });
             }
-            let Some((t, addend)) = p.resolve_target(r) else {
-                out.push(Relocation {
-                    r_offset: offset,
-                    symbol: None,
-                    r_type: elf::RelocationType(r.r_type),
-                    r_addend: r.addend,
-                });
-                continue;
-            };
-            let tsym = p.sym(t).expect("resolved symbol exists");
-            let in_patch = tsym.section.is_some_and(|s| a.included.contains(&s));
-            // Code taking the address of a changed function keeps the original's address, so
-            // pointers stored elsewhere stay valid after the patch is disabled; calls through
-            // them reach the new code through ftrace while the patch is on.
-            let address_of_changed = tsym.section.is_some_and(|s| changed_secs.contains(&s))
-                && r.r_type == R_X86_64_32S
-                && addend == 0
-                && sec.name.starts_with(".text");
-            let symbol = if in_patch && !address_of_changed {
-                sym_id(t)
-            } else {
-                if tsym.is_section() {
-                    return Err(ElfError::Unreferenceable {
-                        section: sec.name.clone(),
-                        offset: r.offset,
-                        target: format!(
-                            "{}+{addend:#x}",
-                            tsym.section.map(|s| p.section_name(s)).unwrap_or("?")
-                        ),
-                    });
-                }
-                let (name, defined_here, class) = if tsym.section.is_some() {
-                    let Some(&o) = a.sym_twin.get(&t) else {
-                        return Err(ElfError::Symbol {
-                            symbol: tsym.name.clone(),
-                            section: sec.name.clone(),
-                            reason: "defined in the patched file but neither new nor in the original; report this as a klive bug".into(),
-                        });
-                    };
-                    let os = a.orig.sym(o).expect("twin");
-                    let class =
-                        SymClass::from_section(a.orig.section_name(os.section.unwrap_or(0)));
-                    (os.name.clone(), true, class)
-                } else {
-                    (tsym.name.clone(), false, SymClass::Other)
-                };
-                let key = (name.clone(), defined_here);
-                let res = match resolutions.get(&key) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let res = resolver
-                            .resolve(
-                                &ExternalRef {
-                                    name: &name,
-                                    defined_here,
-                                    class,
-                                },
-                                &tu,
-                            )
-                            .map_err(|reason| ElfError::Symbol {
-                                symbol: name.clone(),
-                                section: sec.name.clone(),
-                                reason,
-                            })?;
-                        resolutions.insert(key, res.clone());
-                        res
-                    }
-                };
-                if let Resolution::Klp { object, .. } = &res
-                    && resolver.object != "vmlinux"
-                    && special_entry_size(&sec.name).is_some()
-                {
-                    return Err(ElfError::Symbol {
-                        symbol: name.clone(),
-                        section: sec.name.clone(),
-                        reason: format!(
-                            "a klp relocation to {object} inside a special section of a module object is not supported (late module patching would apply it after the section is used)"
-                        ),
-                    });
-                }
-                let sname = res.symbol_name();
-                let id = match ext_syms.get(&sname) {
-                    Some(id) => *id,
-                    None => {
-                        let s = b.symbols.add();
-                        s.name = sname.clone().into_bytes().into();
-                        let (bind, ty) = match &res {
-                            Resolution::Normal(_) => (elf::STB_GLOBAL.0, tsym.st_type),
-                            Resolution::Klp { .. } => (elf::STB_WEAK.0, tsym.st_type),
-                        };
-                        let ty = if ty == elf::STT_FUNC.0 || ty == elf::STT_OBJECT.0 {
-                            ty
-                        } else {
-                            elf::STT_NOTYPE.0
-                        };
-                        s.set_st_info(elf::SymbolBind(bind), elf::SymbolType(ty));
-                        s.section = None;
-                        s.st_shndx = elf::SHN_UNDEF;
-                        s.st_value = 0;
-                        s.st_size = 0;
-                        let id = s.id();
-                        ext_syms.insert(sname.clone(), id);
-                        match &res {
-                            Resolution::Normal(n) => exported_symbols.insert(n.clone()),
-                            Resolution::Klp { .. } => klp_symbols.insert(sname),
-                        };
-                        id
-                    }
-                };
-                out.push(Relocation {
-                    r_offset: offset,
-                    symbol: Some(id),
-                    r_type: elf::RelocationType(r.r_type),
-                    r_addend: addend,
-                });
-                continue;
-            };
-            let (symbol, addend) = if in_patch && tsym.is_section() {
-                (sym_id(t), addend)
-            } else {
-                (symbol, addend)
+            let (symbol, addend) = match p.resolve_target(r) {
+                Some((t, addend)) => (self.target(b, sec, r, t, addend)?, addend),
+                None => (None, r.addend),
             };
             out.push(Relocation {
                 r_offset: offset,
@@ -280,80 +261,188 @@ pub fn emit(
                 r_addend: addend,
             });
         }
-        new_relocs.insert(rela, out);
+        Ok(out)
     }
 
-    // Sections: keep included ones, their relocations and the string/symbol tables.
-    let keep_rela: BTreeSet<usize> = new_relocs.keys().copied().collect();
-    for (idx, id) in sec_ids.iter().enumerate() {
-        let s = b.sections.get_mut(*id);
-        let meta = matches!(
-            s.data,
-            SectionData::Symbol | SectionData::String | SectionData::SectionString
-        ) || s.name.as_slice() == b".note.GNU-stack";
-        let keep = meta || a.included.contains(&idx) || keep_rela.contains(&idx);
-        s.delete = !keep;
-        if let Some(relocs) = new_relocs.remove(&idx) {
-            s.data = SectionData::Relocation(relocs);
+    /// The symbol a relocation of `sec` to symbol `t` (patched index) refers to in the patch
+    /// object: `t` itself when it is in the patch, else an undefined symbol for it.
+    fn target(
+        &mut self,
+        b: &mut Builder<'_>,
+        sec: &Section,
+        r: &Reloc,
+        t: usize,
+        addend: i64,
+    ) -> Result<Option<SymbolId>, ElfError> {
+        let tsym = self.a.patched.sym(t).expect("resolved symbol exists");
+        let in_patch = tsym.section.is_some_and(|s| self.a.included.contains(&s));
+        // Code taking the address of a changed function keeps the original's address, so
+        // pointers stored elsewhere stay valid after the patch is disabled; calls through
+        // them reach the new code through ftrace while the patch is on.
+        let address_of_changed = tsym.section.is_some_and(|s| self.changed_secs.contains(&s))
+            && r.r_type == R_X86_64_32S
+            && addend == 0
+            && sec.name.starts_with(".text");
+        if in_patch && !address_of_changed {
+            return Ok(self.ids.get(t));
         }
-        if let Some(keep) = kept_entries.get(&idx)
-            && let SectionData::Data(d) = &s.data
+        self.external(b, sec, r, t, addend).map(Some)
+    }
+
+    /// An undefined symbol for symbol `t` (patched index), which is outside the patch: its
+    /// exported name or its `.klp.sym.*` placeholder, as the resolver decides.
+    fn external(
+        &mut self,
+        b: &mut Builder<'_>,
+        sec: &Section,
+        r: &Reloc,
+        t: usize,
+        addend: i64,
+    ) -> Result<SymbolId, ElfError> {
+        let (a, p) = (self.a, &self.a.patched);
+        let tsym = p.sym(t).expect("resolved symbol exists");
+        if tsym.is_section() {
+            return Err(ElfError::Unreferenceable {
+                section: sec.name.clone(),
+                offset: r.offset,
+                target: format!(
+                    "{}+{addend:#x}",
+                    tsym.section.map(|s| p.section_name(s)).unwrap_or("?")
+                ),
+            });
+        }
+        let (name, defined_here, class) = if tsym.section.is_some() {
+            let Some(&o) = a.sym_twin.get(&t) else {
+                return Err(ElfError::Symbol {
+                    symbol: tsym.name.clone(),
+                    section: sec.name.clone(),
+                    reason: "defined in the patched file but neither new nor in the original; report this as a klive bug".into(),
+                });
+            };
+            let os = a.orig.sym(o).expect("twin");
+            let class = SymClass::from_section(a.orig.section_name(os.section.unwrap_or(0)));
+            (os.name.clone(), true, class)
+        } else {
+            (tsym.name.clone(), false, SymClass::Other)
+        };
+        let res = self.resolution(&name, defined_here, class, &sec.name)?;
+        if let Resolution::Klp { object, .. } = &res
+            && self.resolver.object != "vmlinux"
+            && special_entry_size(&sec.name).is_some()
         {
-            let name = String::from_utf8_lossy(&s.name).into_owned();
-            let entry =
-                special_entry_size(&name).unwrap_or(if name == ".orc_unwind" { 6 } else { 1 });
-            let mut data = Vec::with_capacity(keep.len() * entry as usize);
-            for &e in keep {
-                let lo = (e * entry) as usize;
-                let hi = ((e + 1) * entry).min(d.len() as u64) as usize;
-                data.extend_from_slice(d.get(lo..hi).unwrap_or(&[]));
-            }
-            s.sh_size = data.len() as u64;
-            s.data = SectionData::Data(data.into());
+            return Err(ElfError::Symbol {
+                symbol: name,
+                section: sec.name.clone(),
+                reason: format!(
+                    "a klp relocation to {object} inside a special section of a module object is not supported (late module patching would apply it after the section is used)"
+                ),
+            });
         }
+        Ok(self.undefined_symbol(b, &res, tsym.st_type))
     }
-    // Symbols: drop those of dropped sections and the unused undefined ones.
-    let used: BTreeSet<usize> = b
-        .sections
-        .iter()
-        .filter(|s| !s.delete)
-        .filter_map(|s| match &s.data {
-            SectionData::Relocation(r) => {
-                Some(r.iter().filter_map(|r| r.symbol.map(|s| s.index())))
-            }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let new_syms: BTreeSet<usize> = ext_syms.values().map(|id| id.index()).collect();
-    for id in &sym_ids {
-        let sec_deleted = b
-            .symbols
-            .get(*id)
-            .section
-            .is_some_and(|s| b.sections.get(s).delete);
-        let s = b.symbols.get_mut(*id);
-        let unused_undefined = s.section.is_none()
-            && s.st_info.st_type() != elf::STT_FILE
-            && !used.contains(&id.index())
-            && !new_syms.contains(&id.index());
-        if sec_deleted || unused_undefined {
-            s.delete = true;
+
+    /// How references to `name` are written, asked of the resolver once per name.
+    fn resolution(
+        &mut self,
+        name: &str,
+        defined_here: bool,
+        class: SymClass,
+        section: &str,
+    ) -> Result<Resolution, ElfError> {
+        let key = (name.to_owned(), defined_here);
+        if let Some(res) = self.resolutions.get(&key) {
+            return Ok(res.clone());
         }
+        let wanted = ExternalRef {
+            name,
+            defined_here,
+            class,
+        };
+        let res = self
+            .resolver
+            .resolve(&wanted, self.tu)
+            .map_err(|reason| ElfError::Symbol {
+                symbol: name.to_owned(),
+                section: section.to_owned(),
+                reason,
+            })?;
+        self.resolutions.insert(key, res.clone());
+        Ok(res)
     }
-    // Changed functions: local under their own name, plus a global alias for the stub.
+
+    /// The undefined symbol written for `res`, added to the builder the first time; `st_type`
+    /// is the type of the symbol referred to (functions and objects keep theirs).
+    fn undefined_symbol(&mut self, b: &mut Builder<'_>, res: &Resolution, st_type: u8) -> SymbolId {
+        let sname = res.symbol_name();
+        if let Some(id) = self.out.undefined.get(&sname) {
+            return *id;
+        }
+        let s = b.symbols.add();
+        s.name = sname.clone().into_bytes().into();
+        // Placeholders are weak: nothing defines them at link time, and the post-link
+        // fix-up turns them into klp relocations.
+        let bind = match res {
+            Resolution::Normal(_) => elf::STB_GLOBAL,
+            Resolution::Klp { .. } => elf::STB_WEAK,
+        };
+        let ty = if st_type == elf::STT_FUNC.0 || st_type == elf::STT_OBJECT.0 {
+            elf::SymbolType(st_type)
+        } else {
+            elf::STT_NOTYPE
+        };
+        s.set_st_info(bind, ty);
+        s.section = None;
+        s.st_shndx = elf::SHN_UNDEF;
+        s.st_value = 0;
+        s.st_size = 0;
+        let id = s.id();
+        self.out.undefined.insert(sname.clone(), id);
+        match res {
+            Resolution::Normal(n) => self.out.exported_symbols.insert(n.clone()),
+            Resolution::Klp { .. } => self.out.klp_symbols.insert(sname),
+        };
+        id
+    }
+}
+
+/// Where a relocation at `offset` of `sec` lands once only the `keep` entries of a special
+/// section remain, or `None` when its entry is dropped. The relocations of `.orc_unwind` are
+/// all dropped: its entries are copied by position, in lockstep with `.orc_unwind_ip`.
+fn kept_offset(sec: &Section, keep: Option<&[u64]>, offset: u64) -> Option<u64> {
+    let Some(keep) = keep else {
+        return Some(offset);
+    };
+    if sec.name == ".orc_unwind" {
+        return None;
+    }
+    let entry = special_entry_size(&sec.name).unwrap_or(0);
+    let e = offset / entry;
+    let pos = keep.iter().position(|&k| k == e)?;
+    Some(pos as u64 * entry + (offset - e * entry))
+}
+
+/// Takes the changed functions of the analysis and gives their `klp_func` entries: each
+/// function's symbol turns local (the kernel's stays the one callers bind to) and a global
+/// alias `klive_<tag>_<n>_<name>` names the new code for the generated stub.
+fn alias_changed_functions(
+    a: &Analysis,
+    b: &mut Builder<'_>,
+    ids: &SymbolIds,
+    resolver: &Resolver<'_>,
+    tu: &TuSymbols,
+    tag: &str,
+) -> Result<Vec<PatchFunc>, ElfError> {
     let mut funcs = Vec::new();
     for (n, (&si, f)) in a.changed_funcs.iter().enumerate() {
-        let Some(id) = sym_id(f.patched_sym) else {
+        let Some(id) = ids.get(f.patched_sym) else {
             continue;
         };
-        let class = SymClass::Text;
         let sympos = resolver
             .table
-            .sympos(&f.old_name, class, &tu)
+            .sympos(&f.old_name, SymClass::Text, tu)
             .map_err(|reason| ElfError::Symbol {
                 symbol: f.old_name.clone(),
-                section: p.section_name(si).to_owned(),
+                section: a.patched.section_name(si).to_owned(),
                 reason,
             })?;
         let (section, value, size) = {
@@ -375,22 +464,102 @@ pub fn emit(
             new_symbol: alias,
         });
     }
+    Ok(funcs)
+}
+
+/// Write: takes the builder with its new relocations and symbols and gives the bytes of the
+/// patch object: sections not selected are dropped, relocation sections get `relocs`,
+/// special sections only their kept entries, and symbols of dropped sections or unused
+/// undefined symbols go.
+fn write(
+    mut b: Builder<'_>,
+    ids: &SymbolIds,
+    selection: &Selection,
+    relocs: BTreeMap<usize, Vec<Relocation>>,
+    undefined: &HashMap<String, SymbolId>,
+) -> Result<Vec<u8>, ElfError> {
+    prune_sections(&mut b, selection, relocs);
+    prune_symbols(&mut b, ids, undefined);
     let mut out = Vec::new();
     b.write(&mut out).map_err(|e| ElfError::Write {
         what: "patch object".into(),
         reason: e.to_string(),
     })?;
-    let special_entries = kept_entries
+    Ok(out)
+}
+
+/// Keeps the included sections, their relocations and the string and symbol tables.
+fn prune_sections(
+    b: &mut Builder<'_>,
+    selection: &Selection,
+    mut relocs: BTreeMap<usize, Vec<Relocation>>,
+) {
+    let keep_rela: BTreeSet<usize> = relocs.keys().copied().collect();
+    let sec_ids: Vec<SectionId> = b.sections.iter().map(|s| s.id()).collect();
+    for (idx, id) in sec_ids.iter().enumerate() {
+        let s = b.sections.get_mut(*id);
+        let meta = matches!(
+            s.data,
+            SectionData::Symbol | SectionData::String | SectionData::SectionString
+        ) || s.name.as_slice() == b".note.GNU-stack";
+        let keep = meta || selection.analysis.included.contains(&idx) || keep_rela.contains(&idx);
+        s.delete = !keep;
+        if let Some(relocs) = relocs.remove(&idx) {
+            s.data = SectionData::Relocation(relocs);
+        }
+        if let Some(keep) = selection.kept_entries.get(&idx)
+            && let SectionData::Data(d) = &s.data
+        {
+            let data = kept_entry_bytes(&String::from_utf8_lossy(&s.name), d, keep);
+            s.sh_size = data.len() as u64;
+            s.data = SectionData::Data(data.into());
+        }
+    }
+}
+
+/// The bytes of the `keep` entries of special section `name` with contents `d`.
+fn kept_entry_bytes(name: &str, d: &[u8], keep: &[u64]) -> Vec<u8> {
+    let entry = special_entry_size(name).unwrap_or(if name == ".orc_unwind" { 6 } else { 1 });
+    let mut data = Vec::with_capacity(keep.len() * entry as usize);
+    for &e in keep {
+        let lo = (e * entry) as usize;
+        let hi = ((e + 1) * entry).min(d.len() as u64) as usize;
+        data.extend_from_slice(d.get(lo..hi).unwrap_or(&[]));
+    }
+    data
+}
+
+/// Drops the symbols of dropped sections and the undefined symbols nothing refers to any
+/// more (the ones [`relocate`] added stay).
+fn prune_symbols(b: &mut Builder<'_>, ids: &SymbolIds, undefined: &HashMap<String, SymbolId>) {
+    let used: BTreeSet<usize> = b
+        .sections
         .iter()
-        .map(|(s, v)| (p.section_name(*s).to_owned(), v.len()))
+        .filter(|s| !s.delete)
+        .filter_map(|s| match &s.data {
+            SectionData::Relocation(r) => {
+                Some(r.iter().filter_map(|r| r.symbol.map(|s| s.index())))
+            }
+            _ => None,
+        })
+        .flatten()
         .collect();
-    Ok(Emitted {
-        object: out,
-        funcs,
-        klp_symbols,
-        exported_symbols,
-        special_entries,
-    })
+    let new_syms: BTreeSet<usize> = undefined.values().map(|id| id.index()).collect();
+    for id in &ids.0 {
+        let sec_deleted = b
+            .symbols
+            .get(*id)
+            .section
+            .is_some_and(|s| b.sections.get(s).delete);
+        let s = b.symbols.get_mut(*id);
+        let unused_undefined = s.section.is_none()
+            && s.st_info.st_type() != elf::STT_FILE
+            && !used.contains(&id.index())
+            && !new_syms.contains(&id.index());
+        if sec_deleted || unused_undefined {
+            s.delete = true;
+        }
+    }
 }
 
 fn c_ident(name: &str) -> String {
