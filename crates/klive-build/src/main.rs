@@ -17,7 +17,6 @@ use klive_elf::emit::{Emitted, emit};
 use klive_elf::symbols::{Exports, Resolver, SymbolTable};
 use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
 use klive_format::{BuildId, PatchLevel};
-use sha2::{Digest, Sha256};
 
 #[derive(Parser, Debug)]
 #[command(about = "Build a klive livepatch module from kernel source diffs")]
@@ -379,7 +378,7 @@ MODULE_VERSION(\"{level}\");\nMODULE_INFO({}, \"{level}\");\nMODULE_INFO({}, \"{
         },
         module: ModuleDigest {
             file: ko_name.clone(),
-            sha256: tree::hex(&Sha256::digest(&fixed)),
+            sha256: klive_format::digest::sha256_hex(&fixed),
             size: fixed.len() as u64,
         },
         fixes,

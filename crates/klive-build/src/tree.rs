@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
+use klive_format::digest::Sha256;
 
 /// The compiler that built Debian 12's kernels; checked against `CONFIG_CC_VERSION_TEXT`.
 pub const CC: &str = "gcc-12";
@@ -52,17 +52,22 @@ fn hash_source(source: &Path) -> Result<String> {
         .with_context(|| format!("reading the kernel source {}", source.display()))?;
     let mut h = Sha256::new();
     h.update(source.canonicalize()?.to_string_lossy().as_bytes());
-    h.update(meta.len().to_le_bytes());
+    h.update(&meta.len().to_le_bytes());
     if let Ok(m) = meta.modified()
         && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
     {
-        h.update(d.as_secs().to_le_bytes());
+        h.update(&d.as_secs().to_le_bytes());
     }
-    Ok(hex(&h.finalize()))
+    Ok(h.finish_hex())
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// The cache directory name of a tree: 16 hex digits of the SHA-256 of the source's hash and
+/// the config. Its spelling must not change, or every prepared tree is prepared again.
+fn cache_key(source_hash: &str, config: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source_hash.as_bytes());
+    h.update(config.as_bytes());
+    h.finish_hex()[..16].to_owned()
 }
 
 /// Returns a prepared tree for `source` (a directory or a `.tar.xz`) and `config`.
@@ -70,13 +75,7 @@ pub fn prepare(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Re
     let config = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading the kernel config {}", config_path.display()))?;
     check_compiler(&config)?;
-    let key = {
-        let mut h = Sha256::new();
-        h.update(hash_source(source)?.as_bytes());
-        h.update(config.as_bytes());
-        hex(&h.finalize())[..16].to_owned()
-    };
-    let dir = cache.join(&key);
+    let dir = cache.join(cache_key(&hash_source(source)?, &config));
     let root = dir.join("linux");
     let stamp = dir.join("prepared");
     if stamp.exists() {
@@ -176,6 +175,12 @@ mod tests {
             Some("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0")
         );
         assert_eq!(config_value(c, "CONFIG_Y"), None);
+    }
+
+    #[test]
+    fn cache_keys_keep_their_spelling() {
+        // `printf 'abcdefCONFIG_X=y\n' | sha256sum`, first 16 digits.
+        assert_eq!(cache_key("abcdef", "CONFIG_X=y\n"), "09fbc17cb55392a0");
     }
 
     #[test]
