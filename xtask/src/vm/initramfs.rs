@@ -249,25 +249,17 @@ fn add_busybox(cpio: &mut Cpio) -> Result<()> {
     Ok(())
 }
 
-/// A static executable has no PT_INTERP program header.
+/// A static executable has no PT_INTERP program header (an ELF file `object` cannot read is
+/// not taken for one).
 fn is_static_elf(elf: &[u8]) -> bool {
-    const PT_INTERP: u32 = 3;
-    let field = |at: usize, len: usize| elf.get(at..at + len);
-    let (Some(phoff), Some(phentsize), Some(phnum)) =
-        (field(0x20, 8), field(0x36, 2), field(0x38, 2))
-    else {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(elf) else {
         return false;
     };
-    let phoff = u64::from_le_bytes(phoff.try_into().unwrap_or_default());
-    let phentsize = u16::from_le_bytes(phentsize.try_into().unwrap_or_default());
-    let phnum = u16::from_le_bytes(phnum.try_into().unwrap_or_default());
-    let Ok(phoff) = usize::try_from(phoff) else {
-        return false;
-    };
-    (0..usize::from(phnum)).all(|i| {
-        field(phoff + i * usize::from(phentsize), 4)
-            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()) != PT_INTERP)
-    })
+    let endian = file.endian();
+    file.elf_program_headers()
+        .iter()
+        .all(|ph| ph.p_type(endian) != object::elf::PT_INTERP)
 }
 
 /// The boot modules and their dependencies in load order (dependencies first), with their
@@ -372,6 +364,14 @@ mod tests {
         let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["virtio", "virtio_blk", "crc16", "jbd2", "ext4"]);
         assert!(load_order(dep, builtin, &["nope"]).is_err());
+    }
+
+    #[test]
+    fn a_dynamic_executable_or_garbage_is_not_static() {
+        // The test binary itself is linked against glibc: it has a PT_INTERP header.
+        let me = fs::read("/proc/self/exe").unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(b"\x7fELF\x02\x01garbage"));
     }
 
     #[test]

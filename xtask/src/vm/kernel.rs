@@ -81,9 +81,9 @@ fn compare_releases(a: &str, b: &str) -> std::cmp::Ordering {
 /// booted guest holds and what every klive patch for this kernel is tagged with.
 ///
 /// The compressed vmlinux is found inside the bzImage (like the kernel's
-/// `scripts/extract-vmlinux`), decompressed with the xz/zstd/gzip tool and its ELF note
-/// read. That takes a second or two, so the result is cached in `cache_dir`, keyed by the
-/// image's size and modification time. The guest checks the value against
+/// `scripts/extract-vmlinux`), decompressed with the xz/zstd/gzip tool and its GNU
+/// build-id note read with `object`. That takes a second or two, so the result is cached in
+/// `cache_dir`, keyed by the image's size and modification time. The guest checks the value against
 /// `/sys/kernel/notes` in the harness scenario.
 pub fn build_id(kernel: &TargetKernel, cache_dir: &Path) -> Result<String> {
     let meta = fs::metadata(&kernel.image)
@@ -177,75 +177,15 @@ fn decompress(tool: &str, args: &[&str], input: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-const NT_GNU_BUILD_ID: u32 = 3;
-const SHT_NOTE: u32 = 7;
-
-/// Reads the NT_GNU_BUILD_ID note from the section headers of a little-endian ELF64 file.
+/// The GNU build-id note of an ELF file (`object` walks its note sections, or its note
+/// segments when it has no section headers).
 pub fn elf_gnu_build_id(elf: &[u8]) -> Result<String> {
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
-        bail!("not a little-endian 64-bit ELF file");
+    use object::Object;
+    let file = object::File::parse(elf).context("not an ELF file object can read")?;
+    match file.build_id().context("reading the ELF notes")? {
+        Some(id) if !id.is_empty() => Ok(klive_format::digest::hex(id)),
+        _ => bail!("the ELF file has no GNU build-id note"),
     }
-    let shoff = read_u64(elf, 0x28)?;
-    let shentsize = u64::from(read_u16(elf, 0x3a)?);
-    let shnum = u64::from(read_u16(elf, 0x3c)?);
-    for index in 0..shnum {
-        let header = to_usize(shoff + index * shentsize)?;
-        if read_u32(elf, header + 4)? != SHT_NOTE {
-            continue;
-        }
-        let start = to_usize(read_u64(elf, header + 0x18)?)?;
-        let size = to_usize(read_u64(elf, header + 0x20)?)?;
-        let notes = elf
-            .get(start..start.saturating_add(size))
-            .context("a note section lies outside the file")?;
-        if let Some(id) = find_build_id_note(notes)? {
-            return Ok(id);
-        }
-    }
-    bail!("the ELF file has no GNU build-id note")
-}
-
-fn find_build_id_note(mut notes: &[u8]) -> Result<Option<String>> {
-    let align4 = |n: usize| n.div_ceil(4) * 4;
-    while notes.len() >= 12 {
-        let namesz = to_usize(u64::from(read_u32(notes, 0)?))?;
-        let descsz = to_usize(u64::from(read_u32(notes, 4)?))?;
-        let kind = read_u32(notes, 8)?;
-        let name_end = 12 + align4(namesz);
-        let desc_end = name_end + align4(descsz);
-        let name = notes.get(12..12 + namesz).context("truncated ELF note")?;
-        let desc = notes
-            .get(name_end..name_end + descsz)
-            .context("truncated ELF note")?;
-        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
-            return Ok(Some(desc.iter().map(|b| format!("{b:02x}")).collect()));
-        }
-        notes = notes.get(desc_end..).unwrap_or_default();
-    }
-    Ok(None)
-}
-
-fn to_usize(n: u64) -> Result<usize> {
-    usize::try_from(n).context("an ELF offset does not fit in memory")
-}
-
-fn read_u16(b: &[u8], at: usize) -> Result<u16> {
-    let bytes = b.get(at..at + 2).context("truncated ELF file")?;
-    Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Result<u32> {
-    let bytes = b.get(at..at + 4).context("truncated ELF file")?;
-    Ok(u32::from_le_bytes(
-        bytes.try_into().context("truncated ELF file")?,
-    ))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Result<u64> {
-    let bytes = b.get(at..at + 8).context("truncated ELF file")?;
-    Ok(u64::from_le_bytes(
-        bytes.try_into().context("truncated ELF file")?,
-    ))
 }
 
 #[cfg(test)]
@@ -259,22 +199,39 @@ mod tests {
         assert_eq!(r, ["6.1.0-9-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64"]);
     }
 
+    /// A relocatable ELF file with a Xen note section and then the GNU build-id, written by
+    /// `object` the way the kernel's linker lays notes out.
+    fn elf_with_notes(build_id: Option<&[u8]>) -> Vec<u8> {
+        use object::write::Object as Writer;
+        use object::{Architecture, BinaryFormat, Endianness, SectionKind, elf};
+        fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+            let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(4) * 4, 0);
+            let mut n = Vec::new();
+            n.extend(u32::try_from(name.len()).unwrap().to_le_bytes());
+            n.extend(u32::try_from(desc.len()).unwrap().to_le_bytes());
+            n.extend(kind.to_le_bytes());
+            n.extend(name);
+            pad(&mut n);
+            n.extend(desc);
+            pad(&mut n);
+            n
+        }
+        let mut w = Writer::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let mut notes = note(b"Xen\0", 1, &[1, 2]);
+        if let Some(id) = build_id {
+            notes.extend(note(b"GNU\0", elf::NT_GNU_BUILD_ID.0, id));
+        }
+        let section = w.add_section(Vec::new(), b".notes".to_vec(), SectionKind::Note);
+        w.append_section_data(section, &notes, 4);
+        w.write().unwrap()
+    }
+
     #[test]
     fn build_id_note_is_found_after_other_notes() {
-        let mut notes = Vec::new();
-        // A Xen note (name "Xen", type 1) first, then the GNU build-id.
-        notes.extend(4u32.to_le_bytes());
-        notes.extend(2u32.to_le_bytes());
-        notes.extend(1u32.to_le_bytes());
-        notes.extend(b"Xen\0\x01\x02\0\0");
-        notes.extend(4u32.to_le_bytes());
-        notes.extend(3u32.to_le_bytes());
-        notes.extend(NT_GNU_BUILD_ID.to_le_bytes());
-        notes.extend(b"GNU\0\xab\xcd\xef\0");
-        assert_eq!(
-            find_build_id_note(&notes).unwrap().as_deref(),
-            Some("abcdef")
-        );
+        let elf = elf_with_notes(Some(&[0xab, 0xcd, 0xef]));
+        assert_eq!(elf_gnu_build_id(&elf).unwrap(), "abcdef");
+        let err = elf_gnu_build_id(&elf_with_notes(None)).unwrap_err();
+        assert!(err.to_string().contains("no GNU build-id"), "{err:#}");
     }
 
     #[test]
