@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use klive_format::{BuildId, PatchLevel};
 use klive_kernel::Kernel;
 
 use crate::fleet::{Fleet, FleetError, RegisterArgs, RootPin};
-use crate::ops::{Agent, ApplyOutcome, BootOutcome, Options, RevertOutcome};
+use crate::ops::{Agent, ApplyOutcome, BootOutcome, Options, RevertOutcome, applied_message};
 use crate::report;
 use crate::store::Store;
 use crate::transport::{Connector, UreqConnector};
@@ -213,6 +213,16 @@ fn options(timeout: u64) -> Options {
     }
 }
 
+/// What every command runs with: the kernel, the state directory, the network and the two
+/// output streams.
+struct Ctx<'a, K: Kernel> {
+    kernel: &'a K,
+    state_dir: &'a Path,
+    net: &'a dyn Connector,
+    out: &'a mut dyn Write,
+    err: &'a mut dyn Write,
+}
+
 fn execute<K: Kernel>(
     cli: Cli,
     kernel: &K,
@@ -220,9 +230,25 @@ fn execute<K: Kernel>(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> ExitCode {
-    let state_dir = cli.state_dir;
+    let cx = Ctx {
+        kernel,
+        state_dir: &cli.state_dir,
+        net,
+        out,
+        err,
+    };
     match cli.command {
-        Command::Status { json } => status(kernel, &state_dir, net, json, out, err),
+        Command::Status { json } => status(cx, json),
+        Command::Apply {
+            file,
+            root,
+            level,
+            timeout,
+            json,
+        } => apply(cx, &file, root.as_deref(), level, timeout, json),
+        Command::Revert { timeout, json } => revert(cx, timeout, json),
+        Command::List { json } => list(cx, json),
+        Command::Uname { release, all, json } => uname(cx, release, all, json),
         Command::Register {
             server,
             token,
@@ -233,16 +259,11 @@ fn execute<K: Kernel>(
             allow_plain_http,
             json,
         } => {
-            let root = match (root, root_sha256) {
-                (Some(file), _) => RootPin::File(file),
-                (None, Some(sha)) => RootPin::Sha256(sha),
-                (None, None) => {
-                    let _ = writeln!(err, "klive: give --root FILE or --root-sha256 HEX");
-                    return ExitCode::Usage;
-                }
-            };
-            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
-            let result = fleet.register(&RegisterArgs {
+            // clap lets only one of the two through; neither is a usage error `register` reports.
+            let root = root
+                .map(RootPin::File)
+                .or_else(|| root_sha256.map(RootPin::Sha256));
+            let args = root.map(|root| RegisterArgs {
                 server,
                 token,
                 ca,
@@ -250,332 +271,142 @@ fn execute<K: Kernel>(
                 hostname,
                 allow_plain_http,
             });
-            fleet_finish(out, err, json, result.map(|r| (r, ExitCode::Ok)))
+            register(cx, args, json)
         }
-        Command::Check { json } => {
-            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
-            let result = fleet.check().map(|(r, due)| {
-                let code = if due {
-                    ExitCode::UpdateAvailable
-                } else {
-                    ExitCode::Ok
-                };
-                (r, code)
-            });
-            fleet_finish(out, err, json, result)
-        }
+        Command::Check { json } => check(cx, json),
         Command::Update {
             retry_for,
             timeout,
             json,
-        } => {
-            let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
-            let started = Instant::now();
-            let mut backoff = Duration::from_secs(1);
-            let result = loop {
-                match fleet.update() {
-                    Err(e)
-                        if e.is_transient()
-                            && started.elapsed() + backoff <= Duration::from_secs(retry_for) =>
-                    {
-                        let _ = writeln!(err, "klive: {e}; retrying in {} s", backoff.as_secs());
-                        let _ = err.flush();
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                    other => break other,
-                }
-            };
-            fleet_finish(out, err, json, result.map(|r| (r, ExitCode::Ok)))
-        }
-        Command::Daemon { interval, timeout } => {
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-                    let _ = writeln!(err, "klive: cannot watch signal {signal}: {e}");
-                    return ExitCode::Failed;
-                }
-            }
-            let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
-            let mut log = |line: &str| {
-                let _ = writeln!(err, "{line}");
-                let _ = err.flush();
-            };
-            match fleet.daemon(&stop, interval.map(Duration::from_secs), &mut log) {
-                Ok(()) => ExitCode::Ok,
-                Err(e) => fleet_fail(err, &e),
-            }
-        }
+        } => update(cx, retry_for, timeout, json),
+        Command::Daemon { interval, timeout } => daemon(cx, interval, timeout),
         Command::Bundle {
             dir,
             build_id,
             level,
-        } => {
-            let fleet = Fleet::new(kernel, &state_dir, Options::default(), net);
-            match fleet.export_bundle(&dir, build_id, level) {
-                Ok(message) => {
-                    let _ = writeln!(out, "{message}");
-                    ExitCode::Ok
-                }
-                Err(e) => fleet_fail(err, &e),
-            }
-        }
-        Command::List { json } => {
-            let list = match report::list(kernel, &Store::new(&state_dir)) {
-                Ok(l) => l,
-                Err(e) => return fail(err, &e),
-            };
-            if json {
-                print_json(out, &list);
-            } else {
-                let _ = write!(out, "{}", report::render_list(&list));
-            }
-            ExitCode::Ok
-        }
-        Command::Uname { release, all, json } => match report::uname(kernel) {
-            Ok(u) if json => {
-                print_json(out, &u);
-                ExitCode::Ok
-            }
-            Ok(u) => {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    if all && !release {
-                        &u.all
-                    } else {
-                        &u.effective_release
-                    }
-                );
-                ExitCode::Ok
-            }
-            Err(e) => fail(err, &e),
-        },
-        Command::Apply {
-            file,
-            root,
-            level,
-            timeout,
-            json,
-        } => {
-            let agent = Agent::new(kernel, &state_dir, options(timeout));
-            let result = if file.is_dir() {
-                let fleet = Fleet::new(kernel, &state_dir, options(timeout), net);
-                match fleet.apply_bundle(&file, root.as_deref(), level) {
-                    Ok(o) => Ok(o),
-                    Err(FleetError::Agent(e)) => Err(e),
-                    Err(e) => {
-                        let code = e.exit_code();
-                        if json {
-                            print_json(out, &fleet_error_report("apply", &e));
-                        }
-                        let _ = writeln!(err, "klive: {e}");
-                        return code;
-                    }
-                }
-            } else if root.is_some() || level.is_some() {
-                let _ = writeln!(
-                    err,
-                    "klive: --root and --level apply to a bundle directory, and {} is not one",
-                    file.display()
-                );
-                return ExitCode::Usage;
-            } else {
-                agent.apply(&file)
-            };
-            let result = result.map(|o| match o {
-                ApplyOutcome::Applied {
-                    module,
-                    level,
-                    replaced,
-                    took,
-                } => OperationReport {
-                    operation: "apply".into(),
-                    result: "applied".into(),
-                    message: format!(
-                        "level {level} applied ({module}) in {} ms{}",
-                        took.as_millis(),
-                        if replaced.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; replaced and unloaded {}", replaced.join(", "))
-                        }
-                    ),
-                    module: Some(module),
-                    level: Some(level),
-                    replaced,
-                    transition_ms: Some(took.as_millis() as u64),
-                    error: None,
-                },
-                ApplyOutcome::AlreadyApplied { module, level } => OperationReport {
-                    operation: "apply".into(),
-                    result: "already-applied".into(),
-                    message: format!("level {level} ({module}) is already applied; nothing to do"),
-                    module: Some(module),
-                    level: Some(level),
-                    replaced: vec![],
-                    transition_ms: None,
-                    error: None,
-                },
-            });
-            finish(out, err, json, "apply", result)
-        }
-        Command::Revert { timeout, json } => {
-            let agent = Agent::new(kernel, &state_dir, options(timeout));
-            let result = agent.revert().map(|o| match o {
-                RevertOutcome::Reverted { modules } => OperationReport {
-                    operation: "revert".into(),
-                    result: "reverted".into(),
-                    message: format!(
-                        "reverted to the original kernel code; unloaded {}",
-                        modules.join(", ")
-                    ),
-                    module: None,
-                    level: None,
-                    replaced: modules,
-                    transition_ms: None,
-                    error: None,
-                },
-                RevertOutcome::NothingApplied => OperationReport {
-                    operation: "revert".into(),
-                    result: "nothing-applied".into(),
-                    message: "no klive patch is loaded; nothing to revert".into(),
-                    module: None,
-                    level: None,
-                    replaced: vec![],
-                    transition_ms: None,
-                    error: None,
-                },
-            });
-            finish(out, err, json, "revert", result)
-        }
+        } => bundle(cx, &dir, build_id, level),
         Command::Boot {
             timeout,
             confirm: true,
             json,
-        } => {
-            let agent = Agent::new(kernel, &state_dir, options(timeout));
-            let result = agent.confirm_boot(true).map(|confirmed| OperationReport {
-                operation: "boot".into(),
-                result: if confirmed {
-                    "confirmed"
-                } else {
-                    "nothing-to-confirm"
-                }
-                .into(),
-                module: None,
-                level: None,
-                replaced: vec![],
-                transition_ms: None,
-                message: if confirmed {
-                    "this boot ended cleanly: the level klive boot loaded is confirmed".into()
-                } else {
-                    "no level loaded by klive boot in this boot is on probation".into()
-                },
-                error: None,
-            });
-            finish(out, err, json, "boot", result)
-        }
+        } => confirm_boot(cx, timeout, json),
         Command::Boot {
             timeout,
             confirm: false,
             json,
-        } => {
-            let agent = Agent::new(kernel, &state_dir, options(timeout));
-            let result = agent.boot().map(|o| {
-                let mut r = OperationReport {
-                    operation: "boot".into(),
-                    result: String::new(),
-                    module: None,
-                    level: None,
-                    replaced: vec![],
-                    transition_ms: None,
-                    message: String::new(),
-                    error: None,
-                };
-                match o {
-                    BootOutcome::Restored(ApplyOutcome::Applied { module, level, took, .. }) => {
-                        r.result = "applied".into();
-                        r.message = format!("restored level {level} ({module}) from the cache in {} ms", took.as_millis());
-                        r.module = Some(module);
-                        r.level = Some(level);
-                        r.transition_ms = Some(took.as_millis() as u64);
-                    }
-                    BootOutcome::Restored(ApplyOutcome::AlreadyApplied { module, level }) => {
-                        r.result = "already-applied".into();
-                        r.message = format!("level {level} ({module}) is already applied");
-                        r.module = Some(module);
-                        r.level = Some(level);
-                    }
-                    BootOutcome::DisabledOnCommandLine => {
-                        r.result = "disabled".into();
-                        r.message = "klive.boot=0 is on the kernel command line: not restoring any level".into();
-                    }
-                    BootOutcome::NothingToRestore => {
-                        r.result = "nothing-to-restore".into();
-                        r.message = "no klive level was applied before; nothing to restore".into();
-                    }
-                    BootOutcome::KernelChanged { level, was, now } => {
-                        r.result = "kernel-changed".into();
-                        r.level = Some(level);
-                        r.message = format!(
-                            "level {level} was for kernel build {} but this boot runs {}; not restoring it (the release for this kernel is needed)",
-                            was.short(),
-                            now.as_ref().map_or("an unknown build", |b| b.short())
-                        );
-                    }
-                }
-                r
-            });
-            finish(out, err, json, "boot", result)
-        }
+        } => boot(cx, timeout, json),
     }
 }
 
-fn status<K: Kernel>(
-    kernel: &K,
-    state_dir: &std::path::Path,
-    net: &dyn Connector,
-    json: bool,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> ExitCode {
-    // As root, finish an interrupted operation first so the report is the truth; a reader
-    // without write access only sees that one is pending.
-    let store = Store::new(state_dir);
-    if store.load_intent().ok().flatten().is_some() {
-        let agent = Agent::new(kernel, state_dir, Options::default());
-        if let Err(e) = agent.begin() {
-            let _ = writeln!(
-                err,
-                "klive: could not reconcile the interrupted operation: {e}"
-            );
+impl<'a, K: Kernel> Ctx<'a, K> {
+    fn agent(&self, opts: Options) -> Agent<'a, K> {
+        Agent::new(self.kernel, self.state_dir, opts)
+    }
+
+    fn fleet(&self, opts: Options) -> Fleet<'a, K> {
+        Fleet::new(self.kernel, self.state_dir, opts, self.net)
+    }
+
+    fn print_json<T: serde::Serialize>(&mut self, value: &T) {
+        print_json(self.out, value);
+    }
+
+    /// Prints an operation's report (JSON or its message) or its failure.
+    fn finish(
+        mut self,
+        json: bool,
+        operation: &str,
+        result: Result<OperationReport, AgentError>,
+    ) -> ExitCode {
+        match result {
+            Ok(r) => {
+                if json {
+                    self.print_json(&r);
+                } else {
+                    let _ = writeln!(self.out, "{}", r.message);
+                }
+                ExitCode::Ok
+            }
+            Err(e) => {
+                if json {
+                    self.print_json(&error_report(operation, &e));
+                }
+                self.fail(&e)
+            }
         }
     }
-    let s = match report::status(kernel, &store) {
+
+    /// [`Ctx::finish`] for the server-driven commands, which choose their own exit code.
+    fn fleet_finish(
+        mut self,
+        json: bool,
+        result: Result<(FleetReport, ExitCode), FleetError>,
+    ) -> ExitCode {
+        match result {
+            Ok((r, code)) => {
+                if json {
+                    self.print_json(&r);
+                } else {
+                    let _ = writeln!(self.out, "{}", r.message);
+                }
+                code
+            }
+            Err(e) => self.fleet_failed(json, "fleet", &e),
+        }
+    }
+
+    fn fleet_failed(mut self, json: bool, operation: &str, e: &FleetError) -> ExitCode {
+        if json {
+            self.print_json(&fleet_error_report(operation, e));
+        }
+        self.fleet_fail(e)
+    }
+
+    fn fail(self, e: &AgentError) -> ExitCode {
+        let _ = writeln!(self.err, "klive: {e}");
+        e.exit_code()
+    }
+
+    fn fleet_fail(self, e: &FleetError) -> ExitCode {
+        let _ = writeln!(self.err, "klive: {e}");
+        e.exit_code()
+    }
+}
+
+/// `klive status`.
+fn status<K: Kernel>(mut cx: Ctx<'_, K>, json: bool) -> ExitCode {
+    // As root, finish an interrupted operation first so the report is the truth; a reader
+    // without write access only sees that one is pending.
+    let store = Store::new(cx.state_dir);
+    if store.load_intent().ok().flatten().is_some()
+        && let Err(e) = cx.agent(Options::default()).begin()
+    {
+        let _ = writeln!(
+            cx.err,
+            "klive: could not reconcile the interrupted operation: {e}"
+        );
+    }
+    let s = match report::status(cx.kernel, &store) {
         Ok(s) => s,
-        Err(e) => return fail(err, &e),
+        Err(e) => return cx.fail(&e),
     };
-    let fleet = match Fleet::new(kernel, state_dir, Options::default(), net).status() {
+    let fleet = match cx.fleet(Options::default()).status() {
         Ok(f) => f,
         Err(e) => {
-            let _ = writeln!(err, "klive: reading the fleet state: {e}");
+            let _ = writeln!(cx.err, "klive: reading the fleet state: {e}");
             None
         }
     };
     let update_available = fleet.as_ref().is_some_and(|f| f.update_available);
     if json {
-        print_json(
-            out,
-            &StatusReport {
-                status: s.clone(),
-                fleet,
-            },
-        );
+        cx.print_json(&StatusReport {
+            status: s.clone(),
+            fleet,
+        });
     } else {
-        let _ = write!(out, "{}", report::render_status(&s));
+        let _ = write!(cx.out, "{}", report::render_status(&s));
         if let Some(f) = &fleet {
-            let _ = write!(out, "{}", render_fleet(f));
+            let _ = write!(cx.out, "{}", render_fleet(f));
         }
     }
     if !s.support.livepatch {
@@ -593,28 +424,279 @@ fn status<K: Kernel>(
     }
 }
 
-fn finish(
-    out: &mut dyn Write,
-    err: &mut dyn Write,
+/// `klive apply FILE|BUNDLE`.
+fn apply<K: Kernel>(
+    cx: Ctx<'_, K>,
+    file: &Path,
+    root: Option<&Path>,
+    level: Option<PatchLevel>,
+    timeout: u64,
     json: bool,
-    operation: &str,
-    result: Result<OperationReport, AgentError>,
 ) -> ExitCode {
-    match result {
-        Ok(r) => {
-            if json {
-                print_json(out, &r);
-            } else {
-                let _ = writeln!(out, "{}", r.message);
+    let outcome = if file.is_dir() {
+        match cx.fleet(options(timeout)).apply_bundle(file, root, level) {
+            Ok(o) => Ok(o),
+            Err(FleetError::Agent(e)) => Err(e),
+            Err(e) => return cx.fleet_failed(json, "apply", &e),
+        }
+    } else if root.is_some() || level.is_some() {
+        let _ = writeln!(
+            cx.err,
+            "klive: --root and --level apply to a bundle directory, and {} is not one",
+            file.display()
+        );
+        return ExitCode::Usage;
+    } else {
+        cx.agent(options(timeout)).apply(file)
+    };
+    let result = outcome.map(|o| match o {
+        ApplyOutcome::Applied {
+            module,
+            level,
+            replaced,
+            took,
+        } => OperationReport {
+            message: applied_message(&module, level, &replaced, took),
+            module: Some(module),
+            level: Some(level),
+            replaced,
+            transition_ms: Some(took.as_millis() as u64),
+            ..report("apply", "applied", String::new())
+        },
+        ApplyOutcome::AlreadyApplied { module, level } => OperationReport {
+            message: format!("level {level} ({module}) is already applied; nothing to do"),
+            module: Some(module),
+            level: Some(level),
+            ..report("apply", "already-applied", String::new())
+        },
+    });
+    cx.finish(json, "apply", result)
+}
+
+/// `klive revert`.
+fn revert<K: Kernel>(cx: Ctx<'_, K>, timeout: u64, json: bool) -> ExitCode {
+    let result = cx.agent(options(timeout)).revert().map(|o| match o {
+        RevertOutcome::Reverted { modules } => OperationReport {
+            message: format!(
+                "reverted to the original kernel code; unloaded {}",
+                modules.join(", ")
+            ),
+            replaced: modules,
+            ..report("revert", "reverted", String::new())
+        },
+        RevertOutcome::NothingApplied => report(
+            "revert",
+            "nothing-applied",
+            "no klive patch is loaded; nothing to revert",
+        ),
+    });
+    cx.finish(json, "revert", result)
+}
+
+/// `klive list`.
+fn list<K: Kernel>(mut cx: Ctx<'_, K>, json: bool) -> ExitCode {
+    let list = match report::list(cx.kernel, &Store::new(cx.state_dir)) {
+        Ok(l) => l,
+        Err(e) => return cx.fail(&e),
+    };
+    if json {
+        cx.print_json(&list);
+    } else {
+        let _ = write!(cx.out, "{}", report::render_list(&list));
+    }
+    ExitCode::Ok
+}
+
+/// `klive uname [-r|-a]`.
+fn uname<K: Kernel>(mut cx: Ctx<'_, K>, release: bool, all: bool, json: bool) -> ExitCode {
+    let u = match report::uname(cx.kernel) {
+        Ok(u) => u,
+        Err(e) => return cx.fail(&e),
+    };
+    if json {
+        cx.print_json(&u);
+    } else {
+        let shown = if all && !release {
+            &u.all
+        } else {
+            &u.effective_release
+        };
+        let _ = writeln!(cx.out, "{shown}");
+    }
+    ExitCode::Ok
+}
+
+/// `klive register`.
+fn register<K: Kernel>(cx: Ctx<'_, K>, args: Option<RegisterArgs>, json: bool) -> ExitCode {
+    let Some(args) = args else {
+        let _ = writeln!(cx.err, "klive: give --root FILE or --root-sha256 HEX");
+        return ExitCode::Usage;
+    };
+    let result = cx.fleet(Options::default()).register(&args);
+    cx.fleet_finish(json, result.map(|r| (r, ExitCode::Ok)))
+}
+
+/// `klive check`: exit 2 when the server asks for a change.
+fn check<K: Kernel>(cx: Ctx<'_, K>, json: bool) -> ExitCode {
+    let result = cx.fleet(Options::default()).check().map(|(r, due)| {
+        let code = if due {
+            ExitCode::UpdateAvailable
+        } else {
+            ExitCode::Ok
+        };
+        (r, code)
+    });
+    cx.fleet_finish(json, result)
+}
+
+/// `klive update`, retrying transient failures with a doubling back-off for `retry_for`
+/// seconds.
+fn update<K: Kernel>(cx: Ctx<'_, K>, retry_for: u64, timeout: u64, json: bool) -> ExitCode {
+    let fleet = cx.fleet(options(timeout));
+    let started = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let result = loop {
+        match fleet.update() {
+            Err(e)
+                if e.is_transient()
+                    && started.elapsed() + backoff <= Duration::from_secs(retry_for) =>
+            {
+                let _ = writeln!(cx.err, "klive: {e}; retrying in {} s", backoff.as_secs());
+                let _ = cx.err.flush();
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+            other => break other,
+        }
+    };
+    cx.fleet_finish(json, result.map(|r| (r, ExitCode::Ok)))
+}
+
+/// `klive daemon`: runs until SIGTERM or SIGINT.
+fn daemon<K: Kernel>(cx: Ctx<'_, K>, interval: Option<u64>, timeout: u64) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            let _ = writeln!(cx.err, "klive: cannot watch signal {signal}: {e}");
+            return ExitCode::Failed;
+        }
+    }
+    let fleet = cx.fleet(options(timeout));
+    let mut log = |line: &str| {
+        let _ = writeln!(cx.err, "{line}");
+        let _ = cx.err.flush();
+    };
+    let result = fleet.daemon(&stop, interval.map(Duration::from_secs), &mut log);
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(e) => cx.fleet_fail(&e),
+    }
+}
+
+/// `klive bundle DIR`.
+fn bundle<K: Kernel>(
+    cx: Ctx<'_, K>,
+    dir: &Path,
+    build_id: Option<BuildId>,
+    level: Option<PatchLevel>,
+) -> ExitCode {
+    match cx
+        .fleet(Options::default())
+        .export_bundle(dir, build_id, level)
+    {
+        Ok(message) => {
+            let _ = writeln!(cx.out, "{message}");
             ExitCode::Ok
         }
-        Err(e) => {
-            if json {
-                print_json(out, &error_report(operation, &e));
+        Err(e) => cx.fleet_fail(&e),
+    }
+}
+
+/// `klive boot`: restore the last good level from the cache.
+fn boot<K: Kernel>(cx: Ctx<'_, K>, timeout: u64, json: bool) -> ExitCode {
+    let result = cx.agent(options(timeout)).boot().map(|o| match o {
+        BootOutcome::Restored(ApplyOutcome::Applied {
+            module,
+            level,
+            took,
+            ..
+        }) => OperationReport {
+            message: format!(
+                "restored level {level} ({module}) from the cache in {} ms",
+                took.as_millis()
+            ),
+            module: Some(module),
+            level: Some(level),
+            transition_ms: Some(took.as_millis() as u64),
+            ..report("boot", "applied", String::new())
+        },
+        BootOutcome::Restored(ApplyOutcome::AlreadyApplied { module, level }) => OperationReport {
+            message: format!("level {level} ({module}) is already applied"),
+            module: Some(module),
+            level: Some(level),
+            ..report("boot", "already-applied", String::new())
+        },
+        BootOutcome::DisabledOnCommandLine => report(
+            "boot",
+            "disabled",
+            "klive.boot=0 is on the kernel command line: not restoring any level",
+        ),
+        BootOutcome::NothingToRestore => report(
+            "boot",
+            "nothing-to-restore",
+            "no klive level was applied before; nothing to restore",
+        ),
+        BootOutcome::KernelChanged { level, was, now } => OperationReport {
+            level: Some(level),
+            ..report(
+                "boot",
+                "kernel-changed",
+                format!(
+                    "level {level} was for kernel build {} but this boot runs {}; not restoring it (the release for this kernel is needed)",
+                    was.short(),
+                    now.as_ref().map_or("an unknown build", |b| b.short())
+                ),
+            )
+        },
+    });
+    cx.finish(json, "boot", result)
+}
+
+/// `klive boot --confirm`: this boot ended cleanly.
+fn confirm_boot<K: Kernel>(cx: Ctx<'_, K>, timeout: u64, json: bool) -> ExitCode {
+    let result = cx
+        .agent(options(timeout))
+        .confirm_boot(true)
+        .map(|confirmed| {
+            if confirmed {
+                report(
+                    "boot",
+                    "confirmed",
+                    "this boot ended cleanly: the level klive boot loaded is confirmed",
+                )
+            } else {
+                report(
+                    "boot",
+                    "nothing-to-confirm",
+                    "no level loaded by klive boot in this boot is on probation",
+                )
             }
-            fail(err, &e)
-        }
+        });
+    cx.finish(json, "boot", result)
+}
+
+/// A report of `operation` that names no module, level or replaced modules and carries no
+/// error; each outcome fills in what it has.
+fn report(operation: &str, result: &str, message: impl Into<String>) -> OperationReport {
+    OperationReport {
+        operation: operation.into(),
+        result: result.into(),
+        module: None,
+        level: None,
+        replaced: vec![],
+        transition_ms: None,
+        message: message.into(),
+        error: None,
     }
 }
 
@@ -648,30 +730,6 @@ fn render_fleet(f: &FleetStatus) -> String {
     o
 }
 
-fn fleet_finish(
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-    json: bool,
-    result: Result<(FleetReport, ExitCode), FleetError>,
-) -> ExitCode {
-    match result {
-        Ok((r, code)) => {
-            if json {
-                print_json(out, &r);
-            } else {
-                let _ = writeln!(out, "{}", r.message);
-            }
-            code
-        }
-        Err(e) => {
-            if json {
-                print_json(out, &fleet_error_report("fleet", &e));
-            }
-            fleet_fail(err, &e)
-        }
-    }
-}
-
 fn fleet_error_report(operation: &str, e: &FleetError) -> OperationReport {
     let code = match e {
         FleetError::Agent(a) => return error_report(operation, a),
@@ -696,11 +754,6 @@ fn fleet_error_report(operation: &str, e: &FleetError) -> OperationReport {
             stalled_tasks: vec![],
         }),
     }
-}
-
-fn fleet_fail(err: &mut dyn Write, e: &FleetError) -> ExitCode {
-    let _ = writeln!(err, "klive: {e}");
-    e.exit_code()
 }
 
 fn error_report(operation: &str, e: &AgentError) -> OperationReport {
@@ -738,11 +791,6 @@ fn error_report(operation: &str, e: &AgentError) -> OperationReport {
             stalled_tasks,
         }),
     }
-}
-
-fn fail(err: &mut dyn Write, e: &AgentError) -> ExitCode {
-    let _ = writeln!(err, "klive: {e}");
-    e.exit_code()
 }
 
 fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) {

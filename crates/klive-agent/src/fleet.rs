@@ -26,7 +26,7 @@ use tough::{IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
 use crate::config::{FleetFiles, is_safe_name};
-use crate::ops::{Agent, ApplyOutcome, ExpectedModule, Options, RevertOutcome};
+use crate::ops::{Agent, ApplyOutcome, ExpectedModule, Options, RevertOutcome, applied_message};
 use crate::store::{Durability, StoreError, write_atomic_private};
 use crate::transport::{
     BundleTransport, Connector, Http, Method, NetError, Request, ServerTransport, ServerTrust,
@@ -669,15 +669,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
                         took,
                     } => Ok((
                         "applied".into(),
-                        format!(
-                            "level {level} applied ({module}) in {} ms{}",
-                            took.as_millis(),
-                            if replaced.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; replaced and unloaded {}", replaced.join(", "))
-                            }
-                        ),
+                        applied_message(&module, level, &replaced, took),
                     )),
                     ApplyOutcome::AlreadyApplied { module, level } => Ok((
                         "already-applied".into(),

@@ -61,6 +61,24 @@ pub enum ApplyOutcome {
     },
 }
 
+/// What `klive apply` and `klive update` say about a level they applied.
+pub fn applied_message(
+    module: &str,
+    level: PatchLevel,
+    replaced: &[String],
+    took: Duration,
+) -> String {
+    format!(
+        "level {level} applied ({module}) in {} ms{}",
+        took.as_millis(),
+        if replaced.is_empty() {
+            String::new()
+        } else {
+            format!("; replaced and unloaded {}", replaced.join(", "))
+        }
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevertOutcome {
     Reverted { modules: Vec<String> },
