@@ -11,10 +11,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use klive_format::agent_state::{
-    AgentState, BOOT_PROBATION_SECS, BootProbation, GoodLevel, HeldBack, Intent, JournalEntry,
-    MAX_UNCONFIRMED_BOOTS, Operation,
+    AgentState, BOOT_PROBATION_SECS, BootProbation, GoodLevel, HeldBack, Intent, Interrupted,
+    JournalEntry, MAX_UNCONFIRMED_BOOTS, Operation,
 };
-use klive_format::status::{Interrupted, KernelInfo};
+use klive_format::status::KernelInfo;
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::livepatch::{self, Patch, StalledTask, TaskPatchState};
 use klive_kernel::module::{self, ModuleInfo};

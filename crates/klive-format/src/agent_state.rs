@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::status::Interrupted;
 use crate::{BuildId, PatchLevel};
 
 pub const STATE_FORMAT: u32 = 1;
@@ -55,6 +54,15 @@ pub struct HeldBack {
     pub sha256: String,
     pub since: String,
     pub reason: String,
+}
+
+/// An operation that did not finish (the agent crashed or was killed) and what was done about
+/// it: recorded in `state.json`, shown by `klive status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    pub operation: String,
+    pub started_at: String,
+    pub resolution: String,
 }
 
 /// A level that applied cleanly, and the cached module that restores it.
@@ -113,4 +121,49 @@ pub struct JournalEntry {
     pub operation: String,
     pub step: String,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `state.json` files written by earlier agents must still read, and new ones must read
+    /// on hosts that roll back: the spelling is fixed.
+    #[test]
+    fn state_json_spelling_is_stable() {
+        let state = AgentState {
+            format: STATE_FORMAT,
+            last_good: None,
+            last_interrupted: Some(Interrupted {
+                operation: "apply level 2 (klive_x_l2)".into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                resolution: "reversed".into(),
+            }),
+            boot_probation: Some(BootProbation {
+                level: PatchLevel::new(2).unwrap(),
+                sha256: "ab".into(),
+                boot_id: "b".into(),
+                loaded_at_uptime: 7,
+                unconfirmed_boots: 1,
+            }),
+            held_back: Some(HeldBack {
+                build_id: "a1b2c3d4".parse().unwrap(),
+                level: PatchLevel::new(2).unwrap(),
+                sha256: "ab".into(),
+                since: "2026-01-02T00:00:00Z".into(),
+                reason: "r".into(),
+            }),
+        };
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"format":1,"last_good":null,"#,
+                r#""last_interrupted":{"operation":"apply level 2 (klive_x_l2)","started_at":"2026-01-01T00:00:00Z","resolution":"reversed"},"#,
+                r#""boot_probation":{"level":2,"sha256":"ab","boot_id":"b","loaded_at_uptime":7,"unconfirmed_boots":1},"#,
+                r#""held_back":{"build_id":"a1b2c3d4","level":2,"sha256":"ab","since":"2026-01-02T00:00:00Z","reason":"r"}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<AgentState>(&json).unwrap(), state);
+    }
 }

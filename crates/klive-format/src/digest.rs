@@ -18,13 +18,13 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The bytes spelled by `text` in hex (either case), or `None` when it is not an even number
 /// of hex digits.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| char::from(c).to_digit(16);
     text.as_bytes()
         .chunks_exact(2)
-        .map(|pair| Some(u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?))
+        .map(|pair| u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok())
         .collect()
 }
 

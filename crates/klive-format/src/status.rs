@@ -1,8 +1,11 @@
 //! What the agent reports about its host: `klive status --json`, `klive list --json`, and the
-//! body of a check-in.
+//! body of a check-in. The parts of a report that come from the agent's own files
+//! ([`Interrupted`], [`BootProbation`], [`HeldBack`]) are defined with those files in
+//! [`crate::agent_state`]; nothing there depends on this module.
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent_state::{BootProbation, HeldBack, Interrupted};
 use crate::{BuildId, PatchLevel};
 
 /// Identity of the running kernel.
@@ -123,14 +126,6 @@ pub struct AppliedLevel {
     pub fixes: Vec<String>,
 }
 
-/// An operation that did not finish (the agent crashed or was killed) and what was done about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Interrupted {
-    pub operation: String,
-    pub started_at: String,
-    pub resolution: String,
-}
-
 /// `klive status --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -146,10 +141,10 @@ pub struct AgentStatus {
     pub last_interrupted: Option<Interrupted>,
     /// The level `klive boot` loaded in a boot that has not yet proved itself.
     #[serde(default)]
-    pub boot_probation: Option<crate::agent_state::BootProbation>,
+    pub boot_probation: Option<BootProbation>,
     /// A level the crash-loop guard holds back.
     #[serde(default)]
-    pub held_back: Option<crate::agent_state::HeldBack>,
+    pub held_back: Option<HeldBack>,
     /// One line a human can act on.
     pub summary: String,
 }
