@@ -62,16 +62,21 @@ impl Server {
             klive_server::trust::tls::init(&data, &names, 30).unwrap();
             let s = klive_server::open(&data, None).await.unwrap();
             s.tuf_refresh(true).await.unwrap();
-            s.add_user(None, "admin", Role::Admin).await.unwrap();
-            let admin = s.user_by_name("admin").await.unwrap();
-            s.add_user(Some(&admin), "alice", Role::Publisher)
+            s.users()
+                .add_user(None, "admin", Role::Admin)
                 .await
                 .unwrap();
-            s.add_user(Some(&admin), "bob", Role::Approver)
+            let admin = s.users().user_by_name("admin").await.unwrap();
+            s.users()
+                .add_user(Some(&admin), "alice", Role::Publisher)
                 .await
                 .unwrap();
-            let alice = s.user_by_name("alice").await.unwrap();
-            let bob = s.user_by_name("bob").await.unwrap();
+            s.users()
+                .add_user(Some(&admin), "bob", Role::Approver)
+                .await
+                .unwrap();
+            let alice = s.users().user_by_name("alice").await.unwrap();
+            let bob = s.users().user_by_name("bob").await.unwrap();
             (s, admin, alice, bob)
         });
         let mut server = Server {
@@ -148,7 +153,7 @@ impl Server {
 
     fn token(&self, channel: &str) -> String {
         self.rt
-            .block_on(self.service.create_enroll_token(
+            .block_on(self.service.enrollment().create_enroll_token(
                 &self.admin,
                 &EnrollTokenRequest {
                     channel: channel.into(),
@@ -163,7 +168,7 @@ impl Server {
     fn publish(&self, level: u32, module: &[u8]) {
         let name = format!("klive_test_l{level}");
         self.rt
-            .block_on(self.service.publish_with_module(
+            .block_on(self.service.releases().publish_with_module(
                 &self.alice,
                 manifest(fake::FAKE_BUILD_ID, level, &name, module),
                 Bytes::copy_from_slice(module),
@@ -173,7 +178,7 @@ impl Server {
 
     fn promote(&self, level: u32) {
         self.rt
-            .block_on(self.service.promote(
+            .block_on(self.service.promotions().promote(
                 &self.bob,
                 &build(fake::FAKE_BUILD_ID),
                 PatchLevel::new(level).unwrap(),
@@ -188,7 +193,7 @@ impl Server {
 
     fn withdraw(&self, level: u32) {
         self.rt
-            .block_on(self.service.withdraw(
+            .block_on(self.service.releases().withdraw(
                 &self.alice,
                 &build(fake::FAKE_BUILD_ID),
                 PatchLevel::new(level).unwrap(),
@@ -199,7 +204,7 @@ impl Server {
 
     fn host(&self, id: &str) -> klive_format::api::HostInfo {
         self.rt
-            .block_on(self.service.host(&self.admin, id))
+            .block_on(self.service.hosts().get(&self.admin, id))
             .unwrap()
     }
 
@@ -521,7 +526,7 @@ fn channels_promotion_replace_withdrawal_and_revert() {
 
     // An admin moves the stable host to canary: it follows the new channel.
     let stable_id = s.host_ids().into_iter().find(|h| *h != canary_id).unwrap();
-    s.rt.block_on(s.service.set_host_policy(
+    s.rt.block_on(s.service.hosts().set_host_policy(
         &s.admin,
         &stable_id,
         &HostPolicy {
@@ -546,7 +551,7 @@ fn stable_token(s: &Server) -> String {
 impl Server {
     fn host_ids(&self) -> Vec<String> {
         self.rt
-            .block_on(self.service.hosts(&self.admin, &Default::default()))
+            .block_on(self.service.hosts().list(&self.admin, &Default::default()))
             .unwrap()
             .into_iter()
             .map(|h| h.id)
@@ -744,7 +749,8 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
 
     // A registered host whose credential is revoked is told to register again.
     let id = h.register(&s, "canary");
-    s.rt.block_on(s.service.revoke_host(&s.admin, &id)).unwrap();
+    s.rt.block_on(s.service.hosts().revoke_host(&s.admin, &id))
+        .unwrap();
     let (code, _, err) = h.klive(&["check"]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("register it again"), "{err}");

@@ -323,7 +323,7 @@ async fn run(cli: Cli) -> Result<()> {
     let user = |name: String| {
         let service = service.clone();
         async move {
-            service.user_by_name(&name).await.with_context(|| {
+            service.users().user_by_name(&name).await.with_context(|| {
                 format!("--as {name}: add the user first with `klive-server user add`")
             })
         }
@@ -445,13 +445,13 @@ async fn run(cli: Cli) -> Result<()> {
                         None
                     }
                 };
-                service.add_user(by.as_ref(), &name, role).await?;
-                let token = service.create_token(by.as_ref(), &name).await?;
+                service.users().add_user(by.as_ref(), &name, role).await?;
+                let token = service.users().create_token(by.as_ref(), &name).await?;
                 println!("added {name} ({})", role.as_str());
                 println!("api token (shown once): {}", token.token);
             }
             UserCommand::List { actor } => {
-                for u in service.users(&user(actor).await?).await? {
+                for u in service.users().list(&user(actor).await?).await? {
                     println!("{}\t{}\t{}", u.name, u.role.as_str(), u.created_at);
                 }
             }
@@ -463,7 +463,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(a) => Some(user(a).await?),
                 None => None,
             };
-            let token = service.create_token(by.as_ref(), &name).await?;
+            let token = service.users().create_token(by.as_ref(), &name).await?;
             println!("{}", token.token);
         }
         Command::Token {
@@ -473,12 +473,12 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(a) => Some(user(a).await?),
                 None => None,
             };
-            let n = service.revoke_tokens(by.as_ref(), &name).await?;
+            let n = service.users().revoke_tokens(by.as_ref(), &name).await?;
             println!("revoked {n} token(s) of {name}");
         }
         Command::Channel { command } => match command {
             ChannelCommand::List => {
-                for c in service.channels().await? {
+                for c in service.channels().list().await? {
                     println!("{}\t{}\tmin soak {}s", c.position, c.name, c.min_soak_secs);
                 }
             }
@@ -488,6 +488,7 @@ async fn run(cli: Cli) -> Result<()> {
                 actor,
             } => {
                 let c = service
+                    .channels()
                     .add_channel(
                         &user(actor).await?,
                         &ChannelRequest {
@@ -504,6 +505,7 @@ async fn run(cli: Cli) -> Result<()> {
                 actor,
             } => {
                 let c = service
+                    .channels()
                     .set_channel_soak(&user(actor).await?, &name, min_soak)
                     .await?;
                 println!("channel {} now needs {}s of soak", c.name, c.min_soak_secs);
@@ -523,6 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let bytes = std::fs::read(&module)
                     .with_context(|| format!("reading {}", module.display()))?;
                 let info = service
+                    .releases()
                     .publish_with_module(&by, manifest, bytes.into())
                     .await?;
                 println!(
@@ -533,7 +536,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             ReleaseCommand::List => {
-                for r in service.releases().await? {
+                for r in service.releases().list().await? {
                     let channels: Vec<String> = r
                         .channels
                         .iter()
@@ -570,6 +573,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let by = user(actor).await?;
             let p = service
+                .promotions()
                 .promote(
                     &by,
                     &build_id,
@@ -587,7 +591,10 @@ async fn run(cli: Cli) -> Result<()> {
             promotion_id,
             actor,
         } => {
-            let p = service.approve(&user(actor).await?, &promotion_id).await?;
+            let p = service
+                .promotions()
+                .approve(&user(actor).await?, &promotion_id)
+                .await?;
             println!("promotion {}: {:?} to {}", p.id, p.status, p.to);
         }
         Command::Withdraw {
@@ -597,6 +604,7 @@ async fn run(cli: Cli) -> Result<()> {
             actor,
         } => {
             service
+                .releases()
                 .withdraw(&user(actor).await?, &build_id, level, &reason)
                 .await?;
             println!("withdrew level {level} for {build_id}");
@@ -611,6 +619,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let t = service
+                .enrollment()
                 .create_enroll_token(
                     &user(actor).await?,
                     &EnrollTokenRequest {
@@ -684,7 +693,7 @@ async fn require_bootstrap(service: &Service) -> Result<()> {
         name: String::new(),
         role: Role::Admin,
     };
-    if !service.users(&admin).await?.is_empty() {
+    if !service.users().list(&admin).await?.is_empty() {
         bail!("users exist already: pass --as ADMIN (or set KLIVE_USER)");
     }
     Ok(())

@@ -100,24 +100,26 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
                 summary: "bench fix".into(),
                 reference: None,
             }];
-            s.publish_with_module(&fx.alice, m, Bytes::from(ko))
+            s.releases()
+                .publish_with_module(&fx.alice, m, Bytes::from(ko))
                 .await
                 .unwrap();
         }
         s.clock.advance_secs(3 * 86400);
         for (build, _) in KERNELS {
-            s.promote(
-                &fx.bob,
-                &common::build(build),
-                common::level(level),
-                &PromoteRequest {
-                    to: "stable".into(),
-                    emergency: false,
-                    reason: None,
-                },
-            )
-            .await
-            .unwrap();
+            s.promotions()
+                .promote(
+                    &fx.bob,
+                    &common::build(build),
+                    common::level(level),
+                    &PromoteRequest {
+                        to: "stable".into(),
+                        emergency: false,
+                        reason: None,
+                    },
+                )
+                .await
+                .unwrap();
         }
         publish_times.push(at);
     }
@@ -296,7 +298,13 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
     let data = fx.dir().unwrap().to_path_buf();
     let router = klive_server::http::dashboard::router(fx.service.clone(), data.clone());
     // sign in with a token
-    let token = fx.service.create_token(None, "vic").await.unwrap().token;
+    let token = fx
+        .service
+        .users()
+        .create_token(None, "vic")
+        .await
+        .unwrap()
+        .token;
     let login = router
         .clone()
         .oneshot(Request::get("/ui/login").body(Body::empty()).unwrap())

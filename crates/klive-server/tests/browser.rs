@@ -31,19 +31,23 @@ const CHANGELOG: &str = "linux (6.1.194-1) bookworm-security; urgency=high
 async fn seed(fx: &Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
-    s.promote(
-        &fx.bob,
-        &build(BUILD),
-        level(1),
-        &PromoteRequest {
-            to: "stable".into(),
-            emergency: false,
-            reason: None,
-        },
-    )
-    .await
-    .unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
+    s.promotions()
+        .promote(
+            &fx.bob,
+            &build(BUILD),
+            level(1),
+            &PromoteRequest {
+                to: "stable".into(),
+                emergency: false,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
     s.import_cves(
         &fx.bob,
         Source::DebianChangelog,
@@ -54,6 +58,7 @@ async fn seed(fx: &Fixture) {
     .unwrap();
     for (channel, n) in [("canary", 20), ("stable", HOSTS - 20)] {
         let t = s
+            .enrollment()
             .create_enroll_token(
                 &fx.admin,
                 &EnrollTokenRequest {
@@ -66,6 +71,7 @@ async fn seed(fx: &Fixture) {
             .unwrap();
         for i in 0..n {
             let r = s
+                .enrollment()
                 .register(&RegisterRequest {
                     enrollment_token: t.token.clone(),
                     hostname: format!("{channel}-web-{i:02}"),
@@ -74,7 +80,11 @@ async fn seed(fx: &Fixture) {
                 })
                 .await
                 .unwrap();
-            let host = s.authenticate_host(&r.credential).await.unwrap();
+            let host = s
+                .enrollment()
+                .authenticate_host(&r.credential)
+                .await
+                .unwrap();
             let mut c = CheckIn {
                 sequence: 1,
                 kernel: kernel(Some(BUILD)),
@@ -85,16 +95,20 @@ async fn seed(fx: &Fixture) {
                 last_error: None,
                 taint: Some(if i == 3 { 4096 } else { 0 }),
             };
-            let answer = s.checkin(&host, &c).await.unwrap();
+            let answer = s.checkins().checkin(&host, &c).await.unwrap();
             // every other host applies its target
             if answer.action == Action::Apply && i % 2 == 0 {
-                let host = s.authenticate_host(&r.credential).await.unwrap();
+                let host = s
+                    .enrollment()
+                    .authenticate_host(&r.credential)
+                    .await
+                    .unwrap();
                 c.sequence = 2;
                 c.applied = Some(AppliedReport {
                     level: answer.target.unwrap().level,
                     state: PatchState::Applied,
                 });
-                s.checkin(&host, &c).await.unwrap();
+                s.checkins().checkin(&host, &c).await.unwrap();
             }
         }
     }
@@ -129,8 +143,20 @@ async fn dashboard_in_a_real_browser() {
 
     let fx = Fixture::sqlite().await;
     seed(&fx).await;
-    let approver = fx.service.create_token(None, "bob").await.unwrap().token;
-    let viewer = fx.service.create_token(None, "vic").await.unwrap().token;
+    let approver = fx
+        .service
+        .users()
+        .create_token(None, "bob")
+        .await
+        .unwrap()
+        .token;
+    let viewer = fx
+        .service
+        .users()
+        .create_token(None, "vic")
+        .await
+        .unwrap()
+        .token;
     let data = fx.dir().unwrap().to_path_buf();
     let router = klive_server::http::api::router(fx.service.clone()).merge(
         klive_server::http::dashboard::router(fx.service.clone(), data),

@@ -17,7 +17,10 @@ async fn killed_publish_leaves_no_partial_release() {
     let data = dir.path().join("data");
     {
         let s = klive_server::open(&data, None).await.unwrap();
-        s.add_user(None, "alice", Role::Publisher).await.unwrap();
+        s.users()
+            .add_user(None, "alice", Role::Publisher)
+            .await
+            .unwrap();
         s.db.pool.close().await;
     }
     let mut killed_before_commit = 0;
@@ -47,7 +50,7 @@ async fn killed_publish_leaves_no_partial_release() {
         }
 
         let s = klive_server::open(&data, None).await.unwrap();
-        let visible = s.release(&build(BUILD), level(i)).await;
+        let visible = s.releases().get(&build(BUILD), level(i)).await;
         match visible {
             Ok(info) => {
                 assert_eq!(
@@ -74,8 +77,11 @@ async fn killed_publish_leaves_no_partial_release() {
                 .unwrap();
                 assert_eq!(orphan, 0);
                 // Publishing again after the crash works.
-                let alice = s.user_by_name("alice").await.unwrap();
-                s.publish_with_module(&alice, manifest, ko).await.unwrap();
+                let alice = s.users().user_by_name("alice").await.unwrap();
+                s.releases()
+                    .publish_with_module(&alice, manifest, ko)
+                    .await
+                    .unwrap();
             }
         }
         assert!(matches!(

@@ -28,7 +28,7 @@ both_backends!(
 );
 
 async fn counts(fx: &Fixture) -> (usize, u64) {
-    let releases = fx.service.releases().await.unwrap().len();
+    let releases = fx.service.releases().list().await.unwrap().len();
     let records = match audit::verify(&fx.service.db).await.unwrap() {
         Verdict::Intact { records, .. } => records,
         Verdict::Broken { seq, reason } => panic!("audit chain broken at {seq}: {reason}"),
@@ -40,6 +40,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
     let info = s
+        .releases()
         .publish_with_module(&fx.alice, m.clone(), ko.clone())
         .await
         .unwrap();
@@ -53,6 +54,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
 
     // Each bad input gets its own error and changes nothing.
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, m.clone(), ko.clone())
         .await
         .unwrap_err();
@@ -64,6 +66,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let (m2, ko2) = release(BUILD, 2);
     let truncated = ko2.slice(..ko2.len() - 10);
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, m2.clone(), truncated)
         .await
         .unwrap_err();
@@ -72,6 +75,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let mut wrong_size = m2.clone();
     wrong_size.module.size += 1;
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, wrong_size, ko2.clone())
         .await
         .unwrap_err();
@@ -81,6 +85,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let mut lying = m2.clone();
     lying.level = level(3);
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, lying, ko2.clone())
         .await
         .unwrap_err();
@@ -102,6 +107,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     ]);
     let m_other = manifest_for(BUILD, 2, "klive_x", &other);
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, m_other, Bytes::from(other))
         .await
         .unwrap_err();
@@ -120,6 +126,7 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let garbage = Bytes::from_static(b"\x7fELF but not really");
     let m_garbage = manifest_for(BUILD, 2, "klive_x", &garbage);
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, m_garbage, garbage)
         .await
         .unwrap_err();
@@ -128,12 +135,14 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     let mut bad_cve = m2.clone();
     bad_cve.fixes[0].cve = "CVE-1".into();
     let err = s
+        .releases()
         .publish_with_module(&fx.alice, bad_cve, ko2.clone())
         .await
         .unwrap_err();
     assert_eq!(err.code(), "invalid_manifest");
 
     let err = s
+        .releases()
         .publish_with_module(&fx.vic, m2.clone(), ko2.clone())
         .await
         .unwrap_err();
@@ -145,7 +154,11 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     ));
 
     // Publishing by reference needs the blob first.
-    let err = s.publish(&fx.alice, m2.clone()).await.unwrap_err();
+    let err = s
+        .releases()
+        .publish(&fx.alice, m2.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "blob_missing");
 
     assert_eq!(
@@ -154,15 +167,18 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
         "refused publications changed nothing"
     );
 
-    s.store_blob(&fx.alice, ko2).await.unwrap();
-    s.publish(&fx.alice, m2).await.unwrap();
+    s.releases().store_blob(&fx.alice, ko2).await.unwrap();
+    s.releases().publish(&fx.alice, m2).await.unwrap();
     assert_eq!(counts(&fx).await, (before.0 + 1, before.1 + 1));
 }
 
 async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let to_stable = PromoteRequest {
         to: "stable".into(),
         emergency: false,
@@ -175,6 +191,7 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     };
 
     let err = s
+        .promotions()
         .promote(&fx.alice, &build(BUILD), level(1), &to_canary)
         .await
         .unwrap_err();
@@ -186,19 +203,21 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
 
     // The publisher can only ask.
     let p = s
+        .promotions()
         .promote(&fx.alice, &build(BUILD), level(1), &to_stable)
         .await
         .unwrap();
     assert_eq!(p.status, PromotionStatus::Pending);
-    let info = s.release(&build(BUILD), level(1)).await.unwrap();
+    let info = s.releases().get(&build(BUILD), level(1)).await.unwrap();
     assert_eq!(
         info.channels.len(),
         1,
         "a pending promotion is not effective"
     );
-    let err = s.approve(&fx.alice, &p.id).await.unwrap_err();
+    let err = s.promotions().approve(&fx.alice, &p.id).await.unwrap_err();
     assert!(matches!(err, Error::Forbidden { needed: "approver" }));
     let err = s
+        .promotions()
         .promote(&fx.alice, &build(BUILD), level(1), &to_stable)
         .await
         .unwrap_err();
@@ -208,17 +227,20 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     );
 
     // A soak time on stable holds the approval back until it has elapsed.
-    s.set_channel_soak(&fx.admin, "stable", 3600).await.unwrap();
-    let err = s.approve(&fx.bob, &p.id).await.unwrap_err();
+    s.channels()
+        .set_channel_soak(&fx.admin, "stable", 3600)
+        .await
+        .unwrap();
+    let err = s.promotions().approve(&fx.bob, &p.id).await.unwrap_err();
     assert!(
         matches!(err, Error::SoakNotElapsed { remaining_secs, .. } if remaining_secs > 3500),
         "{err}"
     );
     s.clock.advance_secs(3601);
-    let p = s.approve(&fx.bob, &p.id).await.unwrap();
+    let p = s.promotions().approve(&fx.bob, &p.id).await.unwrap();
     assert_eq!(p.status, PromotionStatus::Approved);
     assert_eq!(p.approved_by.as_deref(), Some("bob"));
-    let info = s.release(&build(BUILD), level(1)).await.unwrap();
+    let info = s.releases().get(&build(BUILD), level(1)).await.unwrap();
     assert_eq!(
         info.channels
             .iter()
@@ -229,9 +251,13 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
 
     // An approver who published cannot approve their own release; one who did not promotes at once.
     let (m2, ko2) = release(BUILD, 2);
-    s.publish_with_module(&fx.carol, m2, ko2).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.carol, m2, ko2)
+        .await
+        .unwrap();
     s.clock.advance_secs(3601);
     let p2 = s
+        .promotions()
         .promote(&fx.carol, &build(BUILD), level(2), &to_stable)
         .await
         .unwrap();
@@ -240,14 +266,15 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
         PromotionStatus::Pending,
         "carol published level 2"
     );
-    let err = s.approve(&fx.carol, &p2.id).await.unwrap_err();
+    let err = s.promotions().approve(&fx.carol, &p2.id).await.unwrap_err();
     assert_eq!(err.code(), "maker_checker");
     let direct = s
+        .promotions()
         .promote(&fx.bob, &build(BUILD), level(2), &to_stable)
         .await
         .unwrap();
     assert_eq!(direct.status, PromotionStatus::Approved);
-    let err = s.approve(&fx.bob, &p2.id).await.unwrap_err();
+    let err = s.promotions().approve(&fx.bob, &p2.id).await.unwrap_err();
     assert_eq!(
         err.code(),
         "promotion_refused",
@@ -255,33 +282,40 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     );
 
     // Promotion goes one channel at a time.
-    s.add_channel(
-        &fx.admin,
-        &klive_format::api::ChannelRequest {
-            name: "late".into(),
-            min_soak_secs: 0,
-        },
-    )
-    .await
-    .unwrap();
+    s.channels()
+        .add_channel(
+            &fx.admin,
+            &klive_format::api::ChannelRequest {
+                name: "late".into(),
+                min_soak_secs: 0,
+            },
+        )
+        .await
+        .unwrap();
     let (m3, ko3) = release(BUILD, 3);
-    s.publish_with_module(&fx.alice, m3, ko3).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m3, ko3)
+        .await
+        .unwrap();
     let to_late = PromoteRequest {
         to: "late".into(),
         emergency: false,
         reason: None,
     };
     let err = s
+        .promotions()
         .promote(&fx.bob, &build(BUILD), level(3), &to_late)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not in stable"), "{err}");
 
     // A withdrawn release cannot be promoted.
-    s.withdraw(&fx.alice, &build(BUILD), level(3), "broke networking")
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(3), "broke networking")
         .await
         .unwrap();
     let err = s
+        .promotions()
         .promote(&fx.bob, &build(BUILD), level(3), &to_stable)
         .await
         .unwrap_err();
@@ -290,23 +324,29 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
 
 async fn emergency_promotion_is_flagged_until_approved(fx: Fixture) {
     let s = &fx.service;
-    s.set_channel_soak(&fx.admin, "stable", 86400)
+    s.channels()
+        .set_channel_soak(&fx.admin, "stable", 86400)
         .await
         .unwrap();
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.bob, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.bob, m, ko)
+        .await
+        .unwrap();
     let mut req = PromoteRequest {
         to: "stable".into(),
         emergency: true,
         reason: None,
     };
     let err = s
+        .promotions()
         .promote(&fx.bob, &build(BUILD), level(1), &req)
         .await
         .unwrap_err();
     assert_eq!(err.code(), "bad_request", "an emergency needs a reason");
     req.reason = Some("CVE under active exploitation".into());
     let err = s
+        .promotions()
         .promote(&fx.alice, &build(BUILD), level(1), &req)
         .await
         .unwrap_err();
@@ -314,6 +354,7 @@ async fn emergency_promotion_is_flagged_until_approved(fx: Fixture) {
 
     // Bob published and may still push it through in an emergency, skipping the soak time.
     let p = s
+        .promotions()
         .promote(&fx.bob, &build(BUILD), level(1), &req)
         .await
         .unwrap();
@@ -324,16 +365,16 @@ async fn emergency_promotion_is_flagged_until_approved(fx: Fixture) {
             .find(|c| c.channel == "stable")
             .unwrap()
     };
-    let entry = stable(s.release(&build(BUILD), level(1)).await.unwrap());
+    let entry = stable(s.releases().get(&build(BUILD), level(1)).await.unwrap());
     assert!(entry.emergency && entry.awaiting_approval);
 
-    let err = s.approve(&fx.bob, &p.id).await.unwrap_err();
+    let err = s.promotions().approve(&fx.bob, &p.id).await.unwrap_err();
     assert_eq!(err.code(), "maker_checker");
-    let p = s.approve(&fx.carol, &p.id).await.unwrap();
+    let p = s.promotions().approve(&fx.carol, &p.id).await.unwrap();
     assert_eq!(p.status, PromotionStatus::EmergencyApproved);
-    let entry = stable(s.release(&build(BUILD), level(1)).await.unwrap());
+    let entry = stable(s.releases().get(&build(BUILD), level(1)).await.unwrap());
     assert!(entry.emergency && !entry.awaiting_approval);
-    let err = s.approve(&fx.admin, &p.id).await.unwrap_err();
+    let err = s.promotions().approve(&fx.admin, &p.id).await.unwrap_err();
     assert_eq!(
         err.code(),
         "promotion_refused",
@@ -361,25 +402,37 @@ fn register_req(token: &str, name: &str) -> RegisterRequest {
 async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
     let s = &fx.service;
     let err = s
+        .enrollment()
         .create_enroll_token(&fx.bob, &enroll("canary", 1, 60))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Forbidden { needed: "admin" }));
     let err = s
+        .enrollment()
         .create_enroll_token(&fx.admin, &enroll("nope", 1, 60))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "channel_not_found");
 
     let t = s
+        .enrollment()
         .create_enroll_token(&fx.admin, &enroll("stable", 2, 60))
         .await
         .unwrap();
-    let a = s.register(&register_req(&t.token, "web-1")).await.unwrap();
+    let a = s
+        .enrollment()
+        .register(&register_req(&t.token, "web-1"))
+        .await
+        .unwrap();
     assert_eq!(a.channel, "stable");
-    let b = s.register(&register_req(&t.token, "web-2")).await.unwrap();
+    let b = s
+        .enrollment()
+        .register(&register_req(&t.token, "web-2"))
+        .await
+        .unwrap();
     assert_ne!(a.credential, b.credential);
     let err = s
+        .enrollment()
         .register(&register_req(&t.token, "web-3"))
         .await
         .unwrap_err();
@@ -390,33 +443,40 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
     );
 
     let t = s
+        .enrollment()
         .create_enroll_token(&fx.admin, &enroll("canary", 5, 60))
         .await
         .unwrap();
     s.clock.advance_secs(61);
     let err = s
+        .enrollment()
         .register(&register_req(&t.token, "web-4"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "enrollment_token_invalid", "expired");
     let err = s
+        .enrollment()
         .register(&register_req("kle_0000", "web-5"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "enrollment_token_invalid");
-    let all = s.hosts(&fx.vic, &HostListQuery::default()).await.unwrap();
+    let all = s
+        .hosts()
+        .list(&fx.vic, &HostListQuery::default())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
     // Paging by id: one host per page, in order, then nothing.
     let first = HostListQuery {
         after: None,
         limit: Some(1),
     };
-    let page1 = s.hosts(&fx.vic, &first).await.unwrap();
+    let page1 = s.hosts().list(&fx.vic, &first).await.unwrap();
     let next = HostListQuery {
         after: Some(page1[0].id.clone()),
         limit: Some(1),
     };
-    let page2 = s.hosts(&fx.vic, &next).await.unwrap();
+    let page2 = s.hosts().list(&fx.vic, &next).await.unwrap();
     assert_eq!(
         [page1[0].id.clone(), page2[0].id.clone()],
         [all[0].id.clone(), all[1].id.clone()]
@@ -425,7 +485,7 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
         after: Some(page2[0].id.clone()),
         limit: Some(1),
     };
-    assert!(s.hosts(&fx.vic, &last).await.unwrap().is_empty());
+    assert!(s.hosts().list(&fx.vic, &last).await.unwrap().is_empty());
     // Credentials are stored hashed only.
     let stored: Vec<String> = sqlx::query_scalar("SELECT credential_hash FROM hosts")
         .fetch_all(&s.db.pool)
@@ -451,15 +511,22 @@ impl Agent {
     async fn register(fx: &Fixture, channel: &str) -> Agent {
         let t = fx
             .service
+            .enrollment()
             .create_enroll_token(&fx.admin, &enroll(channel, 1, 60))
             .await
             .unwrap();
         let r = fx
             .service
+            .enrollment()
             .register(&register_req(&t.token, &format!("{channel}-host")))
             .await
             .unwrap();
-        let host = fx.service.authenticate_host(&r.credential).await.unwrap();
+        let host = fx
+            .service
+            .enrollment()
+            .authenticate_host(&r.credential)
+            .await
+            .unwrap();
         Agent {
             host,
             credential: r.credential,
@@ -487,11 +554,12 @@ impl Agent {
     async fn cycle(&mut self, fx: &Fixture) -> (Action, Option<u32>) {
         self.host = fx
             .service
+            .enrollment()
             .authenticate_host(&self.credential)
             .await
             .unwrap();
         let c = self.checkin();
-        let r = fx.service.checkin(&self.host, &c).await.unwrap();
+        let r = fx.service.checkins().checkin(&self.host, &c).await.unwrap();
         match r.action {
             Action::Apply => {
                 let t = r.target.clone().unwrap();
@@ -518,7 +586,10 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     );
 
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(1)));
     assert_eq!(
         canary.cycle(&fx).await,
@@ -536,21 +607,27 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
         emergency: false,
         reason: None,
     };
-    s.promote(&fx.bob, &build(BUILD), level(1), &to_stable)
+    s.promotions()
+        .promote(&fx.bob, &build(BUILD), level(1), &to_stable)
         .await
         .unwrap();
     assert_eq!(stable.cycle(&fx).await, (Action::Apply, Some(1)));
 
     let (m2, ko2) = release(BUILD, 2);
-    s.publish_with_module(&fx.alice, m2, ko2).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m2, ko2)
+        .await
+        .unwrap();
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(2)));
 
     // Withdrawal: back to the newest level still allowed, then revert when none is left.
-    s.withdraw(&fx.alice, &build(BUILD), level(2), "oops")
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(2), "oops")
         .await
         .unwrap();
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(1)));
-    s.withdraw(&fx.alice, &build(BUILD), level(1), "oops too")
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(1), "oops too")
         .await
         .unwrap();
     assert_eq!(canary.cycle(&fx).await, (Action::Revert, None));
@@ -559,14 +636,18 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     // Pin and update delay.
     for n in [3, 4] {
         let (m, ko) = release(BUILD, n);
-        s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+        s.releases()
+            .publish_with_module(&fx.alice, m, ko)
+            .await
+            .unwrap();
     }
     let policy = HostPolicy {
         channel: "canary".into(),
         pinned_level: Some(level(3)),
         update_delay_secs: 0,
     };
-    s.set_host_policy(&fx.admin, &canary.host.id, &policy)
+    s.hosts()
+        .set_host_policy(&fx.admin, &canary.host.id, &policy)
         .await
         .unwrap();
     assert_eq!(
@@ -579,7 +660,8 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
         pinned_level: None,
         update_delay_secs: 600,
     };
-    s.set_host_policy(&fx.admin, &canary.host.id, &policy)
+    s.hosts()
+        .set_host_policy(&fx.admin, &canary.host.id, &policy)
         .await
         .unwrap();
     assert_eq!(
@@ -593,7 +675,7 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     // A host on another kernel build gets nothing.
     let mut c = canary.checkin();
     c.kernel = kernel(Some(OTHER_BUILD));
-    let r = s.checkin(&canary.host, &c).await.unwrap();
+    let r = s.checkins().checkin(&canary.host, &c).await.unwrap();
     assert_eq!(r.action, Action::Revert);
     assert!(r.target.is_none());
 
@@ -601,9 +683,13 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     let mut c = canary.checkin();
     c.boot_id = "boot-2".into();
     c.applied = None;
-    canary.host = s.authenticate_host(&canary.credential).await.unwrap();
-    s.checkin(&canary.host, &c).await.unwrap();
-    let info = s.host(&fx.vic, &canary.host.id).await.unwrap();
+    canary.host = s
+        .enrollment()
+        .authenticate_host(&canary.credential)
+        .await
+        .unwrap();
+    s.checkins().checkin(&canary.host, &c).await.unwrap();
+    let info = s.hosts().get(&fx.vic, &canary.host.id).await.unwrap();
     assert_eq!(info.boot_id.as_deref(), Some("boot-2"));
     assert_eq!(info.applied_level, None);
     let actions: Vec<String> = audit::recent(&s.db, 100)
@@ -620,25 +706,42 @@ async fn replayed_and_revoked_checkins_are_refused(fx: Fixture) {
     let s = &fx.service;
     let mut agent = Agent::register(&fx, "canary").await;
     let c = agent.checkin();
-    s.checkin(&agent.host, &c).await.unwrap();
-    let host = s.authenticate_host(&agent.credential).await.unwrap();
-    let err = s.checkin(&host, &c).await.unwrap_err();
+    s.checkins().checkin(&agent.host, &c).await.unwrap();
+    let host = s
+        .enrollment()
+        .authenticate_host(&agent.credential)
+        .await
+        .unwrap();
+    let err = s.checkins().checkin(&host, &c).await.unwrap_err();
     assert!(matches!(err, Error::Replay { got: 1, last: 1 }), "{err}");
     // A stale view of the host (sequence read before another check-in landed) is refused too.
     let stale = host.clone();
     let c2 = agent.checkin();
-    s.checkin(&host, &c2).await.unwrap();
+    s.checkins().checkin(&host, &c2).await.unwrap();
     let mut c_old = c2.clone();
     c_old.sequence = 2;
-    let err = s.checkin(&stale, &c_old).await.unwrap_err();
+    let err = s.checkins().checkin(&stale, &c_old).await.unwrap_err();
     assert_eq!(err.code(), "replayed_checkin");
 
-    s.revoke_host(&fx.admin, &agent.host.id).await.unwrap();
-    let err = s.authenticate_host(&agent.credential).await.unwrap_err();
+    s.hosts()
+        .revoke_host(&fx.admin, &agent.host.id)
+        .await
+        .unwrap();
+    let err = s
+        .enrollment()
+        .authenticate_host(&agent.credential)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Unauthenticated));
     // Failed host authentications are audited by kind, without the credential.
-    s.authenticate_host("klh_guessed").await.unwrap_err();
-    s.authenticate_host("garbage").await.unwrap_err();
+    s.enrollment()
+        .authenticate_host("klh_guessed")
+        .await
+        .unwrap_err();
+    s.enrollment()
+        .authenticate_host("garbage")
+        .await
+        .unwrap_err();
     let failed: Vec<String> = audit::recent(&s.db, 1000)
         .await
         .unwrap()
@@ -663,21 +766,25 @@ async fn host_reads_only_its_channels_releases(fx: Fixture) {
     let stable = Agent::register(&fx, "stable").await;
     let canary = Agent::register(&fx, "canary").await;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m.clone(), ko.clone())
+    s.releases()
+        .publish_with_module(&fx.alice, m.clone(), ko.clone())
         .await
         .unwrap();
     let got = s
+        .delivery()
         .host_module(&canary.host, &build(BUILD), level(1))
         .await
         .unwrap();
     assert_eq!(got, ko);
     assert_eq!(
-        s.host_manifest(&canary.host, &build(BUILD), level(1))
+        s.delivery()
+            .host_manifest(&canary.host, &build(BUILD), level(1))
             .await
             .unwrap(),
         m
     );
     let err = s
+        .delivery()
         .host_module(&stable.host, &build(BUILD), level(1))
         .await
         .unwrap_err();
@@ -686,10 +793,12 @@ async fn host_reads_only_its_channels_releases(fx: Fixture) {
         "release_not_found",
         "stable hosts cannot read canary releases"
     );
-    s.withdraw(&fx.alice, &build(BUILD), level(1), "bad")
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(1), "bad")
         .await
         .unwrap();
     let err = s
+        .delivery()
         .host_manifest(&canary.host, &build(BUILD), level(1))
         .await
         .unwrap_err();
@@ -703,8 +812,12 @@ async fn host_reads_only_its_channels_releases(fx: Fixture) {
 async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
-    s.withdraw(&fx.alice, &build(BUILD), level(1), "bad")
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(1), "bad")
         .await
         .unwrap();
     let (_, records) = counts(&fx).await;
@@ -749,7 +862,10 @@ async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
 async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
     let s = fx.service.clone();
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let mut agents = Vec::new();
     for _ in 0..8 {
         agents.push(Agent::register(&fx, "canary").await);
@@ -759,14 +875,14 @@ async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
         let s = s.clone();
         tasks.spawn(async move {
             for round in 0..10u32 {
-                agent.host = s.authenticate_host(&agent.credential).await?;
+                agent.host = s.enrollment().authenticate_host(&agent.credential).await?;
                 let mut c = agent.checkin();
                 // Alternate reports so that half the check-ins write audit records.
                 c.applied = (round % 2 == 0).then(|| AppliedReport {
                     level: level(1),
                     state: PatchState::Applied,
                 });
-                s.checkin(&agent.host, &c).await?;
+                s.checkins().checkin(&agent.host, &c).await?;
             }
             Ok::<_, Error>(())
         });
@@ -776,8 +892,10 @@ async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
         let alice = fx.alice.clone();
         tasks.spawn(async move {
             let (m, ko) = release(BUILD, n);
-            s.publish_with_module(&alice, m, ko).await?;
-            s.withdraw(&alice, &build(BUILD), level(n), "test").await?;
+            s.releases().publish_with_module(&alice, m, ko).await?;
+            s.releases()
+                .withdraw(&alice, &build(BUILD), level(n), "test")
+                .await?;
             Ok(())
         });
     }
@@ -801,10 +919,17 @@ async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
             .collect()
     };
     for _ in 0..5 {
-        let err = s.authenticate_user("klu_guessed").await.unwrap_err();
+        let err = s
+            .users()
+            .authenticate_user("klu_guessed")
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Unauthenticated));
     }
-    s.authenticate_user("not-a-token").await.unwrap_err();
+    s.users()
+        .authenticate_user("not-a-token")
+        .await
+        .unwrap_err();
     let records = failed().await;
     assert_eq!(
         records.len(),
@@ -821,7 +946,10 @@ async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
     )));
 
     s.clock.advance_secs(61);
-    s.authenticate_user("klu_guessed").await.unwrap_err();
+    s.users()
+        .authenticate_user("klu_guessed")
+        .await
+        .unwrap_err();
     let records = failed().await;
     assert_eq!(records.len(), 3);
     assert_eq!(
@@ -833,14 +961,16 @@ async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
         "the next record counts the failures it stood for"
     );
     // A valid token is not affected, and the chain holds.
-    s.authenticate_user(
-        &s.create_token(Some(&fx.admin), "alice")
-            .await
-            .unwrap()
-            .token,
-    )
-    .await
-    .unwrap();
+    s.users()
+        .authenticate_user(
+            &s.users()
+                .create_token(Some(&fx.admin), "alice")
+                .await
+                .unwrap()
+                .token,
+        )
+        .await
+        .unwrap();
     counts(&fx).await;
 }
 

@@ -304,7 +304,7 @@ async fn checkin(fx: &Fixture, h: &mut SimHost) -> klive_format::api::CheckInRes
         taint: Some(h.taint),
     };
     // the host's stored state moves with every check-in
-    let r = fx.service.checkin(&h.auth, &c).await.unwrap();
+    let r = fx.service.checkins().checkin(&h.auth, &c).await.unwrap();
     h.auth.last_sequence = h.seq as i64;
     h.auth.build_id = Some(KERNELS[h.kernel].0.into());
     h.auth.applied_level = h.level.map(i64::from);
@@ -336,6 +336,7 @@ async fn publish(fx: &Fixture, model: &mut Model, kernel: usize, level: u32) {
         })
         .collect();
     fx.service
+        .releases()
         .publish_with_module(&fx.alice, m, Bytes::from(ko))
         .await
         .unwrap();
@@ -377,6 +378,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
     let mut hosts = Vec::with_capacity(HOSTS);
     for (channel, n) in [("canary", CANARY), ("stable", HOSTS - CANARY)] {
         let token = s
+            .enrollment()
             .create_enroll_token(
                 &fx.admin,
                 &EnrollTokenRequest {
@@ -391,6 +393,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             let i = hosts.len();
             let kernel = i % 3;
             let r = s
+                .enrollment()
                 .register(&RegisterRequest {
                     enrollment_token: token.token.clone(),
                     hostname: format!("web-{i:04}"),
@@ -399,7 +402,11 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                 })
                 .await
                 .unwrap();
-            let auth = s.authenticate_host(&r.credential).await.unwrap();
+            let auth = s
+                .enrollment()
+                .authenticate_host(&r.credential)
+                .await
+                .unwrap();
             hosts.push(SimHost {
                 auth,
                 seq: 0,
@@ -464,20 +471,22 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             }
             if level == 5 {
                 // emergency promotion of B1's level 5, never approved afterwards
-                s.promote(
-                    &fx.bob,
-                    &common::build(KERNELS[0].0),
-                    common::level(5),
-                    &promote_req(true),
-                )
-                .await
-                .unwrap();
+                s.promotions()
+                    .promote(
+                        &fx.bob,
+                        &common::build(KERNELS[0].0),
+                        common::level(5),
+                        &promote_req(true),
+                    )
+                    .await
+                    .unwrap();
                 model.promotions += 1;
                 model.emergency += 1;
                 model.emergency_unapproved += 1;
             }
             if level == 4 {
                 let p = s
+                    .promotions()
                     .promote(
                         &fx.bob,
                         &common::build(KERNELS[1].0),
@@ -504,6 +513,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                 if level == 3 && k == 2 {
                     // requested by the publisher, approved by a second approver the next day
                     let p = s
+                        .promotions()
                         .promote(
                             &fx.alice,
                             &common::build(build),
@@ -516,24 +526,27 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                     model.promotions += 1;
                     continue;
                 }
-                s.promote(
-                    &fx.bob,
-                    &common::build(build),
-                    common::level(level),
-                    &promote_req(false),
-                )
-                .await
-                .unwrap();
+                s.promotions()
+                    .promote(
+                        &fx.bob,
+                        &common::build(build),
+                        common::level(level),
+                        &promote_req(false),
+                    )
+                    .await
+                    .unwrap();
                 model.promotions += 1;
             }
         }
         if day == 34 {
-            s.approve(&fx.carol, &promotion_for_approval.take().unwrap())
+            s.promotions()
+                .approve(&fx.carol, &promotion_for_approval.take().unwrap())
                 .await
                 .unwrap();
         }
         if day == 50 {
-            s.approve(&fx.carol, &emergency_to_approve.take().unwrap())
+            s.promotions()
+                .approve(&fx.carol, &emergency_to_approve.take().unwrap())
                 .await
                 .unwrap();
         }
@@ -577,7 +590,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
         if day == 60 {
             for (i, h) in hosts.iter_mut().enumerate() {
                 if i % 97 == 5 {
-                    s.revoke_host(&fx.admin, &h.auth.id).await.unwrap();
+                    s.hosts().revoke_host(&fx.admin, &h.auth.id).await.unwrap();
                     h.revoked = true;
                     model.retire(i, s.clock.now_ms());
                 }
@@ -922,6 +935,7 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         .filter(|c| !fixed_upto.contains(c))
         .collect();
     let token = s
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &EnrollTokenRequest {
@@ -934,14 +948,15 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         .unwrap();
     let mut k = kernel_info(0);
     k.package_version = Some(host_version.into());
-    s.register(&RegisterRequest {
-        enrollment_token: token.token,
-        hostname: "old".into(),
-        kernel: k,
-        agent_version: "0.1.0".into(),
-    })
-    .await
-    .unwrap();
+    s.enrollment()
+        .register(&RegisterRequest {
+            enrollment_token: token.token,
+            hostname: "old".into(),
+            kernel: k,
+            agent_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap();
     s.clock.advance_secs(60);
     let a = assess(s, s.clock.now_ms()).await.unwrap();
     assert_eq!(a.findings.len(), lacking.len());
@@ -968,6 +983,7 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     let mut model = Model::default();
     publish(&fx, &mut model, 0, 1).await;
     let token = s
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &EnrollTokenRequest {
@@ -981,6 +997,7 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     let mut hosts = Vec::new();
     for kernel in 0..3 {
         let r = s
+            .enrollment()
             .register(&RegisterRequest {
                 enrollment_token: token.token.clone(),
                 hostname: format!("h{kernel}"),
@@ -990,7 +1007,11 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
             .await
             .unwrap();
         hosts.push(SimHost {
-            auth: s.authenticate_host(&r.credential).await.unwrap(),
+            auth: s
+                .enrollment()
+                .authenticate_host(&r.credential)
+                .await
+                .unwrap(),
             seq: 0,
             boot: 1,
             kernel,

@@ -31,6 +31,7 @@ struct Host {
 async fn hosts(fx: &Fixture, n: usize) -> Vec<Host> {
     let s = &fx.service;
     let t = s
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &EnrollTokenRequest {
@@ -44,6 +45,7 @@ async fn hosts(fx: &Fixture, n: usize) -> Vec<Host> {
     let mut out = Vec::new();
     for i in 0..n {
         let r = s
+            .enrollment()
             .register(&RegisterRequest {
                 enrollment_token: t.token.clone(),
                 hostname: format!("batch-{i}"),
@@ -52,7 +54,11 @@ async fn hosts(fx: &Fixture, n: usize) -> Vec<Host> {
             })
             .await
             .unwrap();
-        let auth = s.authenticate_host(&r.credential).await.unwrap();
+        let auth = s
+            .enrollment()
+            .authenticate_host(&r.credential)
+            .await
+            .unwrap();
         out.push(Host {
             credential: r.credential,
             auth,
@@ -97,16 +103,24 @@ async fn all_at_once(
     fx: &Fixture,
     sends: &[(&AuthHost, CheckIn)],
 ) -> Vec<Result<klive_format::api::CheckInResponse, Error>> {
-    join_all(sends.iter().map(|(h, c)| fx.service.checkin(h, c))).await
+    join_all(
+        sends
+            .iter()
+            .map(|(h, c)| fx.service.checkins().checkin(h, c)),
+    )
+    .await
 }
 
 async fn concurrent_checkins_of_many_hosts_share_transactions(fx: Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let hosts = hosts(&fx, HOSTS).await;
     let before = chain_records(&fx).await;
-    let (batches_before, checkins_before) = s.checkin_batches();
+    let (batches_before, checkins_before) = s.checkins().checkin_batches();
 
     // First check-ins: every host reports a level and a boot (audited).
     let first: Vec<_> = hosts.iter().map(|h| (&h.auth, report(1, true))).collect();
@@ -117,14 +131,19 @@ async fn concurrent_checkins_of_many_hosts_share_transactions(fx: Fixture) {
     // Then steady check-ins with nothing changed, from a fresh view of each host.
     let mut fresh = Vec::new();
     for h in &hosts {
-        fresh.push(s.authenticate_host(&h.credential).await.unwrap());
+        fresh.push(
+            s.enrollment()
+                .authenticate_host(&h.credential)
+                .await
+                .unwrap(),
+        );
     }
     let steady: Vec<_> = fresh.iter().map(|h| (h, report(2, true))).collect();
     for r in all_at_once(&fx, &steady).await {
         r.unwrap();
     }
 
-    let (batches, checkins) = s.checkin_batches();
+    let (batches, checkins) = s.checkins().checkin_batches();
     let (batches, checkins) = (batches - batches_before, checkins - checkins_before);
     assert_eq!(checkins, 2 * HOSTS as u64);
     assert!(
@@ -133,7 +152,7 @@ async fn concurrent_checkins_of_many_hosts_share_transactions(fx: Fixture) {
     );
     for h in &hosts {
         assert_eq!(last_sequence(&fx, h).await, 2);
-        let info = s.host(&fx.vic, &h.auth.id).await.unwrap();
+        let info = s.hosts().get(&fx.vic, &h.auth.id).await.unwrap();
         assert_eq!(info.applied_level, Some(level(1)));
         assert_eq!(info.uptime_secs, Some(102), "the steady check-in is stored");
     }
@@ -190,7 +209,10 @@ async fn a_revoked_host_inside_a_batch_is_refused_alone(fx: Fixture) {
     let s = &fx.service;
     let hosts = hosts(&fx, HOSTS).await;
     // Host 3 authenticated (its view is in hand) and is revoked before its check-in lands.
-    s.revoke_host(&fx.admin, &hosts[3].auth.id).await.unwrap();
+    s.hosts()
+        .revoke_host(&fx.admin, &hosts[3].auth.id)
+        .await
+        .unwrap();
     let sends: Vec<_> = hosts.iter().map(|h| (&h.auth, report(1, true))).collect();
     let verdicts = all_at_once(&fx, &sends).await;
     for (i, v) in verdicts.iter().enumerate() {
@@ -261,21 +283,36 @@ async fn a_failing_checkin_does_not_fail_its_batch(fx: Fixture) {
 async fn decisions_follow_changes_at_once_here_and_within_a_second_from_elsewhere(fx: Fixture) {
     let s = &fx.service;
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let hosts = hosts(&fx, 1).await;
     let host = &hosts[0];
     let mut seq = 0;
     let mut target = async || {
         seq += 1;
-        let auth = s.authenticate_host(&host.credential).await.unwrap();
-        let r = s.checkin(&auth, &report(seq, false)).await.unwrap();
+        let auth = s
+            .enrollment()
+            .authenticate_host(&host.credential)
+            .await
+            .unwrap();
+        let r = s
+            .checkins()
+            .checkin(&auth, &report(seq, false))
+            .await
+            .unwrap();
         r.target.map(|t| t.level.get())
     };
     assert_eq!(target().await, Some(1));
     let (m, ko) = release(BUILD, 2);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     assert_eq!(target().await, Some(2), "a publish here shows at once");
-    s.withdraw(&fx.alice, &common::build(BUILD), level(2), "bad")
+    s.releases()
+        .withdraw(&fx.alice, &common::build(BUILD), level(2), "bad")
         .await
         .unwrap();
     assert_eq!(target().await, Some(1), "a withdrawal here shows at once");

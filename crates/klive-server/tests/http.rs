@@ -84,7 +84,12 @@ impl Client {
 }
 
 async fn token(fx: &Fixture, user: &str) -> String {
-    fx.service.create_token(None, user).await.unwrap().token
+    fx.service
+        .users()
+        .create_token(None, user)
+        .await
+        .unwrap()
+        .token
 }
 
 async fn agent_path_over_http(fx: Fixture) {
@@ -304,11 +309,13 @@ async fn errors_are_json_with_stable_codes(fx: Fixture) {
     // A module tampered with on the server's disk is refused, without internals in the message.
     let (manifest, ko) = release(BUILD, 2);
     fx.service
+        .releases()
         .publish_with_module(&fx.alice, manifest.clone(), ko)
         .await
         .unwrap();
     let t = fx
         .service
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &klive_format::api::EnrollTokenRequest {
@@ -321,6 +328,7 @@ async fn errors_are_json_with_stable_codes(fx: Fixture) {
         .unwrap();
     let reg = fx
         .service
+        .enrollment()
         .register(&klive_format::api::RegisterRequest {
             enrollment_token: t.token,
             hostname: "h".into(),
@@ -480,7 +488,13 @@ async fn every_listed_route_is_served() {
 #[tokio::test]
 async fn dashboard_cookies_are_secure_over_https() {
     let fx = Fixture::sqlite().await;
-    let token = fx.service.create_token(None, "vic").await.unwrap().token;
+    let token = fx
+        .service
+        .users()
+        .create_token(None, "vic")
+        .await
+        .unwrap()
+        .token;
     let data = fx.dir().unwrap().to_path_buf();
     for https in [true, false] {
         let dash = klive_server::http::dashboard::Dashboard::new(fx.service.clone(), data.clone())

@@ -30,18 +30,24 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open_sqlite_dir(dir.path()).await.unwrap();
     let s = Service::new(db, blobs.clone());
-    s.add_user(None, "admin", Role::Admin).await.unwrap();
-    let admin = s.user_by_name("admin").await.unwrap();
-    s.add_user(Some(&admin), "alice", Role::Publisher)
+    s.users()
+        .add_user(None, "admin", Role::Admin)
         .await
         .unwrap();
-    let alice = s.user_by_name("alice").await.unwrap();
+    let admin = s.users().user_by_name("admin").await.unwrap();
+    s.users()
+        .add_user(Some(&admin), "alice", Role::Publisher)
+        .await
+        .unwrap();
+    let alice = s.users().user_by_name("alice").await.unwrap();
 
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&alice, m.clone(), ko.clone())
+    s.releases()
+        .publish_with_module(&alice, m.clone(), ko.clone())
         .await
         .unwrap();
     let token = s
+        .enrollment()
         .create_enroll_token(
             &admin,
             &EnrollTokenRequest {
@@ -53,6 +59,7 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
         .await
         .unwrap();
     let host = s
+        .enrollment()
         .register(&klive_format::api::RegisterRequest {
             enrollment_token: token.token,
             hostname: "h".into(),
@@ -61,8 +68,16 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
         })
         .await
         .unwrap();
-    let host = s.authenticate_host(&host.credential).await.unwrap();
-    let served = s.host_module(&host, &build(BUILD), level(1)).await.unwrap();
+    let host = s
+        .enrollment()
+        .authenticate_host(&host.credential)
+        .await
+        .unwrap();
+    let served = s
+        .delivery()
+        .host_module(&host, &build(BUILD), level(1))
+        .await
+        .unwrap();
     assert_eq!(
         served, ko,
         "the module comes back from the bucket unchanged"
@@ -87,6 +102,7 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
         .await
         .unwrap();
     let err = s
+        .delivery()
         .host_module(&host, &build(BUILD), level(1))
         .await
         .unwrap_err();

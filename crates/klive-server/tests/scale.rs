@@ -52,7 +52,7 @@ async fn fleet_summary_of_100k_hosts(fx: Fixture) {
     let mut best = std::time::Duration::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        let summary = s.fleet(&fx.vic).await.unwrap();
+        let summary = s.hosts().fleet(&fx.vic).await.unwrap();
         best = best.min(t.elapsed());
         assert_eq!(summary.hosts, 100_000);
         assert_eq!(summary.stale_hosts, 1000);
@@ -72,8 +72,12 @@ async fn checkin_rate(fx: Fixture) {
 
     let s = fx.service.clone();
     let (m, ko) = common::release(common::BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let t = s
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &EnrollTokenRequest {
@@ -87,6 +91,7 @@ async fn checkin_rate(fx: Fixture) {
     let mut credentials = Vec::new();
     for i in 0..1000 {
         let r = s
+            .enrollment()
             .register(&RegisterRequest {
                 enrollment_token: t.token.clone(),
                 hostname: format!("h{i}"),

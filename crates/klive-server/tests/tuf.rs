@@ -111,6 +111,7 @@ async fn with_keys(fx: &mut Fixture, keys: &Path) {
 
 async fn host(s: &Service, fx: &Fixture, channel: &str) -> Host {
     let t = s
+        .enrollment()
         .create_enroll_token(
             &fx.admin,
             &EnrollTokenRequest {
@@ -122,6 +123,7 @@ async fn host(s: &Service, fx: &Fixture, channel: &str) -> Host {
         .await
         .unwrap();
     let r = s
+        .enrollment()
         .register(&RegisterRequest {
             enrollment_token: t.token,
             hostname: "h".into(),
@@ -180,9 +182,10 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     let dir = tempfile::tempdir().unwrap();
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
-    let root = s.tuf_root().unwrap();
+    let root = s.delivery().tuf_root().unwrap();
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m.clone(), ko.clone())
+    s.releases()
+        .publish_with_module(&fx.alice, m.clone(), ko.clone())
         .await
         .unwrap();
     let canary = host(&s, &fx, "canary").await;
@@ -232,7 +235,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
         emergency: false,
         reason: None,
     };
-    s.promote(&fx.bob, &build(BUILD), level(1), &to)
+    s.promotions()
+        .promote(&fx.bob, &build(BUILD), level(1), &to)
         .await
         .unwrap();
     let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
@@ -245,7 +249,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
             .unwrap(),
         ko.to_vec()
     );
-    s.withdraw(&fx.alice, &build(BUILD), level(1), "regression")
+    s.releases()
+        .withdraw(&fx.alice, &build(BUILD), level(1), "regression")
         .await
         .unwrap();
     let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
@@ -259,11 +264,15 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     // Mix-and-match: a release for another build is listed under its own name only, and its
     // module served under this build's name fails verification.
     let (m_other, ko_other) = release(OTHER_BUILD, 2);
-    s.publish_with_module(&fx.alice, m_other, ko_other.clone())
+    s.releases()
+        .publish_with_module(&fx.alice, m_other, ko_other.clone())
         .await
         .unwrap();
     let (m2, ko2) = release(BUILD, 2);
-    s.publish_with_module(&fx.alice, m2, ko2).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m2, ko2)
+        .await
+        .unwrap();
     let repo = load(&s, &canary, &root, &store(dir.path(), "c"), Mangle::None)
         .await
         .unwrap();
@@ -285,9 +294,12 @@ async fn tampered_bytes_and_unknown_keys_are_refused(mut fx: Fixture) {
     let dir = tempfile::tempdir().unwrap();
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
-    let root = s.tuf_root().unwrap();
+    let root = s.delivery().tuf_root().unwrap();
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     let h = host(&s, &fx, "canary").await;
 
     let repo = load(
@@ -324,21 +336,28 @@ async fn rollback_and_freeze_are_refused(mut fx: Fixture) {
     let dir = tempfile::tempdir().unwrap();
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
-    let root = s.tuf_root().unwrap();
+    let root = s.delivery().tuf_root().unwrap();
     let h = host(&s, &fx, "canary").await;
     let datastore = store(dir.path(), "d");
     load(&s, &h, &root, &datastore, Mangle::None).await.unwrap();
     let old_timestamp = Arc::new(
-        s.host_tuf_metadata(
-            &s.authenticate_host(&h.credential).await.unwrap(),
-            "canary",
-            "timestamp.json",
-        )
-        .await
-        .unwrap(),
+        s.delivery()
+            .host_tuf_metadata(
+                &s.enrollment()
+                    .authenticate_host(&h.credential)
+                    .await
+                    .unwrap(),
+                "canary",
+                "timestamp.json",
+            )
+            .await
+            .unwrap(),
     );
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko).await.unwrap();
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap();
     load(&s, &h, &root, &datastore, Mangle::None).await.unwrap();
     let r = load(
         &s,
@@ -368,9 +387,10 @@ async fn root_rotation_is_followed_and_retired_keys_are_refused(mut fx: Fixture)
     let dir = tempfile::tempdir().unwrap();
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
-    let pinned = s.tuf_root().unwrap();
+    let pinned = s.delivery().tuf_root().unwrap();
     let (m, ko) = release(BUILD, 1);
-    s.publish_with_module(&fx.alice, m, ko.clone())
+    s.releases()
+        .publish_with_module(&fx.alice, m, ko.clone())
         .await
         .unwrap();
     let canary = host(&s, &fx, "canary").await;
@@ -482,5 +502,5 @@ async fn root_rotation_is_followed_and_retired_keys_are_refused(mut fx: Fixture)
         assert_eq!(get(name).await.unwrap().status(), status, "{name}");
     }
     // The anchor agents pin at registration stays version 1.
-    assert_eq!(s.tuf_root().unwrap(), pinned);
+    assert_eq!(s.delivery().tuf_root().unwrap(), pinned);
 }

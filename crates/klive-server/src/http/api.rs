@@ -258,7 +258,7 @@ impl FromRequestParts<Service> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        Ok(service.authenticate_user(token).await?)
+        Ok(service.users().authenticate_user(token).await?)
     }
 }
 
@@ -267,7 +267,7 @@ impl FromRequestParts<Service> for AuthHost {
 
     async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        Ok(service.authenticate_host(token).await?)
+        Ok(service.enrollment().authenticate_host(token).await?)
     }
 }
 
@@ -331,7 +331,7 @@ async fn register(
     State(s): State<Service>,
     JsonIn(req): JsonIn<RegisterRequest>,
 ) -> ApiResult<klive_format::api::RegisterResponse> {
-    Ok(JsonOut(s.register(&req).await?))
+    Ok(JsonOut(s.enrollment().register(&req).await?))
 }
 
 async fn checkin(
@@ -339,7 +339,7 @@ async fn checkin(
     host: AuthHost,
     JsonIn(req): JsonIn<CheckIn>,
 ) -> ApiResult<klive_format::api::CheckInResponse> {
-    Ok(JsonOut(s.checkin(&host, &req).await?))
+    Ok(JsonOut(s.checkins().checkin(&host, &req).await?))
 }
 
 async fn host_manifest(
@@ -347,7 +347,7 @@ async fn host_manifest(
     host: AuthHost,
     ReleaseKey(b, l): ReleaseKey,
 ) -> ApiResult<ReleaseManifest> {
-    Ok(JsonOut(s.host_manifest(&host, &b, l).await?))
+    Ok(JsonOut(s.delivery().host_manifest(&host, &b, l).await?))
 }
 
 async fn host_module(
@@ -355,7 +355,7 @@ async fn host_module(
     host: AuthHost,
     ReleaseKey(b, l): ReleaseKey,
 ) -> Result<Response, ApiError> {
-    let bytes = s.host_module(&host, &b, l).await?;
+    let bytes = s.delivery().host_module(&host, &b, l).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -375,7 +375,7 @@ fn octets(bytes: impl Into<axum::body::Body>, content_type: &'static str) -> Res
 }
 
 async fn tuf_root(State(s): State<Service>) -> Result<Response, ApiError> {
-    Ok(octets(s.tuf_root()?, "application/json"))
+    Ok(octets(s.delivery().tuf_root()?, "application/json"))
 }
 
 async fn tuf_metadata(
@@ -383,7 +383,10 @@ async fn tuf_metadata(
     host: AuthHost,
     PathIn((channel, file)): PathIn<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let body = s.host_tuf_metadata(&host, &channel, &file).await?;
+    let body = s
+        .delivery()
+        .host_tuf_metadata(&host, &channel, &file)
+        .await?;
     Ok(octets(body, "application/json"))
 }
 
@@ -392,7 +395,7 @@ async fn tuf_target(
     host: AuthHost,
     PathIn((channel, file)): PathIn<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let body = s.host_tuf_target(&host, &channel, &file).await?;
+    let body = s.delivery().host_tuf_target(&host, &channel, &file).await?;
     Ok(octets(body, "application/octet-stream"))
 }
 
@@ -402,7 +405,7 @@ async fn upload_blob(
     req: Request,
 ) -> ApiResult<klive_format::api::BlobStored> {
     let bytes = Bytes::from_request(req, &s).await.map_err(body_error)?;
-    Ok(JsonOut(s.store_blob(&user, bytes).await?))
+    Ok(JsonOut(s.releases().store_blob(&user, bytes).await?))
 }
 
 async fn publish(
@@ -410,14 +413,14 @@ async fn publish(
     user: AuthUser,
     JsonIn(manifest): JsonIn<ReleaseManifest>,
 ) -> ApiResult<klive_format::api::ReleaseInfo> {
-    Ok(JsonOut(s.publish(&user, manifest).await?))
+    Ok(JsonOut(s.releases().publish(&user, manifest).await?))
 }
 
 async fn releases(
     State(s): State<Service>,
     _user: AuthUser,
 ) -> ApiResult<Vec<klive_format::api::ReleaseInfo>> {
-    Ok(JsonOut(s.releases().await?))
+    Ok(JsonOut(s.releases().list().await?))
 }
 
 async fn release(
@@ -425,7 +428,7 @@ async fn release(
     _user: AuthUser,
     ReleaseKey(b, l): ReleaseKey,
 ) -> ApiResult<klive_format::api::ReleaseInfo> {
-    Ok(JsonOut(s.release(&b, l).await?))
+    Ok(JsonOut(s.releases().get(&b, l).await?))
 }
 
 async fn promote(
@@ -434,7 +437,7 @@ async fn promote(
     ReleaseKey(b, l): ReleaseKey,
     JsonIn(req): JsonIn<PromoteRequest>,
 ) -> ApiResult<klive_format::api::Promotion> {
-    Ok(JsonOut(s.promote(&user, &b, l, &req).await?))
+    Ok(JsonOut(s.promotions().promote(&user, &b, l, &req).await?))
 }
 
 async fn withdraw(
@@ -443,14 +446,16 @@ async fn withdraw(
     ReleaseKey(b, l): ReleaseKey,
     JsonIn(req): JsonIn<WithdrawRequest>,
 ) -> ApiResult<klive_format::api::ReleaseInfo> {
-    Ok(JsonOut(s.withdraw(&user, &b, l, &req.reason).await?))
+    Ok(JsonOut(
+        s.releases().withdraw(&user, &b, l, &req.reason).await?,
+    ))
 }
 
 async fn promotions(
     State(s): State<Service>,
     _user: AuthUser,
 ) -> ApiResult<Vec<klive_format::api::Promotion>> {
-    Ok(JsonOut(s.promotions().await?))
+    Ok(JsonOut(s.promotions().list().await?))
 }
 
 async fn approve(
@@ -458,14 +463,14 @@ async fn approve(
     user: AuthUser,
     PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::Promotion> {
-    Ok(JsonOut(s.approve(&user, &id).await?))
+    Ok(JsonOut(s.promotions().approve(&user, &id).await?))
 }
 
 async fn channels(
     State(s): State<Service>,
     _user: AuthUser,
 ) -> ApiResult<Vec<klive_format::api::Channel>> {
-    Ok(JsonOut(s.channels().await?))
+    Ok(JsonOut(s.channels().list().await?))
 }
 
 async fn add_channel(
@@ -473,14 +478,14 @@ async fn add_channel(
     user: AuthUser,
     JsonIn(req): JsonIn<ChannelRequest>,
 ) -> ApiResult<klive_format::api::Channel> {
-    Ok(JsonOut(s.add_channel(&user, &req).await?))
+    Ok(JsonOut(s.channels().add_channel(&user, &req).await?))
 }
 
 async fn fleet(
     State(s): State<Service>,
     user: AuthUser,
 ) -> ApiResult<klive_format::api::FleetSummary> {
-    Ok(JsonOut(s.fleet(&user).await?))
+    Ok(JsonOut(s.hosts().fleet(&user).await?))
 }
 
 async fn hosts(
@@ -489,7 +494,7 @@ async fn hosts(
     query: Result<Query<HostListQuery>, QueryRejection>,
 ) -> ApiResult<Vec<klive_format::api::HostInfo>> {
     let Query(q) = query.map_err(|e| bad(format!("the query string is not valid: {e}")))?;
-    Ok(JsonOut(s.hosts(&user, &q).await?))
+    Ok(JsonOut(s.hosts().list(&user, &q).await?))
 }
 
 async fn host(
@@ -497,7 +502,7 @@ async fn host(
     user: AuthUser,
     PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::HostInfo> {
-    Ok(JsonOut(s.host(&user, &id).await?))
+    Ok(JsonOut(s.hosts().get(&user, &id).await?))
 }
 
 async fn set_policy(
@@ -506,7 +511,9 @@ async fn set_policy(
     PathIn(id): PathIn<String>,
     JsonIn(policy): JsonIn<HostPolicy>,
 ) -> ApiResult<klive_format::api::HostInfo> {
-    Ok(JsonOut(s.set_host_policy(&user, &id, &policy).await?))
+    Ok(JsonOut(
+        s.hosts().set_host_policy(&user, &id, &policy).await?,
+    ))
 }
 
 async fn revoke(
@@ -514,7 +521,7 @@ async fn revoke(
     user: AuthUser,
     PathIn(id): PathIn<String>,
 ) -> ApiResult<klive_format::api::HostInfo> {
-    Ok(JsonOut(s.revoke_host(&user, &id).await?))
+    Ok(JsonOut(s.hosts().revoke_host(&user, &id).await?))
 }
 
 async fn enroll_token(
@@ -522,14 +529,16 @@ async fn enroll_token(
     user: AuthUser,
     JsonIn(req): JsonIn<EnrollTokenRequest>,
 ) -> ApiResult<klive_format::api::EnrollTokenCreated> {
-    Ok(JsonOut(s.create_enroll_token(&user, &req).await?))
+    Ok(JsonOut(
+        s.enrollment().create_enroll_token(&user, &req).await?,
+    ))
 }
 
 async fn users(
     State(s): State<Service>,
     user: AuthUser,
 ) -> ApiResult<Vec<klive_format::api::User>> {
-    Ok(JsonOut(s.users(&user).await?))
+    Ok(JsonOut(s.users().list(&user).await?))
 }
 
 async fn add_user(
@@ -537,7 +546,9 @@ async fn add_user(
     user: AuthUser,
     JsonIn(req): JsonIn<UserRequest>,
 ) -> ApiResult<klive_format::api::User> {
-    Ok(JsonOut(s.add_user(Some(&user), &req.name, req.role).await?))
+    Ok(JsonOut(
+        s.users().add_user(Some(&user), &req.name, req.role).await?,
+    ))
 }
 
 async fn create_token(
@@ -545,7 +556,7 @@ async fn create_token(
     user: AuthUser,
     PathIn(name): PathIn<String>,
 ) -> ApiResult<klive_format::api::TokenCreated> {
-    Ok(JsonOut(s.create_token(Some(&user), &name).await?))
+    Ok(JsonOut(s.users().create_token(Some(&user), &name).await?))
 }
 
 async fn revoke_tokens(
@@ -553,7 +564,7 @@ async fn revoke_tokens(
     user: AuthUser,
     PathIn(name): PathIn<String>,
 ) -> ApiResult<serde_json::Value> {
-    let revoked = s.revoke_tokens(Some(&user), &name).await?;
+    let revoked = s.users().revoke_tokens(Some(&user), &name).await?;
     Ok(JsonOut(
         serde_json::json!({"user": name, "revoked": revoked}),
     ))

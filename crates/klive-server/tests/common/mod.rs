@@ -80,11 +80,19 @@ impl Fixture {
     }
 
     async fn with(service: Service, dir: Option<tempfile::TempDir>) -> Fixture {
-        let admin = service.add_user(None, "admin", Role::Admin).await.unwrap();
-        let admin = service.user_by_name(&admin.name).await.unwrap();
+        let admin = service
+            .users()
+            .add_user(None, "admin", Role::Admin)
+            .await
+            .unwrap();
+        let admin = service.users().user_by_name(&admin.name).await.unwrap();
         let make = async |name: &str, role| {
-            service.add_user(Some(&admin), name, role).await.unwrap();
-            service.user_by_name(name).await.unwrap()
+            service
+                .users()
+                .add_user(Some(&admin), name, role)
+                .await
+                .unwrap();
+            service.users().user_by_name(name).await.unwrap()
         };
         let alice = make("alice", Role::Publisher).await;
         let bob = make("bob", Role::Approver).await;

@@ -419,7 +419,7 @@ impl Dashboard {
     /// The signed-in user, from the session cookie or (for scripts) a bearer API token.
     pub async fn session(&self, headers: &HeaderMap) -> Result<Session, Denied> {
         if let Some(token) = bearer(headers) {
-            let user = self.service.authenticate_user(token).await?;
+            let user = self.service.users().authenticate_user(token).await?;
             return Ok(Session {
                 user,
                 csrf: String::new(),
@@ -524,7 +524,7 @@ async fn login(
         );
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or("");
-    let user = match d.service.authenticate_user(token).await {
+    let user = match d.service.users().authenticate_user(token).await {
         Ok(u) => u,
         Err(Error::Unauthenticated) => {
             return login_response(
@@ -969,6 +969,7 @@ async fn hosts(
     let channels = d
         .service
         .channels()
+        .list()
         .await?
         .into_iter()
         .map(|c| c.name)
@@ -1013,7 +1014,7 @@ async fn host(
     Path(id): Path<String>,
 ) -> Result<Response, Denied> {
     let session = d.session(&headers).await?;
-    let info = d.service.host(&session.user, &id).await?;
+    let info = d.service.hosts().get(&session.user, &id).await?;
     let snap = d.snapshot().await?;
     let now = d.service.clock.now_ms();
     let timeline = crate::store::history::host_timeline(&d.service.db, &id, i64::MAX).await?;
@@ -1098,7 +1099,7 @@ async fn releases(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
     let snap = d.snapshot().await?;
     let rollout = &snap.overview.rollout;
     let mut lines = Vec::new();
-    for r in d.service.releases().await?.into_iter().rev() {
+    for r in d.service.releases().list().await?.into_iter().rev() {
         let b = r.manifest.kernel.build_id.to_string();
         let level = r.manifest.level.get();
         let (total, levels) = rollout.get(&b).cloned().unwrap_or_default();
@@ -1149,6 +1150,7 @@ async fn releases(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
     let promotions = d
         .service
         .promotions()
+        .list()
         .await?
         .into_iter()
         .take(500)
@@ -1167,7 +1169,7 @@ async fn releases(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
         .collect();
     html(&ReleasesPage {
         c: chrome(&session, "Releases and channels", "releases", snap.a.as_of),
-        channels: d.service.channels().await?,
+        channels: d.service.channels().list().await?,
         releases: lines,
         promotions,
     })

@@ -1,0 +1,103 @@
+//! Ordered channels (canary -> stable) and their soak times.
+
+use super::*;
+
+/// Ordered channels (canary -> stable) and their soak times.
+#[derive(Debug, Clone, Copy)]
+pub struct Channels<'a>(pub(super) &'a Service);
+
+impl std::ops::Deref for Channels<'_> {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        self.0
+    }
+}
+
+impl Channels<'_> {
+    pub async fn list(self) -> Result<Vec<Channel>, Error> {
+        let rows =
+            sqlx::query("SELECT name, position, min_soak_secs FROM channels ORDER BY position")
+                .fetch_all(&self.db.pool)
+                .await?;
+        rows.iter().map(channel_row).collect()
+    }
+
+    pub(super) async fn channel(self, tx: &mut Tx, name: &str) -> Result<Channel, Error> {
+        let row = sqlx::query("SELECT name, position, min_soak_secs FROM channels WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| Error::ChannelNotFound(name.to_owned()))?;
+        channel_row(&row)
+    }
+
+    /// Appends a channel after the last one.
+    pub async fn add_channel(self, by: &AuthUser, req: &ChannelRequest) -> Result<Channel, Error> {
+        by.require(Role::Admin)?;
+        if !valid_name(&req.name) {
+            return Err(Error::BadRequest(format!(
+                "channel name {:?} must be 1 to 64 characters of [a-z0-9._-]",
+                req.name
+            )));
+        }
+        let soak = secs_to_i64(req.min_soak_secs, "min_soak_secs")?;
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position) + 1, 0) FROM channels")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO channels (name, position, min_soak_secs) VALUES ($1, $2, $3)")
+            .bind(&req.name)
+            .bind(next)
+            .bind(soak)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| on_unique(e, Error::ChannelExists(req.name.clone())))?;
+        audit::append(
+            &mut tx,
+            now,
+            &by.actor(),
+            "channel.add",
+            &req.name,
+            json!({"position": next, "min_soak_secs": soak}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Channel {
+            name: req.name.clone(),
+            position: next as u32,
+            min_soak_secs: req.min_soak_secs,
+        })
+    }
+
+    /// Sets how long a release must spend in the previous channel before entering this one.
+    pub async fn set_channel_soak(
+        self,
+        by: &AuthUser,
+        name: &str,
+        secs: u64,
+    ) -> Result<Channel, Error> {
+        by.require(Role::Admin)?;
+        let soak = secs_to_i64(secs, "min_soak_secs")?;
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        let mut channel = self.channel(&mut tx, name).await?;
+        sqlx::query("UPDATE channels SET min_soak_secs = $1 WHERE name = $2")
+            .bind(soak)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            now,
+            &by.actor(),
+            "channel.set_soak",
+            name,
+            json!({"min_soak_secs": soak}),
+        )
+        .await?;
+        tx.commit().await?;
+        channel.min_soak_secs = secs;
+        Ok(channel)
+    }
+}

@@ -1,0 +1,131 @@
+//! What an authenticated host downloads: its release manifest and module, and the TUF metadata of its channel.
+
+use super::*;
+
+/// What an authenticated host downloads: its release manifest and module, and the TUF metadata of its channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a>(pub(super) &'a Service);
+
+impl std::ops::Deref for Delivery<'_> {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        self.0
+    }
+}
+
+impl Delivery<'_> {
+    /// The manifest of a release in the host's channel.
+    pub async fn host_manifest(
+        self,
+        host: &AuthHost,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<ReleaseManifest, Error> {
+        let row = self
+            .checkins()
+            .host_release_row(host, build_id, level)
+            .await?;
+        let text: String = row.try_get("manifest")?;
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("stored manifest: {e}")))
+    }
+
+    /// The module of a release in the host's channel, checked against its digest.
+    pub async fn host_module(
+        self,
+        host: &AuthHost,
+        build_id: &BuildId,
+        level: PatchLevel,
+    ) -> Result<Bytes, Error> {
+        let row = self
+            .checkins()
+            .host_release_row(host, build_id, level)
+            .await?;
+        let sha256: String = row.try_get("sha256")?;
+        self.blobs.get(&sha256).await
+    }
+
+    /// Root version 1 (`1.root.json`), which agents pin at registration; they reach the
+    /// version in force through `{N}.root.json`.
+    pub fn tuf_root(self) -> Result<Vec<u8>, Error> {
+        self.signer
+            .as_ref()
+            .map(|s| s.root_bytes().to_vec())
+            .ok_or_else(|| Error::MetadataNotFound("root.json".into()))
+    }
+
+    /// A metadata file of the host's own channel's TUF repository.
+    pub async fn host_tuf_metadata(
+        self,
+        host: &AuthHost,
+        channel: &str,
+        name: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let missing = || Error::MetadataNotFound(name.to_owned());
+        if channel != host.channel {
+            return Err(missing());
+        }
+        if name == "root.json" {
+            return self.tuf_root();
+        }
+        if let Some(version) = name
+            .strip_suffix(".root.json")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let signer = self.signer.as_ref().ok_or_else(missing)?;
+            return signer.root_metadata(version)?.ok_or_else(missing);
+        }
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM tuf_metadata WHERE channel = $1 AND name = $2")
+                .bind(channel)
+                .bind(name)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        body.map(String::into_bytes).ok_or_else(missing)
+    }
+
+    /// A target (`{sha256}.{name}`) of the host's own channel: a module or a manifest of a
+    /// release in that channel, not withdrawn, with that digest.
+    pub async fn host_tuf_target(
+        self,
+        host: &AuthHost,
+        channel: &str,
+        file: &str,
+    ) -> Result<Bytes, Error> {
+        let missing = || Error::MetadataNotFound(file.to_owned());
+        if channel != host.channel {
+            return Err(missing());
+        }
+        let (sha, name) = file.split_once('.').ok_or_else(missing)?;
+        let (stem, is_module) = if let Some(stem) = name.strip_suffix(".manifest.json") {
+            (stem, false)
+        } else if let Some(stem) = name.strip_suffix(".ko") {
+            (stem, true)
+        } else {
+            return Err(missing());
+        };
+        let (build_id, level) = stem.rsplit_once('-').ok_or_else(missing)?;
+        let build_id: BuildId = build_id.parse().map_err(|_| missing())?;
+        let level: PatchLevel = level.parse().map_err(|_| missing())?;
+        let row = match self
+            .checkins()
+            .host_release_row(host, &build_id, level)
+            .await
+        {
+            Err(Error::ReleaseNotFound { .. }) => return Err(missing()),
+            other => other?,
+        };
+        if is_module {
+            let digest: String = row.try_get("sha256")?;
+            if digest != sha {
+                return Err(missing());
+            }
+            self.blobs.get(&digest).await
+        } else {
+            let manifest: String = row.try_get("manifest")?;
+            if sha256_hex(manifest.as_bytes()) != sha {
+                return Err(missing());
+            }
+            Ok(Bytes::from(manifest))
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Admin users, their roles and API tokens.
+
+use super::*;
+
+/// Admin users, their roles and API tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Users<'a>(pub(super) &'a Service);
+
+impl std::ops::Deref for Users<'_> {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        self.0
+    }
+}
+
+impl Users<'_> {
+    /// Adds a user. `by` is `None` only for the local operator bootstrapping the first admin
+    /// through the CLI (recorded as `system`).
+    pub async fn add_user(
+        self,
+        by: Option<&AuthUser>,
+        name: &str,
+        role: Role,
+    ) -> Result<User, Error> {
+        if let Some(u) = by {
+            u.require(Role::Admin)?;
+        }
+        if !valid_name(name) {
+            return Err(Error::BadUserName(name.to_owned()));
+        }
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        sqlx::query("INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(role.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| on_unique(e, Error::UserExists(name.to_owned())))?;
+        let actor = by.map_or(Actor::System, AuthUser::actor);
+        audit::append(
+            &mut tx,
+            now,
+            &actor,
+            "user.add",
+            name,
+            json!({"role": role.as_str()}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(User {
+            name: name.to_owned(),
+            role,
+            created_at: rfc3339(now),
+        })
+    }
+
+    pub async fn list(self, by: &AuthUser) -> Result<Vec<User>, Error> {
+        by.require(Role::Admin)?;
+        let rows = sqlx::query("SELECT name, role, created_at FROM users ORDER BY name")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let role: String = r.try_get("role")?;
+                Ok(User {
+                    name: r.try_get("name")?,
+                    role: Role::parse(&role)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
+                    created_at: rfc3339(r.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Creates an API token for `user`; only its hash is kept.
+    pub async fn create_token(
+        self,
+        by: Option<&AuthUser>,
+        user: &str,
+    ) -> Result<TokenCreated, Error> {
+        if let Some(u) = by {
+            u.require(Role::Admin)?;
+        }
+        self.user_by_name(user).await?;
+        let token = new_secret(USER_TOKEN_PREFIX)?;
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (token_hash, user_name, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(user)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let actor = by.map_or(Actor::System, AuthUser::actor);
+        audit::append(&mut tx, now, &actor, "token.create", user, json!({})).await?;
+        tx.commit().await?;
+        Ok(TokenCreated {
+            user: user.to_owned(),
+            token,
+        })
+    }
+
+    /// Revokes every API token of `user`; returns how many were active.
+    pub async fn revoke_tokens(self, by: Option<&AuthUser>, user: &str) -> Result<u64, Error> {
+        if let Some(u) = by {
+            u.require(Role::Admin)?;
+        }
+        self.user_by_name(user).await?;
+        let now = self.now();
+        let mut tx = self.db.begin_audited().await?;
+        let n = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let actor = by.map_or(Actor::System, AuthUser::actor);
+        audit::append(
+            &mut tx,
+            now,
+            &actor,
+            "token.revoke",
+            user,
+            json!({"revoked": n}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    pub async fn user_by_name(self, name: &str) -> Result<AuthUser, Error> {
+        let row = sqlx::query("SELECT name, role FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .ok_or_else(|| Error::UserNotFound(name.to_owned()))?;
+        auth_user(&row)
+    }
+
+    /// The user holding this API token. A failure is audited (at most once a minute per
+    /// kind of token, see [`crate::domain::auth_failures`]).
+    pub async fn authenticate_user(self, token: &str) -> Result<AuthUser, Error> {
+        if !token.starts_with(USER_TOKEN_PREFIX) {
+            self.audit_failed_auth("malformed token").await;
+            return Err(Error::Unauthenticated);
+        }
+        let row = sqlx::query(
+            "SELECT u.name AS name, u.role AS role FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+        )
+        .bind(sha256_hex(token.as_bytes()))
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            self.audit_failed_auth("api token").await;
+            return Err(Error::Unauthenticated);
+        };
+        auth_user(&row)
+    }
+
+    pub(super) async fn audit_failed_auth(self, kind: &'static str) {
+        let now = self.now();
+        let Some(failures) = self.failed_auth.note(kind, now) else {
+            return;
+        };
+        let record = async {
+            let mut tx = self.db.begin_audited().await?;
+            audit::append(
+                &mut tx,
+                now,
+                &Actor::System,
+                "auth.failed",
+                kind,
+                json!({"failures": failures, "window_secs": crate::domain::auth_failures::WINDOW_MS / 1000}),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = record.await {
+            // The caller is refused either way; the failure stays in the server's log.
+            tracing::warn!(kind, failures, "recording a failed sign-in failed: {e}");
+        }
+    }
+}
