@@ -1,5 +1,6 @@
-//! The prepared kernel tree: unpacked source + the target's config + `make olddefconfig
-//! prepare` with the target's compiler, cached by source and config hash.
+//! Step 2, prepare: the prepared kernel tree (unpacked source + the target's config + `make
+//! olddefconfig prepare` with the target's compiler, cached by source and config hash) and
+//! the build's work directories.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,8 +71,37 @@ fn cache_key(source_hash: &str, config: &str) -> String {
     h.finish_hex()[..16].to_owned()
 }
 
+/// Where one build works: the prepared tree and the directories under `OUT/work`.
+#[derive(Debug)]
+pub struct Work {
+    pub tree: Tree,
+    /// The touched objects as the kernel was built, named `dir__file.o`.
+    pub orig: PathBuf,
+    /// The same objects with the diffs applied.
+    pub patched: PathBuf,
+    /// The external-module directory kbuild links the livepatch in.
+    pub kbuild: PathBuf,
+}
+
+/// Takes the command line and gives the prepared tree (from the cache when it is warm) and
+/// the work directories, created.
+pub fn prepare(cli: &crate::Cli) -> Result<Work> {
+    let tree = prepare_tree(&cli.source, &cli.config, &cli.cache, cli.jobs)?;
+    let work = cli.out.join("work");
+    let work = Work {
+        tree,
+        orig: work.join("orig"),
+        patched: work.join("patched"),
+        kbuild: work.join("kbuild"),
+    };
+    for d in [&work.orig, &work.patched, &work.kbuild] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok(work)
+}
+
 /// Returns a prepared tree for `source` (a directory or a `.tar.xz`) and `config`.
-pub fn prepare(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Result<Tree> {
+fn prepare_tree(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Result<Tree> {
     let config = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading the kernel config {}", config_path.display()))?;
     check_compiler(&config)?;
@@ -90,29 +120,7 @@ pub fn prepare(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Re
             .with_context(|| format!("removing the incomplete tree {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if source.is_dir() {
-        run(
-            Command::new("cp").arg("-a").arg(source).arg(&root),
-            "copying the source",
-        )?;
-    } else {
-        eprintln!("klive-build: unpacking {} (about 20 s)", source.display());
-        let unpack = dir.join("unpack");
-        std::fs::create_dir_all(&unpack)?;
-        run(
-            Command::new("tar")
-                .arg("xf")
-                .arg(source)
-                .arg("-C")
-                .arg(&unpack),
-            "unpacking the source tarball",
-        )?;
-        let top = std::fs::read_dir(&unpack)?
-            .filter_map(|e| e.ok())
-            .find(|e| e.path().is_dir())
-            .context("the source tarball holds no directory")?;
-        std::fs::rename(top.path(), &root)?;
-    }
+    copy_source(source, &dir, &root)?;
     std::fs::write(root.join(".config"), &config)?;
     eprintln!("klive-build: make olddefconfig prepare");
     run(make(&root).arg("olddefconfig"), "make olddefconfig")?;
@@ -133,6 +141,35 @@ pub fn prepare(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Re
         root,
         prepare_secs: Some(start.elapsed().as_secs_f64()),
     })
+}
+
+/// Puts the kernel source at `root`: a copy of a directory, or the top directory of a
+/// tarball unpacked under `dir`.
+fn copy_source(source: &Path, dir: &Path, root: &Path) -> Result<()> {
+    if source.is_dir() {
+        run(
+            Command::new("cp").arg("-a").arg(source).arg(root),
+            "copying the source",
+        )?;
+    } else {
+        eprintln!("klive-build: unpacking {} (about 20 s)", source.display());
+        let unpack = dir.join("unpack");
+        std::fs::create_dir_all(&unpack)?;
+        run(
+            Command::new("tar")
+                .arg("xf")
+                .arg(source)
+                .arg("-C")
+                .arg(&unpack),
+            "unpacking the source tarball",
+        )?;
+        let top = std::fs::read_dir(&unpack)?
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().is_dir())
+            .context("the source tarball holds no directory")?;
+        std::fs::rename(top.path(), root)?;
+    }
+    Ok(())
 }
 
 fn diff_lines(a: &str, b: &str) -> Vec<String> {

@@ -1,0 +1,172 @@
+//! Steps 4 and 5, diff and emit: each unit's original and patched object compared by
+//! meaning, and the patch object of every unit that changes functions written in memory
+//! (both by klive-elf), against the symbols of the running kernel's klp object.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use klive_elf::Analysis;
+use klive_elf::emit::{Emitted, PatchFunc};
+use klive_elf::symbols::{Exports, Resolver, SymbolTable};
+
+use crate::compile::object_file_name;
+use crate::tree::Work;
+use crate::{Cli, Stop};
+
+/// What the running kernel's klp object exports and which symbols it has, for the emitter
+/// to tell exported symbols from `.klp.sym.*` references.
+#[derive(Debug)]
+pub struct TargetSymbols {
+    /// `vmlinux` or the module name.
+    object: String,
+    table: SymbolTable,
+    exports: Exports,
+}
+
+impl TargetSymbols {
+    /// Takes the command line and the klp object; gives `Module.symvers` of the target's
+    /// kbuild and the object's symbol table: the kallsyms dump for vmlinux, the installed
+    /// `.ko` under `/lib/modules/RELEASE` for a module.
+    pub fn load(cli: &Cli, object: &str) -> Result<TargetSymbols> {
+        let symvers_path = cli.kbuild.join("Module.symvers");
+        let exports = Exports::from_module_symvers(
+            &std::fs::read_to_string(&symvers_path)
+                .with_context(|| format!("reading {}", symvers_path.display()))?,
+        );
+        let table = if object == "vmlinux" {
+            let text = std::fs::read_to_string(&cli.kallsyms)
+                .with_context(|| format!("reading {}", cli.kallsyms.display()))?;
+            SymbolTable::from_kallsyms(&text, "vmlinux")
+        } else {
+            let dir = Path::new("/lib/modules").join(&cli.release);
+            let ko = find_module_file(&dir, object)
+                .with_context(|| format!("module {object}.ko not found under {}", dir.display()))?;
+            SymbolTable::from_module_object(&std::fs::read(&ko)?, &ko.to_string_lossy())?
+        };
+        Ok(TargetSymbols {
+            object: object.to_owned(),
+            table,
+            exports,
+        })
+    }
+
+    pub fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            object: self.object.clone(),
+            table: &self.table,
+            exports: &self.exports,
+        }
+    }
+}
+
+/// The `.ko` of module `name` (`-` and `_` alike) anywhere under `dir`.
+fn find_module_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_module_file(&p, name) {
+                return Some(f);
+            }
+        } else if p
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".ko"))
+            .is_some_and(|f| f.replace('-', "_") == name)
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// One translation unit, compared.
+#[derive(Debug)]
+pub struct Unit {
+    tu: String,
+    /// The patched object, which the emitter reads again.
+    patched: Vec<u8>,
+    analysis: Analysis,
+    /// Its section of the build report.
+    report: String,
+}
+
+/// Step 4, diff: takes the units and the work directories holding both builds of each;
+/// gives every unit's analysis and report section, in order.
+pub fn diff(tus: &[String], work: &Work, gate: &str) -> Result<Vec<Unit>> {
+    tus.iter()
+        .map(|tu| {
+            let file = object_file_name(tu);
+            let o = std::fs::read(work.orig.join(&file))?;
+            let patched = std::fs::read(work.patched.join(&file))?;
+            let analysis =
+                klive_elf::analyze(&o, &patched).with_context(|| format!("comparing {tu}"))?;
+            let mut report = format!("== {tu} (klp object {gate})\n");
+            report += &analysis.report.render();
+            Ok(Unit {
+                tu: tu.clone(),
+                patched,
+                analysis,
+                report,
+            })
+        })
+        .collect()
+}
+
+/// What [`emit`] gives: the patch objects, the functions they replace and the report so far.
+#[derive(Debug)]
+pub struct Patch {
+    pub objects: Vec<Emitted>,
+    pub funcs: Vec<PatchFunc>,
+    pub report: String,
+}
+
+/// Step 5, emit: takes the compared units and the resolver; gives the patch object of every
+/// unit that changes something. Stops ([`Stop`], report printed) when a unit is refused or
+/// no function changes.
+pub fn emit(units: Vec<Unit>, resolver: &Resolver<'_>) -> Result<Patch> {
+    let mut report = String::new();
+    let mut objects = Vec::new();
+    let mut refused = false;
+    // The other units are still emitted after a refusal: the report printed with it then
+    // shows what each of them would refer to.
+    for (n, mut unit) in units.into_iter().enumerate() {
+        let a = &unit.analysis;
+        if !a.report.refusals.is_empty() {
+            refused = true;
+        } else if !a.changed_funcs.is_empty() || !a.included.is_empty() {
+            // The unit's position makes the alias names unique across units.
+            let e = klive_elf::emit::emit(&unit.patched, a, resolver, &format!("{n}"))
+                .with_context(|| format!("emitting {}", unit.tu))?;
+            for s in &e.klp_symbols {
+                let _ = writeln!(unit.report, "  klp symbol {s}");
+            }
+            for (s, k) in &e.special_entries {
+                let _ = writeln!(unit.report, "  kept {k} {s} entries");
+            }
+            objects.push(e);
+        }
+        report += &unit.report;
+    }
+    if refused {
+        eprint!("{report}");
+        return Err(Stop::Refused(
+            "the diffs change things a livepatch cannot carry (see \"refused\" above); nothing was emitted".into(),
+        )
+        .into());
+    }
+    let funcs: Vec<PatchFunc> = objects.iter().flat_map(|e| e.funcs.clone()).collect();
+    if funcs.is_empty() {
+        eprint!("{report}");
+        return Err(Stop::NothingToPatch(
+            "the diffs change no function (comments, whitespace or line numbers only); nothing was emitted".into(),
+        )
+        .into());
+    }
+    Ok(Patch {
+        objects,
+        funcs,
+        report,
+    })
+}
