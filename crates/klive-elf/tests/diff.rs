@@ -269,6 +269,51 @@ fn garbage_input_is_an_error() {
     assert!(analyze(b"not an elf", &o).is_err());
 }
 
+/// A valid object cut short anywhere (an interrupted copy, a full disk) is refused with an
+/// error naming it by every reader, never read as a smaller object and never a panic.
+#[test]
+fn truncated_objects_are_errors() {
+    let patched = BASE.replace("return helper(2);", "return helper(3) + 1;");
+    let (o, p) = pair(BASE, &patched);
+    let a = analyze(&o, &p).unwrap();
+    let table = SymbolTable::from_kallsyms(KALLSYMS, "vmlinux");
+    let exports = Exports::from_module_symvers(SYMVERS);
+    let resolver = Resolver {
+        object: "vmlinux".into(),
+        table: &table,
+        exports: &exports,
+    };
+    let e = emit(&p, &a, &resolver, "t0").unwrap();
+    let (module, _) = fixup_module(&e.object, "vmlinux").unwrap();
+    let cuts = |len: usize| [0, 1, 16, 63, 64, 100, len / 4, len / 2, len - 64, len - 1];
+    for cut in cuts(o.len()) {
+        let err = analyze(&o[..cut], &p).unwrap_err().to_string();
+        assert!(err.contains("original object"), "cut at {cut}: {err}");
+        assert!(
+            SymbolTable::from_module_object(&o[..cut], "cut.ko").is_err(),
+            "symbol table read from an object cut at {cut}"
+        );
+    }
+    for cut in cuts(p.len()) {
+        let err = analyze(&o, &p[..cut]).unwrap_err().to_string();
+        assert!(err.contains("patched object"), "cut at {cut}: {err}");
+        assert!(
+            emit(&p[..cut], &a, &resolver, "t0").is_err(),
+            "emit accepted a patched object cut at {cut}"
+        );
+    }
+    for cut in cuts(module.len()) {
+        assert!(
+            fixup_module(&module[..cut], "vmlinux").is_err(),
+            "fix-up accepted a module cut at {cut}"
+        );
+        assert!(
+            verify_module(&module[..cut]).is_err(),
+            "verify accepted a module cut at {cut}"
+        );
+    }
+}
+
 #[test]
 fn changed_notrace_static_is_copied_and_its_callers_patched() {
     let src = "static __attribute__((noinline, no_instrument_function)) int quiet(int a) { return a * 7 + 1; }\n\
