@@ -5,7 +5,7 @@
 //! - [`livepatch`]: a typed model of `/sys/kernel/livepatch` and per-task `patch_state`.
 //! - [`module`]: inspection of a `.ko` file before it goes anywhere near the kernel.
 //! - [`Kernel`]: the small trait every kernel-changing operation goes through, with the real
-//!   [`LinuxKernel`] and a scripted [`fake::FakeKernel`] for tests.
+//!   [`LinuxKernel`] and, with the `fake` feature, a scripted `fake::FakeKernel` for tests.
 //!
 //! Every path is read under a [`SysRoot`], so tests point the whole crate at a temp dir.
 //! This crate never touches the network; it is the only klive crate that makes kernel syscalls.

@@ -5,4 +5,6 @@
 //! - `server` (feature `server`): a klive-server on a temporary SQLite or a fresh PostgreSQL
 //!   database.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod elf;

@@ -1,4 +1,4 @@
-//! A fake kernel over a temp-dir sysfs, for tests that must not need root.
+//! The fake kernel over a temp-dir sysfs, for tests that must not need root.
 //!
 //! It materialises what a real kernel shows after each operation (livepatch directories,
 //! `/sys/module/<name>`, the taint bit, per-task `patch_state`), records every call, and can
@@ -90,9 +90,7 @@ impl FakeKernel {
         )?;
         fs::create_dir_all(k.root.path(LIVEPATCH_DIR))?;
         let mut notes = Vec::new();
-        let id: Vec<u8> = (0..FAKE_BUILD_ID.len() / 2)
-            .map(|i| u8::from_str_radix(&FAKE_BUILD_ID[2 * i..2 * i + 2], 16).unwrap_or(0))
-            .collect();
+        let id = klive_format::digest::unhex(FAKE_BUILD_ID).unwrap_or_default();
         notes.extend(4u32.to_ne_bytes());
         notes.extend((id.len() as u32).to_ne_bytes());
         notes.extend(3u32.to_ne_bytes());
@@ -338,69 +336,4 @@ impl Kernel for FakeKernel {
         self.finish_transition(patch)
             .map_err(Self::io("write enabled", patch))
     }
-}
-
-/// Bytes of a minimal ELF64 relocatable object that passes [`module::inspect`]: sections
-/// `.modinfo` (with the given tags) and `.gnu.linkonce.this_module`.
-pub fn module_bytes(tags: &[(&str, &str)]) -> Vec<u8> {
-    let mut modinfo = Vec::new();
-    for (k, v) in tags {
-        modinfo.extend(format!("{k}={v}").as_bytes());
-        modinfo.push(0);
-    }
-    let this_module = vec![0u8; 64];
-    let shstrtab = b"\0.modinfo\0.gnu.linkonce.this_module\0.shstrtab\0".to_vec();
-    let names = [0u32, 1, 10, 36];
-    let mut out = vec![0u8; 64];
-    let mut offsets = Vec::new();
-    for data in [&modinfo, &this_module, &shstrtab] {
-        offsets.push(out.len() as u64);
-        out.extend(data.iter());
-    }
-    while !out.len().is_multiple_of(8) {
-        out.push(0);
-    }
-    let shoff = out.len() as u64;
-    out.extend([0u8; 64]); // null section
-    let sizes = [modinfo.len(), this_module.len(), shstrtab.len()];
-    let types = [1u32, 1, 3]; // PROGBITS, PROGBITS, STRTAB
-    for i in 0..3 {
-        let mut sh = [0u8; 64];
-        sh[0..4].copy_from_slice(&names[i + 1].to_le_bytes());
-        sh[4..8].copy_from_slice(&types[i].to_le_bytes());
-        sh[24..32].copy_from_slice(&offsets[i].to_le_bytes());
-        sh[32..40].copy_from_slice(&(sizes[i] as u64).to_le_bytes());
-        sh[48..56].copy_from_slice(&1u64.to_le_bytes());
-        out.extend(sh);
-    }
-    out[..4].copy_from_slice(b"\x7fELF");
-    out[4] = 2;
-    out[5] = 1;
-    out[6] = 1;
-    out[16..18].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
-    out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    out[20..24].copy_from_slice(&1u32.to_le_bytes());
-    out[40..48].copy_from_slice(&shoff.to_le_bytes());
-    out[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    out[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    out[60..62].copy_from_slice(&4u16.to_le_bytes()); // e_shnum
-    out[62..64].copy_from_slice(&3u16.to_le_bytes()); // e_shstrndx
-    out
-}
-
-/// Writes a fake klive livepatch module for the fake kernel and returns its path.
-pub fn write_klive_module(dir: &Path, name: &str, level: u32, build_id: &str) -> PathBuf {
-    let level = level.to_string();
-    let bytes = module_bytes(&[
-        ("license", "GPL"),
-        ("livepatch", "Y"),
-        ("klive_level", &level),
-        ("klive_build_id", build_id),
-        ("version", &level),
-        ("name", name),
-        ("vermagic", FAKE_VERMAGIC),
-    ]);
-    let path = dir.join(format!("{name}.ko"));
-    fs::write(&path, bytes).expect("writing a fake module into a test directory");
-    path
 }

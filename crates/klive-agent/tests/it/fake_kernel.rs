@@ -1,87 +1,23 @@
 //! The agent's operations and CLI, end to end against the temp-dir fake kernel (no root).
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use klive_agent::cli;
-use klive_kernel::fake::{self, Call, FakeKernel, TransitionPlan};
-use klive_kernel::{Kernel, livepatch};
-
-struct Host {
-    _dir: tempfile::TempDir,
-    kernel: FakeKernel,
-    state: PathBuf,
-    modules: PathBuf,
-}
-
-impl Host {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = FakeKernel::new(&dir.path().join("root")).unwrap();
-        let state = dir.path().join("state");
-        let modules = dir.path().join("modules");
-        std::fs::create_dir_all(&modules).unwrap();
-        Host {
-            _dir: dir,
-            kernel,
-            state,
-            modules,
-        }
-    }
-
-    fn module(&self, name: &str, level: u32) -> PathBuf {
-        fake::write_klive_module(&self.modules, name, level, fake::FAKE_BUILD_ID)
-    }
-
-    /// Runs `klive ARGS` in-process; returns (exit code, stdout, stderr).
-    fn klive(&self, args: &[&str]) -> (i32, String, String) {
-        let mut argv: Vec<OsString> = vec![
-            "klive".into(),
-            "--state-dir".into(),
-            self.state.clone().into(),
-        ];
-        argv.extend(args.iter().map(OsString::from));
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = cli::run(argv, &self.kernel, &mut out, &mut err);
-        (
-            code,
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
-        )
-    }
-
-    fn json(&self, args: &[&str]) -> (i32, serde_json::Value) {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let (code, out, err) = self.klive(&a);
-        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} / {err}"));
-        (code, v)
-    }
-
-    fn patch_names(&self) -> Vec<String> {
-        livepatch::patches(self.kernel.root())
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect()
-    }
-
-    fn p(path: &Path) -> &str {
-        path.to_str().unwrap()
-    }
-}
+use klive_kernel::Kernel;
+use klive_kernel::fake::{Call, TransitionPlan};
+use klive_testkit::agent::{self, Host};
+use klive_testkit::elf::module_bytes;
 
 #[test]
 fn status_without_patch_exits_1_and_reports_identity() {
     let h = Host::new();
     let (code, v) = h.json(&["status"]);
     assert_eq!(code, 1);
-    assert_eq!(v["kernel"]["release"], fake::FAKE_RELEASE);
-    assert_eq!(v["kernel"]["build_id"], fake::FAKE_BUILD_ID);
+    assert_eq!(v["kernel"]["release"], agent::FAKE_RELEASE);
+    assert_eq!(v["kernel"]["build_id"], agent::FAKE_BUILD_ID);
     assert_eq!(v["kernel"]["package_version"], "6.1.192-2");
     assert_eq!(v["support"]["livepatch"], true);
     assert_eq!(v["klive"], serde_json::Value::Null);
-    assert_eq!(v["effective_release"], fake::FAKE_RELEASE);
+    assert_eq!(v["effective_release"], agent::FAKE_RELEASE);
 }
 
 #[test]
@@ -179,10 +115,10 @@ fn refusals_change_nothing() {
                 let p = h.modules.join("klive_wrong.ko");
                 std::fs::write(
                     &p,
-                    fake::module_bytes(&[
+                    module_bytes(&[
                         ("livepatch", "Y"),
                         ("klive_level", "1"),
-                        ("klive_build_id", fake::FAKE_BUILD_ID),
+                        ("klive_build_id", agent::FAKE_BUILD_ID),
                         ("name", "klive_wrong"),
                         (
                             "vermagic",
@@ -196,7 +132,7 @@ fn refusals_change_nothing() {
             "built for kernel 6.1.0-99-amd64",
         ),
         (
-            fake::write_klive_module(
+            agent::write_klive_module(
                 &h.modules,
                 "klive_other_build",
                 1,
@@ -209,7 +145,7 @@ fn refusals_change_nothing() {
                 let p = h.modules.join("plain.ko");
                 std::fs::write(
                     &p,
-                    fake::module_bytes(&[("name", "plain"), ("vermagic", fake::FAKE_VERMAGIC)]),
+                    module_bytes(&[("name", "plain"), ("vermagic", agent::FAKE_VERMAGIC)]),
                 )
                 .unwrap();
                 p
@@ -280,8 +216,7 @@ fn boot_restores_last_good_level_after_reboot() {
     assert_eq!(h.klive(&["apply", Host::p(&l2)]).0, 0);
     std::fs::remove_file(&l2).unwrap(); // only the cache has it now
     // "Reboot": the kernel forgets every module.
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l2")).unwrap();
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l2")).unwrap();
+    h.forget("klive_t_l2");
     let (code, out, _) = h.klive(&["status"]);
     assert_eq!(code, 1);
     assert!(out.contains("run `klive boot`"), "{out}");
@@ -298,9 +233,8 @@ fn boot_refuses_a_tampered_cache() {
         h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
         0
     );
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
-    let cache = h.state.join("cache").join(fake::FAKE_BUILD_ID);
+    h.forget("klive_t_l1");
+    let cache = h.state.join("cache").join(agent::FAKE_BUILD_ID);
     for e in std::fs::read_dir(&cache).unwrap() {
         let p = e.unwrap().path();
         let mut b = std::fs::read(&p).unwrap();
@@ -321,8 +255,7 @@ fn boot_on_another_kernel_build_does_not_apply() {
         h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
         0
     );
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
+    h.forget("klive_t_l1");
     std::fs::write(h.kernel.root().path("/sys/kernel/notes"), b"").unwrap();
     let (code, v) = h.json(&["boot"]);
     assert_eq!((code, v["result"].as_str()), (0, Some("kernel-changed")));
@@ -439,8 +372,7 @@ fn boot_honours_the_command_line_escape_hatch() {
         h.klive(&["apply", Host::p(&h.module("klive_t_l1", 1))]).0,
         0
     );
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/kernel/livepatch/klive_t_l1")).unwrap();
-    std::fs::remove_dir_all(h.kernel.root().path("/sys/module/klive_t_l1")).unwrap();
+    h.forget("klive_t_l1");
     h.kernel
         .put("/proc/cmdline", "console=ttyS0 klive.boot=0")
         .unwrap();
@@ -489,32 +421,6 @@ fn list_shows_the_cache_and_an_unknown_replace_attribute() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.split_whitespace().nth(4) == Some("-"), "{text}");
     assert!(text.contains("last-good"), "{text}");
-}
-
-impl Host {
-    /// A reboot (clean or not, the fake cannot tell): the kernel forgets every module and
-    /// gets a new boot id; `uptime` seconds have passed since it started.
-    fn reboot(&self, boot_id: &str, uptime: u64) {
-        for name in self.patch_names() {
-            let _ = std::fs::remove_dir_all(
-                self.kernel
-                    .root()
-                    .path(&format!("/sys/kernel/livepatch/{name}")),
-            );
-            let _ =
-                std::fs::remove_dir_all(self.kernel.root().path(&format!("/sys/module/{name}")));
-        }
-        self.kernel
-            .put("/proc/sys/kernel/random/boot_id", boot_id)
-            .unwrap();
-        self.set_uptime(uptime);
-    }
-
-    fn set_uptime(&self, secs: u64) {
-        self.kernel
-            .put("/proc/uptime", &format!("{secs}.25 1.00"))
-            .unwrap();
-    }
 }
 
 #[test]

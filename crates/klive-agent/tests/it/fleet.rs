@@ -4,14 +4,12 @@
 //! server where a test needs one. Invariant checked throughout: no byte reaches
 //! `load_module` unless it is the published, verified module.
 
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use klive_agent::cli;
 use klive_agent::fleet::Fleet;
 use klive_agent::ops::Options;
 use klive_agent::transport::{
@@ -20,14 +18,15 @@ use klive_agent::transport::{
 use klive_format::api::{EnrollTokenRequest, HostPolicy, PromoteRequest, Role};
 use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
 use klive_format::{BuildId, PatchLevel};
-use klive_kernel::fake::{self, Call, FakeKernel};
 use klive_server::Service;
 use klive_server::domain::AuthUser;
+use klive_testkit::agent::{self, FAKE_BUILD_ID, FAKE_RELEASE, FAKE_VERMAGIC};
+use klive_testkit::elf::ModuleBuilder;
 
 const OTHER_BUILD: &str = "ffffeeeeddddccccbbbbaaaa9999888877776666";
 
 fn sha(bytes: &[u8]) -> String {
-    klive_agent::sha256_hex(bytes)
+    klive_format::digest::sha256_hex(bytes)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,7 +169,7 @@ impl Server {
         self.rt
             .block_on(self.service.releases().publish_with_module(
                 &self.alice,
-                manifest(fake::FAKE_BUILD_ID, level, &name, module),
+                manifest(FAKE_BUILD_ID, level, &name, module),
                 Bytes::copy_from_slice(module),
             ))
             .unwrap();
@@ -180,7 +179,7 @@ impl Server {
         self.rt
             .block_on(self.service.promotions().promote(
                 &self.bob,
-                &build(fake::FAKE_BUILD_ID),
+                &build(FAKE_BUILD_ID),
                 PatchLevel::new(level).unwrap(),
                 &PromoteRequest {
                     to: "stable".into(),
@@ -195,7 +194,7 @@ impl Server {
         self.rt
             .block_on(self.service.releases().withdraw(
                 &self.alice,
-                &build(fake::FAKE_BUILD_ID),
+                &build(FAKE_BUILD_ID),
                 PatchLevel::new(level).unwrap(),
                 "regression",
             ))
@@ -219,22 +218,14 @@ fn build(b: &str) -> BuildId {
 }
 
 fn module_for(level: u32, build_id: &str, vermagic: &str) -> Vec<u8> {
-    let l = level.to_string();
-    let name = format!("klive_test_l{level}");
-    fake::module_bytes(&[
-        ("license", "GPL"),
-        ("livepatch", "Y"),
-        ("klive_level", &l),
-        ("klive_build_id", build_id),
-        ("klive_fixes", "CVE-2024-26581"),
-        ("version", &l),
-        ("name", &name),
-        ("vermagic", vermagic),
-    ])
+    ModuleBuilder::klive(&format!("klive_test_l{level}"), level, build_id)
+        .fixes(&["CVE-2024-26581"])
+        .vermagic(vermagic)
+        .build()
 }
 
 fn module(level: u32) -> Vec<u8> {
-    module_for(level, fake::FAKE_BUILD_ID, fake::FAKE_VERMAGIC)
+    module_for(level, FAKE_BUILD_ID, FAKE_VERMAGIC)
 }
 
 fn manifest(build_id: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifest {
@@ -244,7 +235,7 @@ fn manifest(build_id: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifes
         level: PatchLevel::new(level).unwrap(),
         kernel: TargetKernel {
             build_id: build(build_id),
-            release: fake::FAKE_RELEASE.into(),
+            release: FAKE_RELEASE.into(),
             version: None,
             distro: None,
             arch: "x86_64".into(),
@@ -344,49 +335,19 @@ impl Http for TamperingHttp {
 // ---------------------------------------------------------------------------------------------
 // A host
 
-struct Host {
-    kernel: FakeKernel,
-    state: PathBuf,
-    net: Net,
-    _dir: tempfile::TempDir,
+/// A host with the fake kernel behind the tampering network.
+type Host = agent::Host<Net>;
+
+fn host() -> Host {
+    Host::with_net(Net::default())
 }
 
-impl Host {
-    fn new() -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = FakeKernel::new(&dir.path().join("root")).unwrap();
-        Host {
-            kernel,
-            state: dir.path().join("state"),
-            net: Net::default(),
-            _dir: dir,
-        }
-    }
+/// What the fleet tests do with a host beyond the common harness.
+trait FleetHost {
+    fn register(&self, s: &Server, channel: &str) -> String;
+}
 
-    fn klive(&self, args: &[&str]) -> (i32, String, String) {
-        let mut argv: Vec<OsString> = vec![
-            "klive".into(),
-            "--state-dir".into(),
-            self.state.clone().into(),
-        ];
-        argv.extend(args.iter().map(OsString::from));
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = cli::run_with(argv, &self.kernel, &self.net, &mut out, &mut err);
-        (
-            code,
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
-        )
-    }
-
-    fn json(&self, args: &[&str]) -> (i32, serde_json::Value) {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let (code, out, err) = self.klive(&a);
-        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} / {err}"));
-        (code, v)
-    }
-
+impl FleetHost for Host {
     fn register(&self, s: &Server, channel: &str) -> String {
         let token = s.token(channel);
         let (code, v) = self.json(&[
@@ -403,34 +364,6 @@ impl Host {
         assert_eq!(v["channel"], channel);
         v["host_id"].as_str().unwrap().to_owned()
     }
-
-    fn level(&self) -> Option<u64> {
-        let (_, v) = self.json(&["status"]);
-        v["klive"]["level"].as_u64()
-    }
-
-    /// The images the fake kernel was asked to load, oldest first.
-    fn loads(&self) -> Vec<Vec<u8>> {
-        self.kernel
-            .calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::Load { image, source } => {
-                    // The file named for the finit_module fallback holds the same bytes.
-                    assert_eq!(std::fs::read(&source).unwrap(), image, "{source}");
-                    Some(image)
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The last module the fake kernel was asked to load is exactly `published`.
-    fn assert_last_load_is(&self, published: &[u8]) {
-        let loads = self.loads();
-        let last = loads.last().expect("a module was loaded");
-        assert_eq!(sha(last), sha(published), "the kernel got other bytes");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,8 +371,8 @@ impl Host {
 #[test]
 fn channels_promotion_replace_withdrawal_and_revert() {
     let s = Server::start();
-    let canary = Host::new();
-    let stable = Host::new();
+    let canary = host();
+    let stable = host();
     let canary_id = canary.register(&s, "canary");
     // The second host pins the root by file instead of by digest.
     let token = stable_token(&s);
@@ -583,7 +516,7 @@ fn assert_refused(h: &Host, what: &str, want_in_message: &str) -> String {
 #[test]
 fn tampering_rollback_freeze_and_other_builds_are_refused() {
     let s = Server::start();
-    let h = Host::new();
+    let h = host();
     let id = h.register(&s, "canary");
     let l1 = module(1);
     s.publish(1, &l1);
@@ -605,7 +538,7 @@ fn tampering_rollback_freeze_and_other_builds_are_refused() {
     // A check-in answer naming another kernel build is refused before any download.
     h.net.set(vec![Tamper::Rewrite(
         "/checkin",
-        fake::FAKE_BUILD_ID.into(),
+        FAKE_BUILD_ID.into(),
         OTHER_BUILD.into(),
     )]);
     let err = assert_refused(&h, "target for another build", "another kernel build");
@@ -678,15 +611,11 @@ fn fetch_timestamp(s: &Server, h: &Host) -> Vec<u8> {
 #[test]
 fn a_module_for_another_kernel_release_is_refused_by_the_agent_core() {
     let s = Server::start();
-    let h = Host::new();
+    let h = host();
     h.register(&s, "canary");
     // Tagged for this build, but its vermagic names another kernel release: TUF verifies
     // it (it is what was published), the agent core refuses it before the kernel sees it.
-    let ko = module_for(
-        1,
-        fake::FAKE_BUILD_ID,
-        "6.1.0-99-amd64 SMP preempt mod_unload ",
-    );
+    let ko = module_for(1, FAKE_BUILD_ID, "6.1.0-99-amd64 SMP preempt mod_unload ");
     s.publish(1, &ko);
     assert_refused(
         &h,
@@ -698,7 +627,7 @@ fn a_module_for_another_kernel_release_is_refused_by_the_agent_core() {
 #[test]
 fn another_ca_and_a_wrong_root_are_refused_at_registration() {
     let s = Server::start();
-    let h = Host::new();
+    let h = host();
     let other = tempfile::tempdir().unwrap();
     let names = ["localhost".to_owned()];
     let files = klive_server::trust::tls::init(other.path(), &names, 30).unwrap();
@@ -759,7 +688,7 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
 #[test]
 fn update_retries_while_the_server_restarts_and_an_interrupted_download() {
     let mut s = Server::start();
-    let h = Host::new();
+    let h = host();
     h.register(&s, "canary");
     let l1 = module(1);
     s.publish(1, &l1);
@@ -794,7 +723,7 @@ fn update_retries_while_the_server_restarts_and_an_interrupted_download() {
 #[test]
 fn daemon_backs_off_while_the_server_is_down_and_stops_on_request() {
     let mut s = Server::start();
-    let h = Host::new();
+    let h = host();
     h.register(&s, "canary");
     let l1 = module(1);
     s.publish(1, &l1);
@@ -839,7 +768,7 @@ fn daemon_backs_off_while_the_server_is_down_and_stops_on_request() {
 #[test]
 fn air_gapped_bundle_is_verified_against_the_pinned_root() {
     let s = Server::start();
-    let online = Host::new();
+    let online = host();
     online.register(&s, "canary");
     let l1 = module(1);
     let l2 = module(2);
@@ -852,7 +781,7 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
     assert!(out.contains("4 target(s)"), "{out}");
 
     // An unregistered host needs a root to verify with.
-    let offline = Host::new();
+    let offline = host();
     let (code, _, err) = offline.klive(&["apply", bundle.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--root"), "{err}");
@@ -928,7 +857,7 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
 #[test]
 fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
     let mut s = Server::start();
-    let h = Host::new();
+    let h = host();
     h.register(&s, "canary");
     let (l1, l2, l3) = (module(1), module(2), module(3));
     s.publish(1, &l1);
@@ -983,7 +912,7 @@ fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
     let (code, out, err) = h.klive(&["bundle", bundle.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(bundle.join("metadata/2.root.json").is_file());
-    let offline = Host::new();
+    let offline = host();
     let (code, v) = offline.json(&[
         "apply",
         bundle.to_str().unwrap(),
