@@ -19,6 +19,7 @@ use klive_format::api::{
     FleetReport, FleetStatus, RegisterRequest, RegisterResponse, TargetRelease,
     tuf_manifest_target, tuf_module_target,
 };
+use klive_format::digest::{hex, sha256_hex};
 use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::{Kernel, identity};
@@ -31,7 +32,7 @@ use crate::store::{Durability, StoreError, write_atomic_private};
 use crate::transport::{
     BundleTransport, Connector, Http, Method, NetError, Request, ServerTransport, ServerTrust,
 };
-use crate::{AgentError, ExitCode, report, sha256_hex};
+use crate::{AgentError, ExitCode, report};
 
 /// Check-in interval when the server has not named one yet.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -803,12 +804,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
                 "it was withdrawn or never published there; run `klive check` again",
             ));
         };
-        let signed_sha: String = signed
-            .hashes
-            .sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let signed_sha = hex(&signed.hashes.sha256);
         let signed_len = signed.length;
         let read = |target: &TargetName| {
             let what = format!("target {} of {source}", target.raw());
@@ -1040,12 +1036,7 @@ impl<'a, K: Kernel> Fleet<'a, K> {
             if b != build_id.as_str() || level.is_some_and(|want| want.get() != l) {
                 continue;
             }
-            let sha: String = target
-                .hashes
-                .sha256
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect();
+            let sha = hex(&target.hashes.sha256);
             let what = format!("target {}", name.raw());
             let bytes = block_on(&what, async {
                 match repo.read_target(name).await {

@@ -14,14 +14,15 @@ use klive_format::agent_state::{
     AgentState, BOOT_PROBATION_SECS, BootProbation, GoodLevel, HeldBack, Intent, Interrupted,
     JournalEntry, MAX_UNCONFIRMED_BOOTS, Operation,
 };
+use klive_format::digest::sha256_hex;
 use klive_format::status::KernelInfo;
 use klive_format::{BuildId, PatchLevel};
 use klive_kernel::livepatch::{self, Patch, StalledTask, TaskPatchState};
 use klive_kernel::module::{self, ModuleInfo};
 use klive_kernel::{Kernel, KernelError, identity};
 
+use crate::AgentError;
 use crate::store::{Lock, Store};
-use crate::{AgentError, sha256_hex};
 
 /// Timing knobs of the agent.
 #[derive(Debug, Clone)]

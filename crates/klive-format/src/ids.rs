@@ -20,8 +20,7 @@ pub struct BuildId(String);
 impl BuildId {
     /// Builds from raw note bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdError> {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        hex.parse()
+        crate::digest::hex(bytes).parse()
     }
 
     pub fn as_str(&self) -> &str {
