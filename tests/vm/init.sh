@@ -4,8 +4,9 @@
 #
 # Phase: `klive.phase=N` on the kernel command line runs /tests/phaseN/*.sh in name order;
 # `klive.phase=demo` runs /tests/demo/*.sh, `klive.phase=bench` /tests/bench/*.sh.
-# Each script's results are lines
-# `KLIVE-RESULT PASS|FAIL <scenario>: <detail>` (see /tests/lib.sh); the host counts them.
+# Each script is announced with `KLIVE-SCENARIO <scenario>` and its results are lines
+# `KLIVE-RESULT PASS|FAIL <scenario>: <detail>` (see /tests/lib.sh); the host counts them and
+# checks that every scenario it packed for the phase started.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root
@@ -69,6 +70,8 @@ mkdir -p /tmp/klive-results
 for script in "$dir"/*.sh; do
     [ -e "$script" ] || continue
     name=$(basename "$script" .sh)
+    # The host compares these with the scripts it packed: a scenario that never starts fails.
+    echo "KLIVE-SCENARIO $name"
     results=/tmp/klive-results/$name
     : > "$results"
     (cd /tmp && KLIVE_SCENARIO=$name KLIVE_RESULTS=$results \

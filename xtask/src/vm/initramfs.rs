@@ -2,7 +2,7 @@
 //! the agent, the test modules, the scenarios and the few Debian modules needed to mount
 //! the state disk.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,15 +112,15 @@ pub struct Contents<'a> {
     pub modules: &'a Path,
 }
 
-/// Writes the initramfs to `out`.
+/// Writes the initramfs to `out`; returns the scenarios it packed for each phase.
 ///
 /// Layout: `/init`, busybox in `/bin` with its applet links, `/bin/klive`, `/bin/peakrss`,
 /// `/modules/*.ko`,
 /// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
-/// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/demo/`, `/tests/bench/`, and
-/// facts about the
-/// target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
-pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
+/// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/phasefleet/`,
+/// `/tests/phasekallsyms/`, `/tests/demo/`, `/tests/bench/` ([`PHASE_DIRS`]), and facts about
+/// the target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
+pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
     let mut cpio = Cpio::default();
     for dir in [
         "dev",
@@ -166,21 +166,17 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
     let vm = contents.root.join("tests/vm");
     cpio.file("init", 0o755, &read(&vm.join("init.sh"))?);
     cpio.file("tests/lib.sh", 0o644, &read(&vm.join("lib.sh"))?);
-    for (dir, into) in [
-        (vm.join("scenarios/phase1"), "tests/phase1"),
-        (vm.join("scenarios/phase2"), "tests/phase2"),
-        (vm.join("demo"), "tests/demo"),
-        (vm.join("bench"), "tests/bench"),
-        // `klive.phase=fleet`: the agent against a klive-server on the host (vm/fleet.rs).
-        (vm.join("scenarios/fleet"), "tests/phasefleet"),
-        // `klive.phase=kallsyms`: the boot that takes klive-build's symbol source.
-        (vm.join("scenarios/kallsyms"), "tests/phasekallsyms"),
-    ] {
-        cpio.dir(into);
-        for script in scripts(&dir)? {
+    let mut packed = Scenarios::default();
+    for (phase, dir) in PHASE_DIRS {
+        let into = guest_dir(phase);
+        cpio.dir(&into);
+        let mut names = Vec::new();
+        for script in scripts(&vm.join(dir))? {
             let name = script.file_name().unwrap_or_default().to_string_lossy();
             cpio.file(&format!("{into}/{name}"), 0o755, &read(&script)?);
+            names.push(name.trim_end_matches(".sh").to_owned());
         }
+        packed.0.insert(phase, names);
     }
 
     let release = &contents.kernel.release;
@@ -203,7 +199,39 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<()> {
     cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     cpio.file("etc/group", 0o644, b"root:x:0:\n");
 
-    fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))
+    fs::write(out, cpio.finish()).with_context(|| format!("writing {}", out.display()))?;
+    Ok(packed)
+}
+
+/// Each boot phase (`klive.phase=`) and the directory of `tests/vm/` holding its scripts.
+const PHASE_DIRS: [(&str, &str); 6] = [
+    ("1", "scenarios/phase1"),
+    ("2", "scenarios/phase2"),
+    ("demo", "demo"),
+    ("bench", "bench"),
+    // The agent against a klive-server on the host (vm/fleet.rs).
+    ("fleet", "scenarios/fleet"),
+    // The boot that takes klive-build's symbol source (vm/kallsyms.rs).
+    ("kallsyms", "scenarios/kallsyms"),
+];
+
+/// Where /init looks for a phase's scripts (init.sh): `tests/demo`, `tests/phase1`, ...
+fn guest_dir(phase: &str) -> String {
+    match phase {
+        "demo" | "bench" => format!("tests/{phase}"),
+        _ => format!("tests/phase{phase}"),
+    }
+}
+
+/// The scenarios packed for each phase (script names without `.sh`, in the order /init runs
+/// them): what a boot of that phase must start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scenarios(BTreeMap<&'static str, Vec<String>>);
+
+impl Scenarios {
+    pub fn of(&self, phase: &str) -> &[String] {
+        self.0.get(phase).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The `*.sh` files of a directory in name order (a missing directory has none).

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Guest, boot, boot_limit, fresh_disk, results};
+use super::{Guest, boot, boot_limit, fresh_disk};
 
 /// Fewer lines than this is not a vmlinux symbol table (6.1 has about 150,000).
 const MIN_LINES: usize = 20_000;
@@ -31,19 +31,7 @@ pub fn dump(guest: &Guest) -> Result<PathBuf> {
         b.log.display()
     );
     let outcome = b.run(|line| println!("[vm kallsyms] {line}"))?;
-    let failures: Vec<String> =
-        results::tally("kallsyms", &outcome.lines, outcome.timed_out, limit)
-            .into_iter()
-            .filter(|r| !r.passed)
-            .map(|r| r.what)
-            .collect();
-    if !failures.is_empty() {
-        bail!(
-            "the kallsyms boot failed: {}; see {}",
-            failures.join("; "),
-            b.log.display()
-        );
-    }
+    guest.require_passed("kallsyms", &outcome, limit, &b.log)?;
     let want: usize = outcome
         .lines
         .iter()

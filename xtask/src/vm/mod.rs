@@ -13,7 +13,8 @@
 //! changes the wall-clock limit of one boot (default 300); `KLIVE_VM_AGENT=PATH` puts that
 //! static binary in the guest as `/bin/klive` instead of building the agent (for iterating
 //! on the harness while the agent does not build); `KLIVE_VM_PHASES=1,2,fleet` runs only
-//! the listed boots (for iterating; `cargo xtask test` runs all).
+//! the listed boots (for iterating: the summary names what it skipped and says PARTIAL RUN;
+//! `cargo xtask test` refuses it). Every boot must start each scenario packed for it.
 
 mod bench;
 mod fleet;
@@ -44,6 +45,50 @@ use results::TestResult;
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
+    /// Boots `KLIVE_VM_PHASES` left out, each with the scenarios it would have run.
+    pub skipped: Vec<(String, Vec<String>)>,
+}
+
+impl Summary {
+    /// `phase2 (10 scenarios), fleet (8 scenarios)`.
+    pub fn skipped_text(&self) -> String {
+        let boots: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(boot, names)| format!("{boot} ({} scenarios)", names.len()))
+            .collect();
+        boots.join(", ")
+    }
+}
+
+/// The boots of a test run, in order.
+const TEST_PHASES: [&str; 3] = ["1", "2", "fleet"];
+
+/// The boots `KLIVE_VM_PHASES` selects (all of them when it is unset); an unknown name is an
+/// error, not a boot silently left out.
+fn selected_phases(var: Option<&str>) -> Result<Vec<&'static str>> {
+    let Some(list) = var else {
+        return Ok(TEST_PHASES.to_vec());
+    };
+    let wanted: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if let Some(unknown) = wanted.iter().find(|w| !TEST_PHASES.contains(w)) {
+        bail!(
+            "KLIVE_VM_PHASES={list:?} names the boot {unknown:?}; the boots are {}",
+            TEST_PHASES.join(",")
+        );
+    }
+    let phases: Vec<&'static str> = TEST_PHASES
+        .into_iter()
+        .filter(|p| wanted.contains(p))
+        .collect();
+    if phases.is_empty() {
+        bail!("KLIVE_VM_PHASES={list:?} selects no boot; unset it to run them all");
+    }
+    Ok(phases)
 }
 
 /// Debian packages the harness uses: QEMU, the kernel and its headers (kbuild), busybox for
@@ -73,6 +118,8 @@ struct Guest {
     /// The directory packed as the guest's `/modules`.
     modules: PathBuf,
     initrd: PathBuf,
+    /// The scenarios packed into `initrd`: what each boot must start.
+    scenarios: initramfs::Scenarios,
     work: PathBuf,
     accel: Accel,
     /// Held until the boots are over: runs share `target/vm/` and the machine's cores.
@@ -81,15 +128,15 @@ struct Guest {
 
 pub fn run_tests(root: &Path) -> Result<Summary> {
     let started = Instant::now();
-    let guest = prepare(root)?;
-    add_built_patches(root, &guest)?;
+    let only = std::env::var("KLIVE_VM_PHASES").ok();
+    let phases = selected_phases(only.as_deref())?;
+    let mut guest = prepare(root)?;
+    add_built_patches(root, &mut guest)?;
     let disk = fresh_disk(&guest.work, "disk.img")?;
     let limit = boot_limit()?;
 
-    let only = std::env::var("KLIVE_VM_PHASES").ok();
-    let wanted = |p: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == p));
     let mut all: Vec<(String, TestResult)> = Vec::new();
-    for phase in ["1", "2"].into_iter().filter(|p| wanted(p)) {
+    for phase in ["1", "2"].into_iter().filter(|p| phases.contains(p)) {
         let boot = boot(&guest, &disk, phase, "quiet", limit);
         eprintln!(
             "xtask: == VM phase {phase} (console log: {})",
@@ -101,12 +148,12 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
             "xtask: phase {phase} boot took {:.1} s",
             outcome.elapsed.as_secs_f64()
         );
-        for result in results::tally(phase, &outcome.lines, outcome.timed_out, limit) {
+        for result in guest.tally(phase, &outcome, limit) {
             all.push((results::label(phase), result));
         }
     }
 
-    if wanted("fleet") {
+    if phases.contains(&"fleet") {
         for result in run_fleet(root, &guest, limit)? {
             all.push(("fleet".to_owned(), result));
         }
@@ -115,6 +162,11 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
     let summary = Summary {
         passed: all.iter().filter(|(_, r)| r.passed).count(),
         failed: all.iter().filter(|(_, r)| !r.passed).count(),
+        skipped: TEST_PHASES
+            .into_iter()
+            .filter(|p| !phases.contains(p))
+            .map(|p| (results::label(p), guest.scenarios.of(p).to_vec()))
+            .collect(),
     };
     println!();
     println!("VM end-to-end results:");
@@ -122,13 +174,29 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
         let verdict = if result.passed { "PASS" } else { "FAIL" };
         println!("  {verdict} [{phase}] {}", result.what);
     }
+    for (boot, names) in &summary.skipped {
+        println!(
+            "  SKIPPED [{boot}] by KLIVE_VM_PHASES, not run: {}",
+            names.join(", ")
+        );
+    }
     eprintln!(
         "xtask: VM tests took {:.0} s in all ({}); console logs in {}",
         started.elapsed().as_secs_f64(),
         guest.accel,
         guest.work.display()
     );
-    println!("{} passed, {} failed", summary.passed, summary.failed);
+    if summary.skipped.is_empty() {
+        println!("{} passed, {} failed", summary.passed, summary.failed);
+    } else {
+        println!(
+            "{} passed, {} failed; PARTIAL RUN: KLIVE_VM_PHASES={} skipped {}",
+            summary.passed,
+            summary.failed,
+            only.unwrap_or_default(),
+            summary.skipped_text()
+        );
+    }
     Ok(summary)
 }
 
@@ -167,12 +235,7 @@ fn run_fleet(root: &Path, guest: &Guest, limit: Duration) -> Result<Vec<TestResu
         outcome.elapsed.as_secs_f64()
     );
     drop(server);
-    Ok(results::tally(
-        "fleet",
-        &outcome.lines,
-        outcome.timed_out,
-        limit,
-    ))
+    Ok(guest.tally("fleet", &outcome, limit))
 }
 
 pub fn demo(root: &Path) -> Result<()> {
@@ -197,20 +260,7 @@ pub fn demo(root: &Path) -> Result<()> {
             let _ = writeln!(stdout, "{line}");
         }
     })?;
-    let failures: Vec<TestResult> =
-        results::tally("demo", &outcome.lines, outcome.timed_out, limit)
-            .into_iter()
-            .filter(|r| !r.passed)
-            .collect();
-    if !failures.is_empty() {
-        let list: Vec<&str> = failures.iter().map(|r| r.what.as_str()).collect();
-        bail!(
-            "the demo failed: {}; the whole console is in {}",
-            list.join("; "),
-            boot.log.display()
-        );
-    }
-    Ok(())
+    guest.require_passed("demo", &outcome, limit, &boot.log)
 }
 
 /// Times the agent's commands in the guest (`tests/vm/bench/agent.sh`) and prints a
@@ -225,18 +275,7 @@ pub fn bench_agent(root: &Path) -> Result<()> {
         boot.log.display()
     );
     let outcome = boot.run(|line| println!("[vm bench] {line}"))?;
-    let failures: Vec<String> = results::tally("bench", &outcome.lines, outcome.timed_out, limit)
-        .into_iter()
-        .filter(|r| !r.passed)
-        .map(|r| r.what)
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "the agent benchmark failed: {}; the whole console is in {}",
-            failures.join("; "),
-            boot.log.display()
-        );
-    }
+    guest.require_passed("bench", &outcome, limit, &boot.log)?;
     let samples = bench::parse(&outcome.lines);
     if samples.is_empty() {
         bail!(
@@ -286,7 +325,7 @@ fn prepare(root: &Path) -> Result<Guest> {
     })?;
     let peakrss = build_peakrss(root, &work)?;
     let initrd = work.join("initramfs.cpio");
-    timed("packing the initramfs", || {
+    let scenarios = timed("packing the initramfs", || {
         initramfs::write(
             &initramfs::Contents {
                 root,
@@ -307,10 +346,50 @@ fn prepare(root: &Path) -> Result<Guest> {
         peakrss,
         modules,
         initrd,
+        scenarios,
         work,
         accel,
         _lock: lock,
     })
+}
+
+impl Guest {
+    /// The results of a boot of `phase` (see [`results::tally`]), checked against the
+    /// scenarios packed for it.
+    fn tally(&self, phase: &str, outcome: &qemu::Outcome, limit: Duration) -> Vec<TestResult> {
+        results::tally(
+            phase,
+            self.scenarios.of(phase),
+            &outcome.lines,
+            outcome.timed_out,
+            limit,
+        )
+    }
+
+    /// Fails, naming every failure, unless the boot of a helper phase (demo, bench, kallsyms)
+    /// passed all it ran.
+    fn require_passed(
+        &self,
+        phase: &str,
+        outcome: &qemu::Outcome,
+        limit: Duration,
+        log: &Path,
+    ) -> Result<()> {
+        let failures: Vec<String> = self
+            .tally(phase, outcome, limit)
+            .into_iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.what)
+            .collect();
+        if !failures.is_empty() {
+            bail!(
+                "the {phase} boot failed: {}; the whole console is in {}",
+                failures.join("; "),
+                log.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `cargo xtask bench build` (`crate::build_bench`) for the harness's kernel, with the
@@ -333,7 +412,7 @@ pub fn bench_build(root: &Path) -> Result<()> {
 /// klive-build's real-kernel tests (`crate::build_tests`): with a `/proc/kallsyms` dump of
 /// this kernel (one extra boot, cached per build-id), builds the diffs of `tests/build/`,
 /// adds the modules to the guest's `/modules` and packs the initramfs again.
-fn add_built_patches(root: &Path, guest: &Guest) -> Result<()> {
+fn add_built_patches(root: &Path, guest: &mut Guest) -> Result<()> {
     let dump = timed("taking /proc/kallsyms from the guest (cached)", || {
         kallsyms::dump(guest)
     })?;
@@ -347,7 +426,7 @@ fn add_built_patches(root: &Path, guest: &Guest) -> Result<()> {
     timed("building the klive-build test patches", || {
         crate::build_tests::build_into(root, &target, &guest.modules)
     })?;
-    timed("packing the initramfs with the built patches", || {
+    guest.scenarios = timed("packing the initramfs with the built patches", || {
         initramfs::write(
             &initramfs::Contents {
                 root,
@@ -359,7 +438,8 @@ fn add_built_patches(root: &Path, guest: &Guest) -> Result<()> {
             },
             &guest.initrd,
         )
-    })
+    })?;
+    Ok(())
 }
 
 fn boot<'a>(
@@ -410,7 +490,7 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     Ok(value)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
         None => root.join("target"),
@@ -521,4 +601,17 @@ fn fresh_disk_with(work: &Path, name: &str, seed: Option<&Path>) -> Result<PathB
         );
     }
     Ok(disk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected_phases;
+
+    #[test]
+    fn klive_vm_phases_selects_known_boots_only() {
+        assert_eq!(selected_phases(None).unwrap(), ["1", "2", "fleet"]);
+        assert_eq!(selected_phases(Some("fleet, 1")).unwrap(), ["1", "fleet"]);
+        assert!(selected_phases(Some("1,flet")).is_err());
+        assert!(selected_phases(Some("")).is_err());
+    }
 }

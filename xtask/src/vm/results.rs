@@ -54,13 +54,32 @@ pub fn phase_end(phase: &str) -> String {
     format!("KLIVE-PHASE-END {phase}")
 }
 
-/// The results of one boot: every result line, a failure per kernel crash line, and a
-/// failure when the guest did not reach the end of its scenarios.
-pub fn tally(phase: &str, lines: &[String], timed_out: bool, limit: Duration) -> Vec<TestResult> {
+/// `KLIVE-SCENARIO <name>`: /init starts the script `<name>.sh` of the phase.
+pub fn scenario_started(line: &str) -> Option<&str> {
+    let at = line.find("KLIVE-SCENARIO ")?;
+    line[at + "KLIVE-SCENARIO ".len()..]
+        .split_whitespace()
+        .next()
+}
+
+/// The results of one boot: every result line, a failure per kernel crash line, a failure
+/// when the guest did not reach the end of its scenarios, a failure for each `expected`
+/// scenario (the scripts packed for the phase) that never started and for each started one
+/// that was not expected.
+pub fn tally(
+    phase: &str,
+    expected: &[String],
+    lines: &[String],
+    timed_out: bool,
+    limit: Duration,
+) -> Vec<TestResult> {
     let mut out: Vec<TestResult> = Vec::new();
+    let mut started: Vec<&str> = Vec::new();
     for line in lines {
         if let Some(result) = parse_result(line) {
             out.push(result);
+        } else if let Some(name) = scenario_started(line) {
+            started.push(name);
         } else if is_kernel_crash(line) {
             out.push(TestResult {
                 passed: false,
@@ -69,7 +88,8 @@ pub fn tally(phase: &str, lines: &[String], timed_out: bool, limit: Duration) ->
         }
     }
     let end = phase_end(phase);
-    if !lines.iter().any(|l| l.trim_end().ends_with(&end)) {
+    let finished = lines.iter().any(|l| l.trim_end().ends_with(&end));
+    if !finished {
         let why = if timed_out {
             format!(
                 "killed after {} s without finishing its scenarios",
@@ -88,6 +108,29 @@ pub fn tally(phase: &str, lines: &[String], timed_out: bool, limit: Duration) ->
             what: format!("boot-{}: {why}", label(phase)),
         });
     }
+    for name in expected.iter().filter(|e| !started.contains(&e.as_str())) {
+        let why = if finished {
+            "the guest finished the phase without starting it"
+        } else {
+            "the boot ended before it started"
+        };
+        out.push(TestResult {
+            passed: false,
+            what: format!(
+                "missing-{}: scenario {name} never ran ({why})",
+                label(phase)
+            ),
+        });
+    }
+    for name in started.iter().filter(|s| !expected.iter().any(|e| e == *s)) {
+        out.push(TestResult {
+            passed: false,
+            what: format!(
+                "unexpected-{}: scenario {name} ran but the harness did not pack it",
+                label(phase)
+            ),
+        });
+    }
     out
 }
 
@@ -98,6 +141,12 @@ mod tests {
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(str::to_string).collect()
     }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
     fn result_lines_are_parsed_even_after_noise() {
@@ -112,18 +161,25 @@ mod tests {
     #[test]
     fn a_complete_phase_counts_its_lines() {
         let console = lines(
-            "KLIVE-PHASE-START 1\nKLIVE-RESULT PASS a: one\nKLIVE-RESULT FAIL b: two\n\
-             KLIVE-PHASE-END 1\n",
+            "KLIVE-PHASE-START 1\nKLIVE-SCENARIO a\nKLIVE-RESULT PASS a: one\n\
+             KLIVE-SCENARIO b\nKLIVE-RESULT FAIL b: two\nKLIVE-PHASE-END 1\n",
         );
-        let results = tally("1", &console, false, Duration::from_secs(1));
+        let results = tally("1", &names(&["a", "b"]), &console, false, SECOND);
+        assert_eq!(results.len(), 2);
         assert_eq!(results.iter().filter(|r| r.passed).count(), 1);
         assert_eq!(results.iter().filter(|r| !r.passed).count(), 1);
     }
 
     #[test]
     fn a_missing_end_or_a_panic_is_a_failure() {
-        let console = lines("KLIVE-PHASE-START 2\nKLIVE-RESULT PASS a: one\n");
-        let results = tally("2", &console, true, Duration::from_secs(300));
+        let console = lines("KLIVE-PHASE-START 2\nKLIVE-SCENARIO a\nKLIVE-RESULT PASS a: one\n");
+        let results = tally(
+            "2",
+            &names(&["a"]),
+            &console,
+            true,
+            Duration::from_secs(300),
+        );
         assert!(
             results
                 .iter()
@@ -133,11 +189,54 @@ mod tests {
         let console = lines(
             "KLIVE-PHASE-START 1\n[ 1.0] Kernel panic - not syncing: oops\nKLIVE-PHASE-END 1\n",
         );
-        let results = tally("1", &console, false, Duration::from_secs(1));
+        let results = tally("1", &[], &console, false, SECOND);
         assert_eq!(results.len(), 1);
         assert!(!results[0].passed);
 
-        let results = tally("1", &[], false, Duration::from_secs(1));
+        let results = tally("1", &[], &[], false, SECOND);
         assert!(results[0].what.contains("never started"));
+    }
+
+    #[test]
+    fn a_scenario_that_never_started_or_was_not_packed_is_a_failure() {
+        // Every result passes, the phase ends cleanly: still two failures.
+        let console = lines(
+            "KLIVE-PHASE-START fleet\nKLIVE-SCENARIO 10-a\nKLIVE-RESULT PASS 10-a: ok\n\
+             KLIVE-SCENARIO 99-stale\nKLIVE-RESULT PASS 99-stale: ok\nKLIVE-PHASE-END fleet\n",
+        );
+        let results = tally("fleet", &names(&["10-a", "20-b"]), &console, false, SECOND);
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.what.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "missing-fleet: scenario 20-b never ran (the guest finished the phase without \
+                 starting it)",
+                "unexpected-fleet: scenario 99-stale ran but the harness did not pack it",
+            ]
+        );
+        // A boot cut short names each scenario it did not reach.
+        let console = lines("KLIVE-PHASE-START 1\nKLIVE-SCENARIO 10-a\n");
+        let results = tally(
+            "1",
+            &names(&["10-a", "20-b", "30-c"]),
+            &console,
+            true,
+            SECOND,
+        );
+        let missing: Vec<&str> = results
+            .iter()
+            .filter(|r| r.what.starts_with("missing-phase1"))
+            .map(|r| r.what.as_str())
+            .collect();
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].contains("20-b") && missing[0].contains("ended before"));
+        assert_eq!(
+            scenario_started("[ 2.0] KLIVE-SCENARIO 40-stall"),
+            Some("40-stall")
+        );
     }
 }
