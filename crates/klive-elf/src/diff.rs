@@ -351,28 +351,8 @@ fn correlate_symbols(orig: &Elf, patched: &Elf) -> HashMap<usize, usize> {
             o_used.insert(v[0]);
         }
     }
-    let mut o_mangled: HashMap<(String, u8), Vec<usize>> = HashMap::new();
-    for &i in &o_c {
-        if o_used.contains(&i) {
-            continue;
-        }
-        let s = orig.sym(i).expect("candidate");
-        o_mangled
-            .entry((mangled(&s.name), s.st_type))
-            .or_default()
-            .push(i);
-    }
-    let mut p_mangled: HashMap<(String, u8), Vec<usize>> = HashMap::new();
-    for &p in &p_c {
-        if twin.contains_key(&p) {
-            continue;
-        }
-        let s = patched.sym(p).expect("candidate");
-        p_mangled
-            .entry((mangled(&s.name), s.st_type))
-            .or_default()
-            .push(p);
-    }
+    let o_mangled = by_mangled_name(orig, o_c.iter().filter(|i| !o_used.contains(*i)));
+    let p_mangled = by_mangled_name(patched, p_c.iter().filter(|p| !twin.contains_key(*p)));
     for (k, pv) in &p_mangled {
         if let Some(ov) = o_mangled.get(k)
             && ov.len() == 1
@@ -382,6 +362,22 @@ fn correlate_symbols(orig: &Elf, patched: &Elf) -> HashMap<usize, usize> {
         }
     }
     twin
+}
+
+/// Symbols of `e` grouped by name without compiler numbers and type.
+fn by_mangled_name<'i>(
+    e: &Elf,
+    symbols: impl Iterator<Item = &'i usize>,
+) -> HashMap<(String, u8), Vec<usize>> {
+    let mut groups: HashMap<(String, u8), Vec<usize>> = HashMap::new();
+    for &i in symbols {
+        let s = e.sym(i).expect("candidate");
+        groups
+            .entry((mangled(&s.name), s.st_type))
+            .or_default()
+            .push(i);
+    }
+    groups
 }
 
 /// The meaning of a relocation target, comparable across objects.

@@ -126,18 +126,10 @@ impl Elf {
     }
 
     pub fn from_builder(b: &Builder<'_>) -> Elf {
-        let nsec = b
-            .sections
-            .iter()
-            .map(|s| s.id().index() + 1)
-            .max()
-            .unwrap_or(0);
-        let nsym = b
-            .symbols
-            .iter()
-            .map(|s| s.id().index() + 1)
-            .max()
-            .unwrap_or(0);
+        // One slot per builder index, so that indices here are the builder's.
+        let slots = |indices: &mut dyn Iterator<Item = usize>| indices.max().map_or(0, |i| i + 1);
+        let nsec = slots(&mut b.sections.iter().map(|s| s.id().index()));
+        let nsym = slots(&mut b.symbols.iter().map(|s| s.id().index()));
         let mut sections: Vec<Option<Section>> = vec![None; nsec];
         let mut symbols: Vec<Option<Symbol>> = vec![None; nsym];
         for s in &b.symbols {

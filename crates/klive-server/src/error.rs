@@ -3,8 +3,6 @@
 
 use klive_format::release::ManifestError;
 
-use crate::store::db::Backend;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     // --- the caller's input -------------------------------------------------------------
@@ -96,9 +94,13 @@ pub enum Error {
     #[error("storage error: {0}")]
     Database(#[from] sqlx::Error),
     #[error(
-        "cannot connect to the {backend:?} database: {detail}; check the url and that the database is running"
+        "cannot connect to the {backend} database: {detail}; check the url and that the database is running"
     )]
-    DatabaseConnect { backend: Backend, detail: String },
+    DatabaseConnect {
+        /// `Sqlite` or `Postgres`.
+        backend: &'static str,
+        detail: String,
+    },
     #[error("blob storage error: {0}")]
     Blob(String),
     #[error(

@@ -83,7 +83,7 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
     let mut publish_times = Vec::new();
     for level in 1..=LEVELS {
         let at = t0 + i64::from(level - 1) * 30 * DAY_MS + DAY_MS;
-        s.clock.advance_secs((at - s.clock.now_ms()) / 1000);
+        s.clock().advance_secs((at - s.clock().now_ms()) / 1000);
         for (build, _) in KERNELS {
             let name = format!("klive_bench_l{level}");
             let ko = module(&[
@@ -105,7 +105,7 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
                 .await
                 .unwrap();
         }
-        s.clock.advance_secs(3 * 86400);
+        s.clock().advance_secs(3 * 86400);
         for (build, _) in KERNELS {
             s.promotions()
                 .promote(
@@ -124,10 +124,10 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
         publish_times.push(at);
     }
     let end = t0 + DAYS * DAY_MS;
-    s.clock.advance_secs((end - s.clock.now_ms()) / 1000);
+    s.clock().advance_secs((end - s.clock().now_ms()) / 1000);
 
     // Hosts and their history, in batches.
-    let pool = &s.db.pool;
+    let pool = &s.db().pool;
     let mut tx = pool.begin().await.unwrap();
     let mut host_rows = Vec::new();
     let mut history_rows = Vec::new();
@@ -285,11 +285,11 @@ async fn time_page(router: &axum::Router, path: &str, cookie: &str) -> (Duration
 async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
     let mut fx = Fixture::sqlite().await;
     let t0 = jiff::Timestamp::now().as_millisecond() - (DAYS + 1) * DAY_MS;
-    fx.service.clock = Clock::frozen(t0);
+    fx.service = fx.service.clone().with_clock(Clock::frozen(t0));
     let started = Instant::now();
     seed(&fx, t0).await;
     let history: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM host_history")
-        .fetch_one(&fx.service.db.pool)
+        .fetch_one(&fx.service.db().pool)
         .await
         .unwrap();
     println!("BENCH seed_ms {}", started.elapsed().as_millis());
@@ -366,7 +366,7 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
     }
 
     let key = klive_server::evidence::report::EvidenceKey::load_or_create(&data).unwrap();
-    let now = fx.service.clock.now_ms();
+    let now = fx.service.clock().now_ms();
     let out = data.join("pack");
     let chromium = klive_server::evidence::report::find_chromium();
     let started = Instant::now();

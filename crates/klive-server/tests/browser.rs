@@ -165,7 +165,7 @@ async fn dashboard_in_a_real_browser() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
-    let now = fx.service.clock.now_ms();
+    let now = fx.service.clock().now_ms();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
     let mut cmd = std::process::Command::new("node");
     cmd.arg(script)

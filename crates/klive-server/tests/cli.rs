@@ -152,7 +152,7 @@ fn operator_rotates_the_tuf_root_with_the_offline_keys() {
     let recorded: i64 = rt.block_on(async {
         let s = klive_server::open(&data, None).await.unwrap();
         sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'tuf.root-rotated'")
-            .fetch_one(&s.db.pool)
+            .fetch_one(&s.db().pool)
             .await
             .unwrap()
     });

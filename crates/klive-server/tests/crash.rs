@@ -21,7 +21,7 @@ async fn killed_publish_leaves_no_partial_release() {
             .add_user(None, "alice", Role::Publisher)
             .await
             .unwrap();
-        s.db.pool.close().await;
+        s.db().pool.close().await;
     }
     let mut killed_before_commit = 0;
     let mut completed = 0;
@@ -58,9 +58,12 @@ async fn killed_publish_leaves_no_partial_release() {
                     1,
                     "a visible release is in its channel"
                 );
-                assert_eq!(s.blobs.get(&info.manifest.module.sha256).await.unwrap(), ko);
+                assert_eq!(
+                    s.blobs().get(&info.manifest.module.sha256).await.unwrap(),
+                    ko
+                );
                 let audited =
-                    audit::recent(&s.db, 1000).await.unwrap().iter().any(|e| {
+                    audit::recent(&s.db(), 1000).await.unwrap().iter().any(|e| {
                         e.action == "release.publish" && e.subject == format!("{BUILD}-{i}")
                     });
                 assert!(audited, "a visible release has its audit record");
@@ -72,7 +75,7 @@ async fn killed_publish_leaves_no_partial_release() {
                     "SELECT COUNT(*) FROM release_channels WHERE release_id = $1",
                 )
                 .bind(format!("{BUILD}-{i}"))
-                .fetch_one(&s.db.pool)
+                .fetch_one(&s.db().pool)
                 .await
                 .unwrap();
                 assert_eq!(orphan, 0);
@@ -85,10 +88,10 @@ async fn killed_publish_leaves_no_partial_release() {
             }
         }
         assert!(matches!(
-            audit::verify(&s.db).await.unwrap(),
+            audit::verify(&s.db()).await.unwrap(),
             Verdict::Intact { .. }
         ));
-        s.db.pool.close().await;
+        s.db().pool.close().await;
     }
     eprintln!("{killed_before_commit} publications killed before commit, {completed} completed");
 }

@@ -29,7 +29,7 @@ both_backends!(
 
 async fn counts(fx: &Fixture) -> (usize, u64) {
     let releases = fx.service.releases().list().await.unwrap().len();
-    let records = match audit::verify(&fx.service.db).await.unwrap() {
+    let records = match audit::verify(&fx.service.db()).await.unwrap() {
         Verdict::Intact { records, .. } => records,
         Verdict::Broken { seq, reason } => panic!("audit chain broken at {seq}: {reason}"),
     };
@@ -236,7 +236,7 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
         matches!(err, Error::SoakNotElapsed { remaining_secs, .. } if remaining_secs > 3500),
         "{err}"
     );
-    s.clock.advance_secs(3601);
+    s.clock().advance_secs(3601);
     let p = s.promotions().approve(&fx.bob, &p.id).await.unwrap();
     assert_eq!(p.status, PromotionStatus::Approved);
     assert_eq!(p.approved_by.as_deref(), Some("bob"));
@@ -255,7 +255,7 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
         .publish_with_module(&fx.carol, m2, ko2)
         .await
         .unwrap();
-    s.clock.advance_secs(3601);
+    s.clock().advance_secs(3601);
     let p2 = s
         .promotions()
         .promote(&fx.carol, &build(BUILD), level(2), &to_stable)
@@ -447,7 +447,7 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
         .create_enroll_token(&fx.admin, &enroll("canary", 5, 60))
         .await
         .unwrap();
-    s.clock.advance_secs(61);
+    s.clock().advance_secs(61);
     let err = s
         .enrollment()
         .register(&register_req(&t.token, "web-4"))
@@ -488,7 +488,7 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
     assert!(s.hosts().list(&fx.vic, &last).await.unwrap().is_empty());
     // Credentials are stored hashed only.
     let stored: Vec<String> = sqlx::query_scalar("SELECT credential_hash FROM hosts")
-        .fetch_all(&s.db.pool)
+        .fetch_all(&s.db().pool)
         .await
         .unwrap();
     assert!(
@@ -669,7 +669,7 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
         (Action::Revert, None),
         "3 and 4 are younger than the delay"
     );
-    s.clock.advance_secs(601);
+    s.clock().advance_secs(601);
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(4)));
 
     // A host on another kernel build gets nothing.
@@ -692,7 +692,7 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     let info = s.hosts().get(&fx.vic, &canary.host.id).await.unwrap();
     assert_eq!(info.boot_id.as_deref(), Some("boot-2"));
     assert_eq!(info.applied_level, None);
-    let actions: Vec<String> = audit::recent(&s.db, 100)
+    let actions: Vec<String> = audit::recent(&s.db(), 100)
         .await
         .unwrap()
         .into_iter()
@@ -742,7 +742,7 @@ async fn replayed_and_revoked_checkins_are_refused(fx: Fixture) {
         .authenticate_host("garbage")
         .await
         .unwrap_err();
-    let failed: Vec<String> = audit::recent(&s.db, 1000)
+    let failed: Vec<String> = audit::recent(&s.db(), 1000)
         .await
         .unwrap()
         .into_iter()
@@ -824,35 +824,35 @@ async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
     assert!(records >= 7, "users, tokens, publish, withdraw are audited");
     let publish_seq: i64 =
         sqlx::query_scalar("SELECT seq FROM audit_log WHERE action = 'release.publish'")
-            .fetch_one(&s.db.pool)
+            .fetch_one(&s.db().pool)
             .await
             .unwrap();
 
     sqlx::query("UPDATE audit_log SET actor = 'user:mallory' WHERE seq = $1")
         .bind(publish_seq)
-        .execute(&s.db.pool)
+        .execute(&s.db().pool)
         .await
         .unwrap();
-    let verdict = audit::verify(&s.db).await.unwrap();
+    let verdict = audit::verify(&s.db()).await.unwrap();
     assert!(
         matches!(&verdict, Verdict::Broken { seq, .. } if *seq == publish_seq as u64),
         "{verdict:?}"
     );
     sqlx::query("UPDATE audit_log SET actor = 'user:alice' WHERE seq = $1")
         .bind(publish_seq)
-        .execute(&s.db.pool)
+        .execute(&s.db().pool)
         .await
         .unwrap();
     assert!(matches!(
-        audit::verify(&s.db).await.unwrap(),
+        audit::verify(&s.db()).await.unwrap(),
         Verdict::Intact { .. }
     ));
 
     sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
-        .execute(&s.db.pool)
+        .execute(&s.db().pool)
         .await
         .unwrap();
-    let verdict = audit::verify(&s.db).await.unwrap();
+    let verdict = audit::verify(&s.db()).await.unwrap();
     assert!(
         matches!(&verdict, Verdict::Broken { seq, .. } if *seq == records),
         "{verdict:?}"
@@ -910,7 +910,7 @@ async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
 async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
     let s = &fx.service;
     let failed = async || -> Vec<(String, serde_json::Value)> {
-        audit::recent(&s.db, 1000)
+        audit::recent(&s.db(), 1000)
             .await
             .unwrap()
             .into_iter()
@@ -945,7 +945,7 @@ async fn failed_sign_ins_are_audited_at_most_once_a_minute(fx: Fixture) {
         serde_json::json!({"failures": 1, "window_secs": 60})
     )));
 
-    s.clock.advance_secs(61);
+    s.clock().advance_secs(61);
     s.users()
         .authenticate_user("klu_guessed")
         .await

@@ -311,7 +311,7 @@ async fn checkin(fx: &Fixture, h: &mut SimHost) -> klive_format::api::CheckInRes
     h.auth.applied_state = h.level.map(|_| "applied".into());
     h.auth.boot_id = Some(c.boot_id.clone());
     h.auth.taint = Some(h.taint as i64);
-    h.auth.last_checkin_at = Some(fx.service.clock.now_ms());
+    h.auth.last_checkin_at = Some(fx.service.clock().now_ms());
     r
 }
 
@@ -342,7 +342,7 @@ async fn publish(fx: &Fixture, model: &mut Model, kernel: usize, level: u32) {
         .unwrap();
     model.releases.insert(
         (kernel, level),
-        (fx.service.clock.now_ms(), level_fixes(level)),
+        (fx.service.clock().now_ms(), level_fixes(level)),
     );
     model.publishes += 1;
 }
@@ -367,7 +367,10 @@ fn date_of(ms: i64) -> String {
 async fn simulated_fleet_report_matches_an_independent_model() {
     let mut fx = Fixture::sqlite().await;
     let t0 = jiff::Timestamp::now().as_millisecond() - 120 * DAY_MS;
-    fx.service.clock = klive_server::clock::Clock::frozen(t0);
+    fx.service = fx
+        .service
+        .clone()
+        .with_clock(klive_server::clock::Clock::frozen(t0));
     let s = &fx.service;
     let mut model = Model {
         policies: vec![(0, [7, 30, 90, 180, 90])],
@@ -427,7 +430,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
     )
     .await
     .unwrap();
-    model.debian_known_at = Some(s.clock.now_ms());
+    model.debian_known_at = Some(s.clock().now_ms());
     s.import_cves(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
         .await
         .unwrap();
@@ -453,7 +456,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             + DAY_MS
             - 1,
     );
-    let known_now = s.clock.now_ms();
+    let known_now = s.clock().now_ms();
     for (i, h) in hosts.iter().enumerate() {
         model.observe(i, h, known_now, false);
     }
@@ -462,7 +465,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
     let mut promotion_for_approval: Option<String> = None;
     let mut emergency_to_approve: Option<String> = None;
     for day in 0..DAYS {
-        let now = s.clock.now_ms();
+        let now = s.clock().now_ms();
         // Admin work of the day.
         if let Some(pos) = PUBLISH_DAYS.iter().position(|d| *d == day) {
             let level = pos as u32 + 1;
@@ -499,7 +502,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                 model.promotions += 1;
                 model.emergency += 1;
             }
-            let known = s.clock.now_ms();
+            let known = s.clock().now_ms();
             for (i, h) in hosts.iter().enumerate().filter(|(_, h)| !h.revoked) {
                 model.observe(i, h, known, false);
             }
@@ -561,7 +564,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             )
             .await
             .unwrap();
-            let now = s.clock.now_ms();
+            let now = s.clock().now_ms();
             model
                 .exceptions
                 .push(("CVE-2026-1011".into(), now, now + 100 * DAY_MS));
@@ -585,14 +588,14 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             .unwrap();
             model
                 .policies
-                .push((s.clock.now_ms(), [3, 14, 90, 180, 90]));
+                .push((s.clock().now_ms(), [3, 14, 90, 180, 90]));
         }
         if day == 60 {
             for (i, h) in hosts.iter_mut().enumerate() {
                 if i % 97 == 5 {
                     s.hosts().revoke_host(&fx.admin, &h.auth.id).await.unwrap();
                     h.revoked = true;
-                    model.retire(i, s.clock.now_ms());
+                    model.retire(i, s.clock().now_ms());
                 }
             }
         }
@@ -607,7 +610,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                 h.level = None;
                 model.reboots += 1;
                 checkin(&fx, h).await;
-                model.observe(i, h, s.clock.now_ms(), true);
+                model.observe(i, h, s.clock().now_ms(), true);
             }
             let r = checkin(&fx, h).await;
             if r.action == Action::Apply && (!h.slow || day % 10 == 0) {
@@ -617,19 +620,19 @@ async fn simulated_fleet_report_matches_an_independent_model() {
                 }
                 h.level = Some(target);
                 checkin(&fx, h).await;
-                model.observe(i, h, s.clock.now_ms(), false);
+                model.observe(i, h, s.clock().now_ms(), false);
             }
         }
         if day == 30 {
             snapshot_day30 = Some((now, model.open.len()));
         }
-        s.clock.advance_secs(86400);
+        s.clock().advance_secs(86400);
     }
 
     // The period is the 90 days; as of its end.
     let from = t0;
     let to = t0 + DAYS * DAY_MS - 1;
-    assert!(s.clock.now_ms() > to);
+    assert!(s.clock().now_ms() > to);
     let as_of = to;
 
     // As-of query: findings open at day 30, from the history alone.
@@ -915,7 +918,7 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         assert_eq!(err.code(), "invalid_feed", "{err}");
     }
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cve_imports")
-        .fetch_one(&s.db.pool)
+        .fetch_one(&s.db().pool)
         .await
         .unwrap();
     assert_eq!(stored, 1, "only the good import is recorded");
@@ -957,8 +960,8 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         })
         .await
         .unwrap();
-    s.clock.advance_secs(60);
-    let a = assess(s, s.clock.now_ms()).await.unwrap();
+    s.clock().advance_secs(60);
+    let a = assess(s, s.clock().now_ms()).await.unwrap();
     assert_eq!(a.findings.len(), lacking.len());
     assert!(!lacking.is_empty());
 }
@@ -1021,15 +1024,15 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
             taint: 0,
         });
     }
-    s.clock.advance_secs(3600);
+    s.clock().advance_secs(3600);
     let answer = checkin(&fx, &mut hosts[0]).await;
     assert_eq!(answer.action, Action::Apply);
-    s.clock.advance_secs(3600);
+    s.clock().advance_secs(3600);
     hosts[0].level = Some(1);
     checkin(&fx, &mut hosts[0]).await;
-    s.clock.advance_secs(60);
+    s.clock().advance_secs(60);
 
-    let a = assess(s, s.clock.now_ms()).await.unwrap();
+    let a = assess(s, s.clock().now_ms()).await.unwrap();
     // h0 lacks the 8 CVEs of later Debian versions and had the release's 2 (fixed by level 1);
     // h1 lacks the 3 of 6.1.192-1; h2 is current.
     assert_eq!(a.findings.len(), 13);
@@ -1040,7 +1043,7 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
             .count(),
         2
     );
-    let now = s.clock.now_ms();
+    let now = s.clock().now_ms();
     let f = report::figures(s, now - DAY_MS, now).await.unwrap();
     assert_eq!(f.summary.findings, 13);
     assert_eq!(f.summary.reboots_avoided, 1);
@@ -1050,7 +1053,7 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
 
     let dir = tempfile::tempdir().unwrap();
     let dash = klive_server::http::dashboard::Dashboard::new(s.clone(), dir.path().to_path_buf());
-    let text = klive_server::http::metrics::render(&dash).await.unwrap();
+    let text = dash.metrics_text().await.unwrap();
     assert!(
         text.contains("klive_findings_open{severity=\"unrated\"} 10"),
         "{text}"

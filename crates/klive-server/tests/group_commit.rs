@@ -84,7 +84,7 @@ fn report(sequence: u64, applied: bool) -> CheckIn {
 }
 
 async fn chain_records(fx: &Fixture) -> u64 {
-    match audit::verify(&fx.service.db).await.unwrap() {
+    match audit::verify(&fx.service.db()).await.unwrap() {
         Verdict::Intact { records, .. } => records,
         Verdict::Broken { seq, reason } => panic!("audit chain broken at {seq}: {reason}"),
     }
@@ -93,7 +93,7 @@ async fn chain_records(fx: &Fixture) -> u64 {
 async fn last_sequence(fx: &Fixture, host: &Host) -> i64 {
     sqlx::query_scalar("SELECT last_sequence FROM hosts WHERE id = $1")
         .bind(&host.auth.id)
-        .fetch_one(&fx.service.db.pool)
+        .fetch_one(&fx.service.db().pool)
         .await
         .unwrap()
 }
@@ -160,13 +160,13 @@ async fn concurrent_checkins_of_many_hosts_share_transactions(fx: Fixture) {
     assert_eq!(chain_records(&fx).await, before + HOSTS as u64);
     let history: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM host_history WHERE events = 'applied'")
-            .fetch_one(&s.db.pool)
+            .fetch_one(&s.db().pool)
             .await
             .unwrap();
     assert_eq!(history, HOSTS as i64);
     // Each host counted once in today's coverage, whatever the batches.
     let days: Vec<i64> = sqlx::query_scalar("SELECT hosts FROM checkin_daily")
-        .fetch_all(&s.db.pool)
+        .fetch_all(&s.db().pool)
         .await
         .unwrap();
     assert_eq!(days.iter().sum::<i64>(), HOSTS as i64);
@@ -231,7 +231,7 @@ async fn a_revoked_host_inside_a_batch_is_refused_alone(fx: Fixture) {
         "SELECT COUNT(*) FROM audit_log WHERE subject = $1 AND action = 'host.applied'",
     )
     .bind(&hosts[3].auth.id)
-    .fetch_one(&s.db.pool)
+    .fetch_one(&s.db().pool)
     .await
     .unwrap();
     assert_eq!(
@@ -245,7 +245,7 @@ async fn a_revoked_host_inside_a_batch_is_refused_alone(fx: Fixture) {
 /// whole, and every other check-in of that batch is still written.
 async fn a_failing_checkin_does_not_fail_its_batch(fx: Fixture) {
     let s = &fx.service;
-    let statements: &[&str] = match s.db.backend {
+    let statements: &[&str] = match s.db().backend {
         Backend::Sqlite => &[
             "CREATE TRIGGER poison BEFORE UPDATE ON hosts WHEN NEW.kernel_release = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned check-in'); END",
         ],
@@ -256,7 +256,7 @@ async fn a_failing_checkin_does_not_fail_its_batch(fx: Fixture) {
     };
     for sql in statements {
         sqlx::query(sqlx::AssertSqlSafe(*sql))
-            .execute(&s.db.pool)
+            .execute(&s.db().pool)
             .await
             .unwrap();
     }
@@ -319,8 +319,8 @@ async fn decisions_follow_changes_at_once_here_and_within_a_second_from_elsewher
 
     // Another replica withdraws level 1: seen after at most a second.
     sqlx::query("UPDATE releases SET withdrawn_at = $1, withdrawn_by = 'alice', withdraw_reason = 'elsewhere' WHERE level = 1")
-        .bind(s.clock.now_ms())
-        .execute(&s.db.pool)
+        .bind(s.clock().now_ms())
+        .execute(&s.db().pool)
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

@@ -26,7 +26,7 @@ async fn postgres_fleet_summary_of_100k_hosts() {
 async fn fleet_summary_of_100k_hosts(fx: Fixture) {
     let s = &fx.service;
     let started = Instant::now();
-    let mut tx = s.db.pool.begin().await.unwrap();
+    let mut tx = s.db().pool.begin().await.unwrap();
     for chunk in 0..1000 {
         let mut sql = String::from(
             "INSERT INTO hosts (id, credential_hash, hostname, channel, update_delay_secs, registered_at, last_sequence, last_checkin_at, applied_level, applied_state) VALUES ",

@@ -373,9 +373,9 @@ async fn rollback_and_freeze_are_refused(mut fx: Fixture) {
     assert!(err.contains("version"), "{err}");
 
     // Freeze: metadata whose timestamp has expired is refused.
-    s.clock.advance_secs(-2 * 86400);
+    s.clock().advance_secs(-2 * 86400);
     s.tuf_refresh(true).await.unwrap();
-    s.clock.advance_secs(2 * 86400);
+    s.clock().advance_secs(2 * 86400);
     let r = load(&s, &h, &root, &store(dir.path(), "fresh"), Mangle::None).await;
     let err = r
         .expect_err("expired timestamp must be refused")

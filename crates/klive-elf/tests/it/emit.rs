@@ -3,9 +3,8 @@
 use klive_elf::analyze;
 use klive_elf::emit::emit;
 use klive_elf::klp::{fixup_module, verify_module};
-use klive_elf::symbols::{Exports, Resolver, SymbolTable};
 
-use crate::support::{BASE, KALLSYMS, SYMVERS, golden, pair};
+use crate::support::{BASE, KALLSYMS, Vmlinux, golden, pair};
 
 #[test]
 fn emitted_object_points_non_exported_symbols_at_klp_placeholders() {
@@ -15,13 +14,8 @@ fn emitted_object_points_non_exported_symbols_at_klp_placeholders() {
     );
     let (o, p) = pair(BASE, &patched);
     let a = analyze(&o, &p).unwrap();
-    let table = SymbolTable::from_kallsyms(KALLSYMS, "vmlinux");
-    let exports = Exports::from_module_symvers(SYMVERS);
-    let resolver = Resolver {
-        object: "vmlinux".into(),
-        table: &table,
-        exports: &exports,
-    };
+    let vmlinux = Vmlinux::new(KALLSYMS);
+    let resolver = vmlinux.resolver();
     let e = emit(&p, &a, &resolver, "t0").unwrap();
     let mut summary = String::new();
     for f in &e.funcs {
@@ -68,13 +62,8 @@ fn ambiguous_symbol_position_stops_the_emit() {
     let a = analyze(&o, &p).unwrap();
     // Both `helper`s far from anything of this file: no way to tell them apart.
     let dump = "ffffffff81100000 t helper.constprop.0\nffffffff81900000 t helper.constprop.0\nffffffff85000000 T cmdline_show\n";
-    let table = SymbolTable::from_kallsyms(dump, "vmlinux");
-    let exports = Exports::from_module_symvers(SYMVERS);
-    let resolver = Resolver {
-        object: "vmlinux".into(),
-        table: &table,
-        exports: &exports,
-    };
+    let vmlinux = Vmlinux::new(dump);
+    let resolver = vmlinux.resolver();
     let err = emit(&p, &a, &resolver, "t0").unwrap_err().to_string();
     assert!(err.contains("helper"), "{err}");
 }

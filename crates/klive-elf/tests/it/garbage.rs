@@ -3,9 +3,9 @@
 use klive_elf::analyze;
 use klive_elf::emit::emit;
 use klive_elf::klp::{fixup_module, verify_module};
-use klive_elf::symbols::{Exports, Resolver, SymbolTable};
+use klive_elf::symbols::SymbolTable;
 
-use crate::support::{BASE, KALLSYMS, SYMVERS, pair};
+use crate::support::{BASE, KALLSYMS, Vmlinux, pair};
 
 #[test]
 fn garbage_input_is_an_error() {
@@ -29,13 +29,8 @@ fn truncated_objects_are_errors() {
     let patched = BASE.replace("return helper(2);", "return helper(3) + 1;");
     let (o, p) = pair(BASE, &patched);
     let a = analyze(&o, &p).unwrap();
-    let table = SymbolTable::from_kallsyms(KALLSYMS, "vmlinux");
-    let exports = Exports::from_module_symvers(SYMVERS);
-    let resolver = Resolver {
-        object: "vmlinux".into(),
-        table: &table,
-        exports: &exports,
-    };
+    let vmlinux = Vmlinux::new(KALLSYMS);
+    let resolver = vmlinux.resolver();
     let e = emit(&p, &a, &resolver, "t0").unwrap();
     let (module, _) = fixup_module(&e.object, "vmlinux").unwrap();
     let cuts = |len: usize| [0, 1, 16, 63, 64, 100, len / 4, len / 2, len - 64, len - 1];

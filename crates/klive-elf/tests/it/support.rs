@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use klive_elf::symbols::{Exports, Resolver, SymbolTable};
+
 /// Flags that make gcc emit what kbuild's objects look like: fentry calls, mcount records,
 /// one section per function and variable, kernel code model.
 const KFLAGS: &[&str] = &[
@@ -89,3 +91,26 @@ ffffffff82000000 D saved_command_line
 ffffffff82000100 d limit
 ffffffff82000200 B shared_counter
 ";
+
+/// A running vmlinux with the symbols of a kallsyms dump and the exports of [`SYMVERS`].
+pub struct Vmlinux {
+    table: SymbolTable,
+    exports: Exports,
+}
+
+impl Vmlinux {
+    pub fn new(kallsyms: &str) -> Vmlinux {
+        Vmlinux {
+            table: SymbolTable::from_kallsyms(kallsyms, "vmlinux"),
+            exports: Exports::from_module_symvers(SYMVERS),
+        }
+    }
+
+    pub fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            object: "vmlinux".into(),
+            table: &self.table,
+            exports: &self.exports,
+        }
+    }
+}

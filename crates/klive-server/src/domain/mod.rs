@@ -241,7 +241,45 @@ impl Service {
         Ok(())
     }
 
-    fn now(&self) -> i64 {
+    /// The database, for the store's readers (evidence, dashboard) and tests.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The service's clock (frozen in simulations).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Uses `clock` from now on (a frozen clock for simulations and tests).
+    pub fn with_clock(mut self, clock: Clock) -> Service {
+        self.clock = clock;
+        self
+    }
+
+    /// Suggested time between check-ins, sent to agents.
+    pub fn checkin_interval_secs(&self) -> u64 {
+        self.checkin_interval_secs
+    }
+
+    /// Sets the suggested time between check-ins.
+    pub fn with_checkin_interval(mut self, secs: u64) -> Service {
+        self.checkin_interval_secs = secs;
+        self
+    }
+
+    /// Whether TUF keys exist (`keys init` ran), so that channels are signed.
+    pub fn has_signer(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// Milliseconds since the epoch on the service's clock.
+    pub fn now(&self) -> i64 {
         self.clock.now_ms()
     }
 

@@ -589,14 +589,14 @@ impl Service {
         let parsed = parse(source, file, bytes).map_err(|e| Error::InvalidFeed(e.to_string()))?;
         let digest = sha256_hex(bytes);
         let import_id = new_id()?;
-        let now = self.clock.now_ms();
+        let now = self.clock().now_ms();
         let cves: BTreeSet<&str> = parsed
             .facts
             .iter()
             .map(|f| f.cve.as_str())
             .chain(parsed.fixes.iter().map(|f| f.2.as_str()))
             .collect();
-        let mut tx = self.db.begin_audited().await?;
+        let mut tx = self.db().begin_audited().await?;
         sqlx::query(
             "INSERT INTO cve_imports (id, source, file_name, sha256, imported_at, imported_by, records) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )

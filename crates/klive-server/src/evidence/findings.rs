@@ -152,7 +152,7 @@ impl Knowledge {
             as_of,
             ..Knowledge::default()
         };
-        let pool = &service.db.pool;
+        let pool = &service.db().pool;
         let rows = sqlx::query(
             "SELECT version, cve, known_at, released_at FROM cve_package_fixes WHERE package = $1 AND known_at <= $2",
         )
@@ -557,7 +557,7 @@ pub async fn assess(service: &Service, as_of: i64) -> Result<Assessment, Error> 
         "SELECT id, hostname, channel, registered_at, revoked_at, last_checkin_at FROM hosts WHERE registered_at <= $1 ORDER BY id",
     )
     .bind(as_of)
-    .fetch_all(&service.db.pool)
+    .fetch_all(&service.db().pool)
     .await?;
     let hosts = rows
         .iter()
@@ -617,7 +617,7 @@ async fn load_timelines(
         "SELECT host_id, sequence, at, events, kernel_release, package_version, build_id, applied_level, applied_state, boot_id, uptime_secs, taint, error FROM host_history WHERE at <= $1 ORDER BY host_id, sequence",
     )
     .bind(as_of)
-    .fetch(&service.db.pool);
+    .fetch(&service.db().pool);
     // Rows arrive grouped by host: look the host up once per group.
     let mut current: Option<(String, Option<usize>)> = None;
     while let Some(r) = rows.try_next().await? {

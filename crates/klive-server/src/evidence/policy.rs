@@ -73,7 +73,7 @@ impl Service {
     /// Every policy version, oldest first.
     pub async fn sla_policies(&self) -> Result<Vec<PolicyVersion>, Error> {
         let rows = sqlx::query("SELECT * FROM sla_policies ORDER BY version")
-            .fetch_all(&self.db.pool)
+            .fetch_all(&self.db().pool)
             .await?;
         rows.iter().map(policy_row).collect()
     }
@@ -106,8 +106,8 @@ impl Service {
                     .into(),
             ));
         }
-        let now = self.clock.now_ms();
-        let mut tx = self.db.begin_audited().await?;
+        let now = self.clock().now_ms();
+        let mut tx = self.db().begin_audited().await?;
         let version: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM sla_policies")
                 .fetch_one(&mut *tx)
@@ -177,10 +177,10 @@ impl Service {
                 "an exception expires within 1 second to 366 days; renew it when it expires".into(),
             ));
         }
-        let now = self.clock.now_ms();
+        let now = self.clock().now_ms();
         let expires = now + expires_in_secs as i64 * 1000;
         let id = new_id()?;
-        let mut tx = self.db.begin_audited().await?;
+        let mut tx = self.db().begin_audited().await?;
         if let Some(h) = host_id {
             let exists: Option<String> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
                 .bind(h)
@@ -229,7 +229,7 @@ impl Service {
             "SELECT id, cve, host_id, reason, created_by, created_at, expires_at FROM sla_exceptions WHERE created_at <= $1 ORDER BY created_at, id",
         )
         .bind(until)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&self.db().pool)
         .await?;
         rows.iter()
             .map(|r| {

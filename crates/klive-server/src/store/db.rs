@@ -32,6 +32,16 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The name in messages (as `{:?}` spelled it before errors stopped importing the store).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "Sqlite",
+            Backend::Postgres => "Postgres",
+        }
+    }
+}
+
 /// A connection pool plus what kind of database is behind it.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -63,7 +73,7 @@ impl Db {
             ));
         };
         let options = AnyConnectOptions::from_str(url).map_err(|e| Error::DatabaseConnect {
-            backend,
+            backend: backend.name(),
             detail: e.to_string(),
         })?;
         let mut pool_options =
@@ -84,7 +94,7 @@ impl Db {
                 .connect_with(options)
                 .await
                 .map_err(|e| Error::DatabaseConnect {
-                    backend,
+                    backend: backend.name(),
                     detail: e.to_string(),
                 })?;
         let db = Db { pool, backend };

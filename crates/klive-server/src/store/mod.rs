@@ -4,5 +4,6 @@
 pub mod audit;
 pub mod blobs;
 pub mod db;
+pub mod fleet;
 pub mod history;
 pub mod s3;

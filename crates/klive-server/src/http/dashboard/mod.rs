@@ -26,12 +26,11 @@ use serde_json::json;
 use sqlx::Row;
 
 use klive_format::api::Role;
-use klive_format::evidence::{Finding, FixMethod, Rating, Verdict};
+use klive_format::evidence::Finding;
 
 use crate::clock::rfc3339;
 use crate::domain::{AuthUser, Service};
 use crate::error::Error;
-use crate::evidence::findings::{Assessment, assess};
 use crate::evidence::report::{self, EvidenceKey};
 use crate::store::audit::{self, Actor};
 use crate::store::history::DAY_MS;
@@ -43,191 +42,10 @@ const SESSION_SECS: i64 = 12 * 3600;
 const CSS: &str = include_str!("../../../templates/ui/dashboard.css");
 const PAGE: i64 = 100;
 
-/// Fleet-wide findings as of one time, with per-host and per-CVE aggregates.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub a: Assessment,
-    /// host id -> (open, overdue)
-    pub host_open: HashMap<String, (u64, u64)>,
-    pub cves: Vec<CveAgg>,
-    /// The audit chain's verification at the snapshot time: (text, intact).
-    pub chain: (String, bool),
-    /// Figures of the last 90 days and charts, computed once per snapshot.
-    pub overview: OverviewFigures,
-}
+mod metrics;
+mod snapshot;
 
-/// What the overview and `/metrics` show from the findings, computed once per snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct OverviewFigures {
-    pub severities: Vec<[String; 11]>,
-    pub ttp_chart: String,
-    pub open_chart: String,
-    pub reboots_avoided_30d: u64,
-    pub open_critical_high: u64,
-    pub kev_open: u64,
-    /// (severity, open, overdue)
-    pub open_by_severity: Vec<(Rating, i64, i64)>,
-    pub applies_ok: u64,
-    pub applies_failed: u64,
-    pub reboots: u64,
-    /// build-id -> (hosts on it, [(applied level, hosts)]), from each active host's last state.
-    pub rollout: HashMap<String, (i64, Vec<(i64, i64)>)>,
-}
-
-impl OverviewFigures {
-    fn new(a: &Assessment) -> OverviewFigures {
-        let since = a.as_of - 90 * DAY_MS;
-        let mut f = OverviewFigures::default();
-        for t in &a.timelines {
-            let mut previous = None;
-            for s in t {
-                let apply = report::is_livepatch_apply(previous, s);
-                f.applies_ok += u64::from(apply);
-                if s.at >= a.as_of - 30 * DAY_MS {
-                    f.reboots_avoided_30d += u64::from(apply);
-                }
-                f.applies_failed += u64::from(s.has_event("update_failed"));
-                f.reboots += u64::from(s.has_event("reboot"));
-                previous = Some(s);
-            }
-        }
-        for (i, t) in a.timelines.iter().enumerate() {
-            if a.hosts[i].revoked_at.is_some() {
-                continue;
-            }
-            let Some(last) = t.last() else { continue };
-            let Some(build) = &last.build_id else {
-                continue;
-            };
-            let e = f.rollout.entry(build.clone()).or_default();
-            e.0 += 1;
-            if let Some(l) = last.effective_level() {
-                match e.1.iter_mut().find(|(level, _)| *level == l) {
-                    Some(x) => x.1 += 1,
-                    None => e.1.push((l, 1)),
-                }
-            }
-        }
-        let mut by: HashMap<Rating, (i64, i64)> = HashMap::new();
-        for x in a.findings.iter().filter(|x| x.fixed_at.is_none()) {
-            let e = by.entry(x.severity).or_default();
-            e.0 += 1;
-            e.1 += i64::from(x.verdict == Verdict::OpenOverdue);
-            f.open_critical_high += u64::from(x.severity >= Rating::High);
-            f.kev_open += u64::from(x.kev);
-        }
-        f.open_by_severity = Rating::ALL
-            .into_iter()
-            .map(|r| {
-                let (o, d) = by.get(&r).copied().unwrap_or_default();
-                (r, o, d)
-            })
-            .collect();
-        f.severities = report::severity_figures(a, since)
-            .iter()
-            .map(|x| {
-                [
-                    x.severity.as_str().to_owned(),
-                    x.sla_days.to_string(),
-                    x.fixed.to_string(),
-                    x.fixed_by_livepatch.to_string(),
-                    x.fixed_by_kernel.to_string(),
-                    report::share_text(x.on_time_share),
-                    report::days_text(x.p50_secs),
-                    report::days_text(x.p95_secs),
-                    x.open_at_end.to_string(),
-                    x.overdue_at_end.to_string(),
-                    x.excepted.to_string(),
-                ]
-            })
-            .collect();
-        let (days, open) = report::open_series(a, since);
-        f.ttp_chart = crate::evidence::charts::time_to_patch(&report::ttp_series(a, since));
-        f.open_chart = crate::evidence::charts::open_over_time(&days, &open);
-        f
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct CveAgg {
-    pub cve: String,
-    pub severity: Rating,
-    pub kev: bool,
-    pub open: u64,
-    pub ever: u64,
-    pub livepatch: u64,
-    pub kernel: u64,
-    pub overdue: u64,
-    pub first: i64,
-}
-
-impl Snapshot {
-    /// Computes the findings as of `at` and the audit-chain check.
-    pub async fn compute(service: &Service, at: i64) -> Result<Snapshot, Error> {
-        let a = assess(service, at).await?;
-        let chain = match audit::verify(&service.db).await? {
-            audit::Verdict::Intact { records, .. } => {
-                (format!("intact ({records} records verified)"), true)
-            }
-            audit::Verdict::Broken { seq, reason } => {
-                (format!("BROKEN at record {seq}: {reason}"), false)
-            }
-        };
-        Ok(Snapshot::new(a, chain))
-    }
-
-    pub fn new(a: Assessment, chain: (String, bool)) -> Snapshot {
-        let mut host_open: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut cves: HashMap<u32, CveAgg> = HashMap::new();
-        for f in &a.findings {
-            let open = f.fixed_at.is_none();
-            if open {
-                let e = host_open
-                    .entry(a.hosts[f.host as usize].id.clone())
-                    .or_default();
-                e.0 += 1;
-                e.1 += u64::from(f.verdict == Verdict::OpenOverdue);
-            }
-            let c = cves.entry(f.cve).or_insert_with(|| CveAgg {
-                cve: a.knowledge.cve_name(f.cve).to_owned(),
-                severity: f.severity,
-                kev: f.kev,
-                open: 0,
-                ever: 0,
-                livepatch: 0,
-                kernel: 0,
-                overdue: 0,
-                first: f.detected_at,
-            });
-            c.severity = c.severity.max(f.severity);
-            c.ever += 1;
-            c.open += u64::from(open);
-            c.overdue += u64::from(f.verdict == Verdict::OpenOverdue);
-            c.first = c.first.min(f.detected_at);
-            match f.fix_method {
-                Some(FixMethod::Livepatch) => c.livepatch += 1,
-                Some(FixMethod::Kernel) => c.kernel += 1,
-                _ => {}
-            }
-        }
-        let mut cves: Vec<CveAgg> = cves.into_values().collect();
-        cves.sort_by(|x, y| {
-            y.overdue
-                .cmp(&x.overdue)
-                .then(y.severity.cmp(&x.severity))
-                .then(y.open.cmp(&x.open))
-                .then(x.cve.cmp(&y.cve))
-        });
-        let overview = OverviewFigures::new(&a);
-        Snapshot {
-            a,
-            host_open,
-            cves,
-            chain,
-            overview,
-        }
-    }
-}
+pub use snapshot::{CveAgg, OverviewFigures, Snapshot};
 
 #[derive(Debug, Clone)]
 pub struct Dashboard {
@@ -271,7 +89,7 @@ impl Dashboard {
     /// the background when older than the cache age).
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, Error> {
         let mut guard = self.snapshot.lock().await;
-        let now = self.service.clock.now_ms();
+        let now = self.service.clock().now_ms();
         match guard.as_ref() {
             Some(s) if now - s.a.as_of <= self.max_age_ms => Ok(s.clone()),
             Some(s) if self.max_age_ms > 0 => {
@@ -279,7 +97,7 @@ impl Dashboard {
                 if !self.refreshing.swap(true, Ordering::AcqRel) {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        match Snapshot::compute(&me.service, me.service.clock.now_ms()).await {
+                        match Snapshot::compute(&me.service, me.service.clock().now_ms()).await {
                             Ok(s) => *me.snapshot.lock().await = Some(Arc::new(s)),
                             Err(e) => {
                                 tracing::error!(error = %e, "refreshing the dashboard snapshot failed")
@@ -319,7 +137,7 @@ pub fn dashboard_router(dash: Dashboard) -> Router {
         .route("/ui/audit", get(audit_page))
         .route("/ui/evidence", get(evidence_page).post(evidence_generate))
         .route("/ui/exports/{file}", get(export))
-        .route("/metrics", get(crate::http::metrics::metrics))
+        .route("/metrics", get(metrics))
         .with_state(dash)
 }
 
@@ -430,8 +248,8 @@ impl Dashboard {
             "SELECT s.csrf AS csrf, u.name AS name, u.role AS role FROM dashboard_sessions s JOIN users u ON u.name = s.user_name WHERE s.id_hash = $1 AND s.expires_at > $2",
         )
         .bind(sha256_hex(id.as_bytes()))
-        .bind(self.service.clock.now_ms())
-        .fetch_optional(&self.service.db.pool)
+        .bind(self.service.clock().now_ms())
+        .fetch_optional(&self.service.db().pool)
         .await
         .map_err(Error::from)?
         .ok_or(Denied::Login)?;
@@ -446,7 +264,7 @@ impl Dashboard {
             "SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL",
         )
         .bind(&user.name)
-        .fetch_one(&self.service.db.pool)
+        .fetch_one(&self.service.db().pool)
         .await
         .map_err(Error::from)?;
         if active == 0 {
@@ -537,8 +355,8 @@ async fn login(
     };
     let id = new_secret("kls_").map_err(Denied::from)?;
     let csrf = new_secret("").map_err(Denied::from)?;
-    let now = d.service.clock.now_ms();
-    let mut tx = d.service.db.begin_audited().await.map_err(Denied::from)?;
+    let now = d.service.clock().now_ms();
+    let mut tx = d.service.db().begin_audited().await.map_err(Denied::from)?;
     sqlx::query(
         "INSERT INTO dashboard_sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -587,7 +405,7 @@ async fn logout(
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
             .bind(sha256_hex(id.as_bytes()))
-            .execute(&d.service.db.pool)
+            .execute(&d.service.db().pool)
             .await
             .map_err(Error::from)?;
     }
@@ -631,7 +449,7 @@ fn chrome(s: &Session, title: impl Into<String>, nav: &'static str, as_of: i64) 
 }
 
 fn stale_before(service: &Service, now: i64) -> i64 {
-    now - 2 * service.checkin_interval_secs as i64 * 1000
+    now - 2 * service.checkin_interval_secs() as i64 * 1000
 }
 
 #[derive(Template)]
@@ -658,8 +476,8 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
     let session = d.session(&headers).await?;
     let snap = d.snapshot().await?;
     let a = &snap.a;
-    let pool = &d.service.db.pool;
-    let now = d.service.clock.now_ms();
+    let pool = &d.service.db().pool;
+    let now = d.service.clock().now_ms();
     let stale_at = stale_before(&d.service, now);
     // One scan of the host table, grouped finely enough to derive every tile and table.
     let rows = sqlx::query(
@@ -736,7 +554,7 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
         total,
         online,
         stale: total - online,
-        stale_hours: 2 * d.service.checkin_interval_secs / 3600,
+        stale_hours: 2 * d.service.checkin_interval_secs() / 3600,
         patched_share: if total == 0 {
             "no data".into()
         } else {
@@ -818,7 +636,7 @@ async fn hosts(
 ) -> Result<Response, Denied> {
     let session = d.session(&headers).await?;
     let snap = d.snapshot().await?;
-    let now = d.service.clock.now_ms();
+    let now = d.service.clock().now_ms();
     let mut sql = String::from(
         "SELECT id, hostname, channel, kernel_release, applied_level, applied_state, last_checkin_at, uptime_secs, revoked_at FROM hosts WHERE id > $1",
     );
@@ -910,7 +728,7 @@ async fn hosts(
         };
     }
     let rows = query
-        .fetch_all(&d.service.db.pool)
+        .fetch_all(&d.service.db().pool)
         .await
         .map_err(Error::from)?;
     let more = rows.len() as i64 > PAGE;
@@ -1016,8 +834,8 @@ async fn host(
     let session = d.session(&headers).await?;
     let info = d.service.hosts().get(&session.user, &id).await?;
     let snap = d.snapshot().await?;
-    let now = d.service.clock.now_ms();
-    let timeline = crate::store::history::host_timeline(&d.service.db, &id, i64::MAX).await?;
+    let now = d.service.clock().now_ms();
+    let timeline = crate::store::history::host_timeline(&d.service.db(), &id, i64::MAX).await?;
     let index = snap.a.hosts.iter().position(|h| h.id == id);
     let findings: Vec<Finding> = match index {
         Some(i) => snap
@@ -1310,7 +1128,7 @@ async fn audit_page(
     .bind(q.before.unwrap_or(i64::MAX))
     .bind(format!("{}%", q.actor.trim()))
     .bind(format!("{}%", q.action.trim()))
-    .fetch_all(&d.service.db.pool)
+    .fetch_all(&d.service.db().pool)
     .await
     .map_err(Error::from)?;
     let mut entries = Vec::new();
@@ -1367,7 +1185,7 @@ fn evidence_view(
     session: &Session,
     error: Option<String>,
 ) -> Result<Response, Denied> {
-    let now = d.service.clock.now_ms();
+    let now = d.service.clock().now_ms();
     let key = EvidenceKey::load_or_create(&d.data)?;
     let mut r = html(&EvidencePage {
         c: chrome(session, "Evidence", "evidence", now),
@@ -1447,10 +1265,10 @@ async fn evidence_generate(
     })
     .await
     .map_err(|e| Denied::from(Error::Corrupt(format!("the pack task failed: {e}"))))??;
-    let mut tx = d.service.db.begin_audited().await?;
+    let mut tx = d.service.db().begin_audited().await?;
     audit::append(
         &mut tx,
-        d.service.clock.now_ms(),
+        d.service.clock().now_ms(),
         &Actor::User(session.user.name.clone()),
         "report.soc2",
         &format!("{}..{}", rfc3339(from), rfc3339(to)),
@@ -1478,7 +1296,7 @@ async fn export(
 ) -> Result<Response, Denied> {
     let session = d.session(&headers).await?;
     let _ = session;
-    let now = d.service.clock.now_ms();
+    let now = d.service.clock().now_ms();
     let f = report::figures(&d.service, now - 90 * DAY_MS, now).await?;
     let (body, kind) = match file.as_str() {
         "vanta.json" => (report::vanta_export(&f).to_string(), "application/json"),
@@ -1507,6 +1325,12 @@ async fn export(
 
 /// Used by `/metrics`.
 impl Dashboard {
+    /// The `/metrics` text: live counts from the database and the snapshot's findings.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let snap = self.snapshot().await?;
+        metrics::render(&self.service, &snap).await
+    }
+
     pub fn service(&self) -> &Service {
         &self.service
     }
@@ -1533,4 +1357,24 @@ mod tests {
         assert!(!constant_eq(b"abc", b"abd"));
         assert!(!constant_eq(b"abc", b"ab"));
     }
+}
+
+/// Prometheus `/metrics`, for a viewer's API token or session.
+async fn metrics(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    d.session(&headers).await.map_err(|e| match e {
+        Denied::Login => Denied::Error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "send a viewer's API token: authorization: Bearer klu_...".into(),
+        ),
+        other => other,
+    })?;
+    let text = d.metrics_text().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

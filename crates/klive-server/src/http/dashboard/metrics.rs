@@ -3,17 +3,15 @@
 //! result); CVE ids and host ids are never labels. Needs a viewer token
 //! (`authorization: Bearer klu_...` in the scrape config) or a dashboard session.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::domain::Service;
 use crate::error::Error;
-use crate::http::dashboard::{Dashboard, Denied};
+use crate::http::dashboard::snapshot::Snapshot;
 use crate::store::history::DAY_MS;
 
 type Labels = Vec<(String, String)>;
@@ -25,34 +23,23 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// Renders the metrics text from the database and the dashboard snapshot.
-pub async fn render(d: &Dashboard) -> Result<String, Error> {
-    let service = d.service();
-    let pool = &service.db.pool;
-    let now = service.clock.now_ms();
-    let stale_before = now - 2 * service.checkin_interval_secs as i64 * 1000;
+/// Renders the metrics text from the database and the dashboard snapshot `snap`.
+pub async fn render(service: &Service, snap: &Snapshot) -> Result<String, Error> {
+    let now = service.now();
+    let stale_before = now - 2 * service.checkin_interval_secs() as i64 * 1000;
     let mut registry = <Registry>::with_prefix("klive");
 
     let hosts = Family::<Labels, Gauge>::default();
     registry.register("hosts", "Hosts by state", hosts.clone());
-    let online: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_checkin_at >= $1",
+    let counts = crate::store::fleet::host_counts(
+        service.db(),
+        stale_before,
+        now - 300_000,
+        now.div_euclid(DAY_MS),
     )
-    .bind(stale_before)
-    .fetch_one(pool)
     .await?;
-    let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL")
-        .fetch_one(pool)
-        .await?;
-    let revoked: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE revoked_at IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    let failed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_error IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (online, active, revoked, failed) =
+        (counts.online, counts.active, counts.revoked, counts.failed);
     hosts
         .get_or_create(&labels(&[("state", "online")]))
         .set(online);
@@ -72,26 +59,15 @@ pub async fn render(d: &Dashboard) -> Result<String, Error> {
         "Hosts whose last check-in is less than 5 minutes old (check-in activity)",
         checked_in.clone(),
     );
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND last_checkin_at >= $1",
-    )
-    .bind(now - 300_000)
-    .fetch_one(pool)
-    .await?;
-    checked_in.set(recent);
+    checked_in.set(counts.checked_in_since);
     let today = Gauge::<i64>::default();
     registry.register(
         "hosts_checked_in_today",
         "Hosts that checked in during the current UTC day",
         today.clone(),
     );
-    let day: Option<i64> = sqlx::query_scalar("SELECT hosts FROM checkin_daily WHERE day = $1")
-        .bind(now.div_euclid(DAY_MS))
-        .fetch_optional(pool)
-        .await?;
-    today.set(day.unwrap_or(0));
+    today.set(counts.checked_in_today);
 
-    let snap = d.snapshot().await?;
     let a = &snap.a;
     let applies = Family::<Labels, Counter>::default();
     registry.register(
@@ -149,23 +125,4 @@ pub async fn render(d: &Dashboard) -> Result<String, Error> {
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|e| Error::Corrupt(format!("encoding metrics: {e}")))?;
     Ok(text)
-}
-
-pub async fn metrics(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
-    d.session(&headers).await.map_err(|e| match e {
-        Denied::Login => Denied::Error(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "send a viewer's API token: authorization: Bearer klu_...".into(),
-        ),
-        other => other,
-    })?;
-    let text = render(&d).await?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
 }
