@@ -1,7 +1,8 @@
 //! `cargo xtask`: the one entry point for people and CI.
 //!
 //! `demo` boots the installed Debian kernel in QEMU and live-patches it with `klive`;
-//! `test` runs every test (format, lints, unit and integration tests, VM end-to-end tests);
+//! `test` runs every test (format, lints, `cargo deny`, unit and integration tests, VM
+//! end-to-end tests);
 //! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
 
 mod bench_dashboard;
@@ -10,6 +11,7 @@ mod bench_server;
 mod browser;
 mod build_bench;
 mod build_tests;
+mod deny;
 mod deps;
 mod moto;
 mod pg;
@@ -32,7 +34,7 @@ struct Cli {
 enum Task {
     /// Boot the Debian kernel in QEMU and show klive live-patching it.
     Demo,
-    /// Run every test: fmt, clippy, unit/integration tests, VM end-to-end tests.
+    /// Run every test: fmt, clippy, cargo deny, unit/integration tests, VM end-to-end tests.
     Test {
         /// Skip the QEMU end-to-end tests (for quick local iterations only; CI runs them).
         #[arg(long)]
@@ -40,6 +42,8 @@ enum Task {
     },
     /// Run only the VM end-to-end tests.
     VmTest,
+    /// Run only `cargo deny check` (deny.toml), installing cargo-deny first.
+    Deny,
     /// Internal: QEMU runs this for each guest connection of the fleet boot (a byte relay
     /// from stdin/stdout to ADDR on the host's loopback; KILL_FILE arms a server crash in
     /// the middle of a download).
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
         Task::Demo => vm::demo(&root),
         Task::Test { no_vm } => test(&root, no_vm),
         Task::VmTest => check_vm_summary(&vm::run_tests(&root)?, false),
+        Task::Deny => deny::check(&root).map(drop),
         Task::VmRelay { .. } => Ok(()),
         Task::Bench { what } => match what {
             BenchTarget::Agent => vm::bench_agent(&root),
@@ -107,17 +112,25 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
             "warnings",
         ]),
     )?;
+    eprintln!("xtask: == cargo deny check (deny.toml)");
+    let deny = deny::check(root)?;
     step("cargo test", cargo(&["test", "--workspace"]))?;
     pg::test_server()?;
     moto::test_server(root)?;
     eprintln!("xtask: == dashboard browser test (headless chromium)");
     browser::test(root)?;
+    let advisories = match deny {
+        deny::Outcome::Everything => String::new(),
+        deny::Outcome::NoAdvisories(why) => {
+            format!("; but ADVISORIES WERE NOT CHECKED (RustSec database: {why})")
+        }
+    };
     if no_vm {
-        eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run");
+        eprintln!("xtask: --no-vm given: the QEMU end-to-end tests were NOT run{advisories}");
         return Ok(());
     }
     check_vm_summary(&vm::run_tests(root)?, true)?;
-    eprintln!("xtask: all tests passed");
+    eprintln!("xtask: all tests passed{advisories}");
     Ok(())
 }
 
