@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use klive_format::stats::nearest_rank;
+
 use super::qemu::Accel;
 
 /// Every value measured for each metric, in the order the guest printed the metrics.
@@ -83,7 +85,9 @@ pub fn report(setup: &Setup<'_>) -> String {
         };
         let mut sorted = values.clone();
         sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
+        let Some(median) = nearest_rank(&sorted, 50) else {
+            continue;
+        };
         let _ = writeln!(
             out,
             "| {metric} | {} | {median} {unit} | {} {unit} | {} {unit} |",
@@ -119,7 +123,7 @@ fn median(samples: &Samples, metric: &str) -> Option<f64> {
     let (_, values) = samples.values.get(metric)?;
     let mut sorted = values.clone();
     sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied()
+    nearest_rank(&sorted, 50)
 }
 
 #[cfg(test)]

@@ -79,19 +79,10 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Lowercase hex SHA-256 of a file (klive-format's digest, as the server and agent compute it).
 fn sha256_file(path: &Path) -> Result<String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .context("running sha256sum")?;
-    if !out.status.success() {
-        bail!("sha256sum {} failed", path.display());
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .context("sha256sum printed nothing")
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(klive_format::digest::sha256_hex(&bytes))
 }
 
 impl FleetServer {

@@ -98,7 +98,7 @@ pub fn build_id(kernel: &TargetKernel, cache_dir: &Path) -> Result<String> {
     if let Ok(text) = fs::read_to_string(&cache)
         && let Some((cached_key, id)) = text.trim().rsplit_once(' ')
         && cached_key == key
-        && is_hex(id)
+        && klive_format::digest::unhex(id).is_some_and(|b| !b.is_empty())
     {
         return Ok(id.to_string());
     }
@@ -109,10 +109,6 @@ pub fn build_id(kernel: &TargetKernel, cache_dir: &Path) -> Result<String> {
     fs::write(&cache, format!("{key} {id}\n"))
         .with_context(|| format!("writing {}", cache.display()))?;
     Ok(id)
-}
-
-fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Compression formats a bzImage payload can use, with the tool that undoes them.
