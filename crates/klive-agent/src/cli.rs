@@ -740,20 +740,7 @@ fn fleet_error_report(operation: &str, e: &FleetError) -> OperationReport {
         FleetError::Store(_) => "state",
         FleetError::Usage(_) => "usage",
     };
-    OperationReport {
-        operation: operation.into(),
-        result: "failed".into(),
-        module: None,
-        level: None,
-        replaced: vec![],
-        transition_ms: None,
-        message: e.to_string(),
-        error: Some(ErrorReport {
-            code: code.into(),
-            exit_code: e.exit_code() as i32,
-            stalled_tasks: vec![],
-        }),
-    }
+    failed(operation, e.to_string(), code, e.exit_code(), vec![])
 }
 
 fn error_report(operation: &str, e: &AgentError) -> OperationReport {
@@ -777,19 +764,24 @@ fn error_report(operation: &str, e: &AgentError) -> OperationReport {
             .collect(),
         _ => vec![],
     };
+    failed(operation, e.to_string(), code, e.exit_code(), stalled_tasks)
+}
+
+/// The `--json` report of a failed `operation`.
+fn failed(
+    operation: &str,
+    message: String,
+    code: &str,
+    exit_code: ExitCode,
+    stalled_tasks: Vec<StalledTaskReport>,
+) -> OperationReport {
     OperationReport {
-        operation: operation.into(),
-        result: "failed".into(),
-        module: None,
-        level: None,
-        replaced: vec![],
-        transition_ms: None,
-        message: e.to_string(),
         error: Some(ErrorReport {
             code: code.into(),
-            exit_code: e.exit_code() as i32,
+            exit_code: exit_code as i32,
             stalled_tasks,
         }),
+        ..report(operation, "failed", message)
     }
 }
 

@@ -266,6 +266,39 @@ fn parse_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result
     })
 }
 
+/// POSTs the JSON `body` to `url` and reads the JSON answer; `what` names the exchange in
+/// errors.
+fn post_json<T: serde::de::DeserializeOwned>(
+    http: &dyn Http,
+    url: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+    what: &str,
+) -> Result<T, FleetError> {
+    let r = http.request(Request {
+        method: Method::Post,
+        url,
+        bearer,
+        body: Some(body),
+    })?;
+    if r.status != 200 {
+        return Err(server_error(what, r.status, &r.body));
+    }
+    parse_json(what, &r.body)
+}
+
+/// The channel name becomes a directory name under the state dir: refuse anything else.
+fn check_channel(channel: &str) -> Result<(), FleetError> {
+    if is_safe_name(channel) {
+        Ok(())
+    } else {
+        Err(FleetError::refused(
+            format!("the server named the channel {channel:?}"),
+            "that is not a channel name the agent accepts; report it to the server's operator",
+        ))
+    }
+}
+
 /// Normalises `https://host[:port][/]` and refuses what cannot be a server base URL.
 fn server_url(s: &str, allow_plain_http: bool) -> Result<String, FleetError> {
     let url = Url::parse(s).map_err(|e| {
@@ -427,22 +460,8 @@ impl<'a, K: Kernel> Fleet<'a, K> {
         })
         .map_err(|e| FleetError::Usage(format!("encoding the request: {e}")))?;
         let url = format!("{server}/api/v1/register");
-        let r = http.request(Request {
-            method: Method::Post,
-            url: &url,
-            bearer: None,
-            body: Some(&body),
-        })?;
-        if r.status != 200 {
-            return Err(server_error("the registration", r.status, &r.body));
-        }
-        let answer: RegisterResponse = parse_json("the registration", &r.body)?;
-        if !is_safe_name(&answer.channel) {
-            return Err(FleetError::refused(
-                format!("the server named the channel {:?}", answer.channel),
-                "that is not a channel name the agent accepts; report it to the server's operator",
-            ));
-        }
+        let answer: RegisterResponse = post_json(&*http, &url, None, &body, "the registration")?;
+        check_channel(&answer.channel)?;
         let reg = FleetRegistration {
             format: FLEET_FORMAT,
             server: server.clone(),
@@ -517,22 +536,9 @@ impl<'a, K: Kernel> Fleet<'a, K> {
         })
         .map_err(|e| FleetError::Usage(format!("encoding the check-in: {e}")))?;
         let url = format!("{}/api/v1/checkin", reg.server);
-        let r = http.request(Request {
-            method: Method::Post,
-            url: &url,
-            bearer: Some(&reg.credential),
-            body: Some(&body),
-        })?;
-        if r.status != 200 {
-            return Err(server_error("the check-in", r.status, &r.body));
-        }
-        let answer: CheckInResponse = parse_json("the check-in", &r.body)?;
-        if !is_safe_name(&answer.channel) {
-            return Err(FleetError::refused(
-                format!("the server named the channel {:?}", answer.channel),
-                "that is not a channel name the agent accepts; report it to the server's operator",
-            ));
-        }
+        let answer: CheckInResponse =
+            post_json(http, &url, Some(&reg.credential), &body, "the check-in")?;
+        check_channel(&answer.channel)?;
         let mut state = self.files.checkin_state()?;
         state.last_checkin_at = Some(now());
         state.last_answer = Some(answer.clone());
