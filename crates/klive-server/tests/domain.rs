@@ -994,9 +994,62 @@ async fn postgres_servers_starting_at_once_migrate_once() {
         "{versions:?}"
     );
     let db = klive_server::store::db::Db::connect(&url).await.unwrap();
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM klive_schema ORDER BY version")
-        .fetch_all(&db.pool)
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, (1..=versions[0]).collect::<Vec<_>>());
+}
+
+/// A database made before sqlx's migrator (its migrations listed in `klive_schema`) opens
+/// without running them again, keeps its data, and gets the newer migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_by_the_old_runner_is_adopted() {
+    use sqlx::Executor;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("klive.db").display()
+    );
+    sqlx::any::install_default_drivers();
+    {
+        // What the old runner left: the first two migrations and its own bookkeeping.
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        pool.execute(
+            "CREATE TABLE klive_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
         .await
         .unwrap();
-    assert_eq!(applied, (1..=versions[0]).collect::<Vec<_>>());
+        for (version, sql) in [
+            (1, include_str!("../migrations/0001_init.sql")),
+            (2, include_str!("../migrations/0002_tuf.sql")),
+        ] {
+            pool.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+            sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, 'm', 0)")
+                .bind(version)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO channels (name, position, min_soak_secs) VALUES ('legacy', 9, 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let service = klive_server::open(dir.path(), None).await.unwrap();
+    assert_eq!(
+        service.db().schema_version().await.unwrap(),
+        klive_server::store::db::latest_schema_version()
+    );
+    let channels = service.channels().list().await.unwrap();
+    assert!(channels.iter().any(|c| c.name == "legacy"), "{channels:?}");
+    drop(service);
+    // Opening again changes nothing.
+    let again = klive_server::open(dir.path(), None).await.unwrap();
+    assert_eq!(
+        again.db().schema_version().await.unwrap(),
+        klive_server::store::db::latest_schema_version()
+    );
 }

@@ -1,30 +1,52 @@
 //! The database: one `sqlx::AnyPool` over SQLite (embedded default) or PostgreSQL, with the
-//! same portable SQL for both. Migrations are compiled into the binary and applied in order.
+//! same portable SQL for both. Migrations are compiled into the binary and applied by sqlx's
+//! migrator.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Connection, Executor, Row};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlSafeStr};
 
 use crate::error::Error;
 
-/// Compiled-in migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[(&str, &str)] = &[
-    ("init", include_str!("../../migrations/0001_init.sql")),
-    ("tuf", include_str!("../../migrations/0002_tuf.sql")),
+/// Compiled-in migrations: (version, name, SQL). sqlx's migrator applies the missing ones in
+/// order, each in its own transaction, records them with their checksums in
+/// `_sqlx_migrations`, refuses a database whose applied migrations were edited since, and on
+/// PostgreSQL holds an advisory lock meanwhile, so servers starting at once migrate one after
+/// the other.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "tuf", include_str!("../../migrations/0002_tuf.sql")),
     (
+        3,
         "fleet_index",
         include_str!("../../migrations/0003_fleet_index.sql"),
     ),
     (
+        4,
         "evidence",
         include_str!("../../migrations/0004_evidence.sql"),
     ),
 ];
 
-/// The PostgreSQL advisory lock key held while migrating ("klive" in ASCII).
-const MIGRATION_LOCK: i64 = 0x006b_6c69_7665;
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -107,29 +129,29 @@ impl Db {
     }
 
     async fn migrate(&self) -> Result<(), Error> {
+        let migrator = migrator();
         let mut conn = self.pool.acquire().await?;
-        if self.backend == Backend::Sqlite {
-            return migrate_on(&mut conn).await;
+        // Databases made before klive used sqlx's migrator list their migrations in
+        // `klive_schema`: those are marked applied (not run again) before the rest run.
+        let exists_sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'klive_schema'"
+            }
+            Backend::Postgres => "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'klive_schema'",
+        };
+        let legacy: i64 = sqlx::query_scalar(exists_sql).fetch_one(&mut *conn).await?;
+        if legacy > 0 {
+            let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM klive_schema")
+                .fetch_one(&mut *conn)
+                .await?;
+            if let Some(applied) = applied {
+                migrator
+                    .skip(&mut *conn, Some(applied))
+                    .await
+                    .map_err(migration_failed)?;
+            }
         }
-        // Servers starting at once on one PostgreSQL database migrate one after the other: the
-        // others wait here, then find every migration applied. (Even `CREATE TABLE IF NOT
-        // EXISTS` can fail when two sessions run it at the same moment.)
-        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut *conn)
-            .await?;
-        let migrated = migrate_on(&mut conn).await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut *conn)
-            .await;
-        if unlocked.is_err() {
-            // Closing the session is what releases the lock then.
-            conn.close_on_drop();
-        }
-        migrated?;
-        unlocked?;
-        Ok(())
+        migrator.run(&mut *conn).await.map_err(migration_failed)
     }
 
     /// Begins a transaction that first takes the audit chain's head row, so the transaction
@@ -143,83 +165,23 @@ impl Db {
         Ok(tx)
     }
 
-    /// The current schema version.
+    /// The current schema version: the newest migration applied.
     pub async fn schema_version(&self) -> Result<i64, Error> {
-        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM klive_schema")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("v")?)
-    }
-}
-
-/// Applies the migrations not applied yet, each in its own transaction on `conn`.
-async fn migrate_on(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>) -> Result<(), Error> {
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS klive_schema (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-    )
-    .await?;
-    for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
-        let version = index as i64 + 1;
-        let mut tx = conn.begin().await?;
-        // Applied once: on PostgreSQL the advisory lock orders servers starting at once; on
-        // SQLite a second one fails on the primary key below instead of applying it twice.
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM klive_schema WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *tx)
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
                 .await?;
-        if done.is_some() {
-            continue;
-        }
-        sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(version)
-            .bind(*name)
-            .bind(crate::clock::system_now_ms())
-            .execute(&mut *tx)
-            .await?;
-        for statement in split_statements(sql) {
-            tx.execute(sqlx::AssertSqlSafe(statement)).await?;
-        }
-        tx.commit().await?;
+        Ok(v.unwrap_or(0))
     }
-    Ok(())
 }
 
-/// Splits a migration into statements at `;` line ends, dropping `--` comment lines.
-fn split_statements(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in sql.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("--") || trimmed.is_empty() {
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-        if trimmed.ends_with(';') {
-            let stmt = current.trim().trim_end_matches(';').to_owned();
-            out.push(stmt);
-            current.clear();
-        }
-    }
-    if !current.trim().is_empty() {
-        out.push(current.trim().to_owned());
-    }
-    out
+/// The newest migration this build knows.
+pub fn latest_schema_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migration_splits_into_statements_without_comments() {
-        let stmts = split_statements(MIGRATIONS[0].1);
-        assert!(stmts.iter().all(|s| !s.contains("--") && !s.ends_with(';')));
-        assert!(
-            stmts
-                .iter()
-                .any(|s| s.starts_with("CREATE TABLE audit_log"))
-        );
-    }
+fn migration_failed(e: sqlx::migrate::MigrateError) -> Error {
+    Error::Config(format!(
+        "migrating the database failed: {e}; restore it from a backup or run the klive-server version that created it"
+    ))
 }
