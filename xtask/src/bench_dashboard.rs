@@ -115,11 +115,5 @@ pub fn run(root: &Path) -> Result<()> {
     if !failed.is_empty() {
         let _ = writeln!(md, "\nTargets missed: {}.", failed.join(", "));
     }
-    print!("{md}");
-    let path = root.join("BENCHMARKS.md");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.push_str(&md);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    crate::bench_env::append_report(root, &md)
 }

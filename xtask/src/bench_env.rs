@@ -1,7 +1,10 @@
-//! What every benchmark report says about when and where it ran.
+//! What every benchmark report says about when and where it ran, and where it goes.
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
+
+use anyhow::{Context, Result};
 
 /// Today's date (UTC), `YYYY-MM-DD`.
 pub fn today() -> String {
@@ -38,4 +41,15 @@ pub fn machine() -> String {
     format!(
         "{cpus} cores {model}, {mem_gib} GiB, 1-minute load average {load} at the end of the run"
     )
+}
+
+/// Prints a benchmark's Markdown section and appends it to BENCHMARKS.md.
+pub fn append_report(root: &Path, md: &str) -> Result<()> {
+    println!("{md}");
+    let path = root.join("BENCHMARKS.md");
+    let mut text = fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(md);
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("xtask: appended to {}", path.display());
+    Ok(())
 }

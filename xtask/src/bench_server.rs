@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use klive_format::stats::nearest_rank;
 use klive_format::status::{KernelInfo, PatchState};
 use klive_format::{BuildId, PatchLevel};
 
+use crate::server;
 use crate::vm::http::Client;
 
 const HOSTS: usize = 100_000;
@@ -83,41 +84,7 @@ pub fn run(root: &Path) -> Result<()> {
         let cluster = crate::pg::Cluster::start()?;
         backend(&bin, &work, "PostgreSQL", Some(cluster.url()))?
     };
-    let md = report(&[sqlite, pg]);
-    let path = root.join("BENCHMARKS.md");
-    let mut text = fs::read_to_string(&path).unwrap_or_default();
-    text += &md;
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!("{md}");
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
-}
-
-/// A server process, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cli(bin: &Path, data: &Path, db: Option<&str>, args: &[&str]) -> Result<String> {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--data").arg(data).env("KLIVE_LOG", "warn");
-    if let Some(url) = db {
-        cmd.args(["--database-url", url]);
-    }
-    let out = cmd.args(args).output().context("running klive-server")?;
-    if !out.status.success() {
-        bail!(
-            "klive-server {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::bench_env::append_report(root, &report(&[sqlite, pg]))
 }
 
 fn kernel() -> Result<KernelInfo> {
@@ -142,14 +109,9 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
         fs::remove_dir_all(&data)?;
     }
     fs::create_dir_all(&data)?;
-    let added = cli(bin, &data, db, &["user", "add", "admin", "--role", "admin"])?;
-    let token = added
-        .lines()
-        .find(|l| l.contains("api token"))
-        .and_then(|l| l.split_whitespace().last())
-        .context("`user add` printed no token")?
-        .to_owned();
-    cli(
+    let added = server::cli(bin, &data, db, &["user", "add", "admin", "--role", "admin"])?;
+    let token = server::api_token(&added)?;
+    server::cli(
         bin,
         &data,
         db,
@@ -188,7 +150,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
     };
     let manifest_path = data.join("manifest.json");
     fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
-    cli(
+    server::cli(
         bin,
         &data,
         db,
@@ -204,31 +166,21 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
         ],
     )?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = server::free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(bin);
-    cmd.arg("--data").arg(&data).env("KLIVE_LOG", "warn");
-    if let Some(url) = db {
-        cmd.args(["--database-url", url]);
-    }
-    let log = fs::File::create(data.join("server.log"))?;
-    let _server = Server(
-        cmd.args(["serve", "--listen", &addr, "--plain-http"])
+    let log_path = data.join("server.log");
+    let log = fs::File::create(&log_path)?;
+    let _server = server::Running(
+        server::command(bin, &data, db)
+            .args(["serve", "--listen", &addr, "--plain-http"])
+            .env("KLIVE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting klive-server")?,
     );
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("klive-server did not listen on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server::wait_listening(port, &log_path)?;
 
     // Registrations: one enrollment token per connection.
     let mut tokens = Vec::new();
@@ -369,7 +321,9 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
     }
     fleet.sort();
     // Every check-in above went through grouped transactions: the hash chain must still hold.
-    let audit = cli(bin, &data, db, &["audit", "verify"])?.trim().to_owned();
+    let audit = server::cli(bin, &data, db, &["audit", "verify"])?
+        .trim()
+        .to_owned();
     eprintln!("xtask: {audit}");
     Ok(Figures {
         backend: label,

@@ -112,13 +112,7 @@ pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
         full / 3600.0,
         full / warm.seconds.max(0.1)
     );
-    let path = root.join("BENCHMARKS.md");
-    let mut text = fs::read_to_string(&path).unwrap_or_default();
-    text += &md;
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!("{md}");
-    eprintln!("xtask: appended to {}", path.display());
-    Ok(())
+    crate::bench_env::append_report(root, &md)
 }
 
 /// Compiles every unit of [`SAMPLE_DIRS`] from scratch; returns (units, seconds).

@@ -57,7 +57,8 @@ fn dpkg_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (apt then needs no sudo).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -15,6 +15,7 @@ mod deny;
 mod deps;
 mod moto;
 mod pg;
+mod server;
 mod vm;
 
 use std::path::{Path, PathBuf};

@@ -18,10 +18,9 @@
 //!   enrollment tokens) is put on its state disk under `harness/fleet/`.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
 
 use anyhow::{Context, Result, bail};
 use klive_format::api::{HostInfo, HostPolicy};
@@ -29,6 +28,7 @@ use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, Target
 use klive_format::{BuildId, PatchLevel};
 
 use super::http;
+use crate::server;
 
 /// Address and port the guest uses for the server, and for step answers.
 pub const GUEST_SERVER: &str = "10.0.2.100";
@@ -62,21 +62,10 @@ pub struct FleetServer {
 
 impl Drop for FleetServer {
     fn drop(&mut self) {
-        for child in [self.https.take(), self.admin.take()].into_iter().flatten() {
-            kill(child);
+        for mut child in [self.https.take(), self.admin.take()].into_iter().flatten() {
+            server::kill(&mut child);
         }
     }
-}
-
-fn kill(mut child: Child) {
-    // Already exited is fine: kill only fails then.
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// Lowercase hex SHA-256 of a file (klive-format's digest, as the server and agent compute it).
@@ -113,20 +102,15 @@ impl FleetServer {
             release: release.to_owned(),
             build_id: build_id.to_owned(),
             modules: modules.to_owned(),
-            https_port: free_port()?,
-            admin_port: free_port()?,
+            https_port: server::free_port()?,
+            admin_port: server::free_port()?,
             https: None,
             admin: None,
             admin_token: String::new(),
             log,
         };
         let added = s.cli(&["user", "add", "admin", "--role", "admin"])?;
-        s.admin_token = added
-            .lines()
-            .find(|l| l.contains("api token"))
-            .and_then(|l| l.split_whitespace().last())
-            .context("`klive-server user add` printed no api token")?
-            .to_owned();
+        s.admin_token = server::api_token(&added)?;
         s.cli(&[
             "user",
             "add",
@@ -170,7 +154,7 @@ impl FleetServer {
             &format!("127.0.0.1:{}", s.admin_port),
             "--plain-http",
         ])?);
-        wait_port(s.admin_port)?;
+        server::wait_listening(s.admin_port, &s.log)?;
         Ok(s)
     }
 
@@ -214,9 +198,7 @@ impl FleetServer {
 
     fn spawn(&self, args: &[&str]) -> Result<Child> {
         let log = fs::OpenOptions::new().append(true).open(&self.log)?;
-        Command::new(&self.bin)
-            .arg("--data")
-            .arg(&self.data)
+        server::command(&self.bin, &self.data, None)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -232,26 +214,12 @@ impl FleetServer {
             &format!("127.0.0.1:{}", self.https_port),
         ])?;
         self.https = Some(child);
-        wait_port(self.https_port)
+        server::wait_listening(self.https_port, &self.log)
     }
 
     /// Runs an admin command of the server CLI; its stdout.
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin)
-            .arg("--data")
-            .arg(&self.data)
-            .args(args)
-            .env("KLIVE_LOG", "warn")
-            .output()
-            .with_context(|| format!("running {}", self.bin.display()))?;
-        if !out.status.success() {
-            bail!(
-                "klive-server {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        server::cli(&self.bin, &self.data, None, args)
     }
 
     fn manifest_path(&self, level: u32) -> PathBuf {
@@ -426,8 +394,8 @@ impl FleetServer {
             }
             // kill -9, as a crash or an abrupt restart would.
             Some("stop-server") => {
-                if let Some(child) = self.https.take() {
-                    kill(child);
+                if let Some(mut child) = self.https.take() {
+                    server::kill(&mut child);
                 }
                 if TcpStream::connect(("127.0.0.1", self.https_port)).is_ok() {
                     bail!("the server still answers after kill");
@@ -455,7 +423,7 @@ impl FleetServer {
                 match child.try_wait()? {
                     Some(_) => Ok(()),
                     None => {
-                        kill(child);
+                        server::kill(&mut child);
                         bail!("the server was still running after the relay's kill")
                     }
                 }
@@ -506,17 +474,4 @@ impl FleetServer {
             other => bail!("unknown step {other:?}"),
         }
     }
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!(
-        "klive-server did not listen on 127.0.0.1:{port} within 60 s; see target/vm/fleet-server.log"
-    )
 }
