@@ -574,5 +574,5 @@ async fn audit_log(
     State(s): State<Service>,
     _user: AuthUser,
 ) -> ApiResult<Vec<klive_format::api::AuditEntry>> {
-    Ok(JsonOut(audit::recent(&s.db(), 1000).await?))
+    Ok(JsonOut(audit::recent(s.db(), 1000).await?))
 }

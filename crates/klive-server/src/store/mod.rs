@@ -2,8 +2,12 @@
 //! append-only host history, and the content-addressed blob store (local disk or S3).
 
 pub mod audit;
+pub mod audit_search;
 pub mod blobs;
 pub mod db;
 pub mod fleet;
 pub mod history;
+pub mod host_list;
+pub mod rollout;
 pub mod s3;
+pub mod sessions;

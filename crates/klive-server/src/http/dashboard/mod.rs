@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use klive_format::api::Role;
 use klive_format::evidence::Finding;
@@ -34,7 +33,9 @@ use crate::error::Error;
 use crate::evidence::report::{self, EvidenceKey};
 use crate::store::audit::{self, Actor};
 use crate::store::history::DAY_MS;
-use crate::trust::secrets::{new_secret, sha256_hex};
+use crate::store::host_list::{self, LevelFilter, StateFilter};
+use crate::store::{audit_search, rollout, sessions};
+use crate::trust::secrets::new_secret;
 
 const SESSION_COOKIE: &str = "klive_session";
 const LOGIN_COOKIE: &str = "klive_login";
@@ -244,35 +245,16 @@ impl Dashboard {
             });
         }
         let id = cookie(headers, SESSION_COOKIE).ok_or(Denied::Login)?;
-        let row = sqlx::query(
-            "SELECT s.csrf AS csrf, u.name AS name, u.role AS role FROM dashboard_sessions s JOIN users u ON u.name = s.user_name WHERE s.id_hash = $1 AND s.expires_at > $2",
-        )
-        .bind(sha256_hex(id.as_bytes()))
-        .bind(self.service.clock().now_ms())
-        .fetch_optional(&self.service.db().pool)
-        .await
-        .map_err(Error::from)?
-        .ok_or(Denied::Login)?;
-        let role: String = row.try_get("role").map_err(Error::from)?;
-        let user = AuthUser {
-            name: row.try_get("name").map_err(Error::from)?,
-            role: Role::parse(&role)
-                .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
-        };
         // A user whose every token was revoked is signed out too.
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL",
-        )
-        .bind(&user.name)
-        .fetch_one(&self.service.db().pool)
-        .await
-        .map_err(Error::from)?;
-        if active == 0 {
-            return Err(Denied::Login);
-        }
+        let live = sessions::find(self.service.db(), id, self.service.clock().now_ms())
+            .await?
+            .ok_or(Denied::Login)?;
         Ok(Session {
-            user,
-            csrf: row.try_get("csrf").map_err(Error::from)?,
+            user: AuthUser {
+                name: live.user,
+                role: live.role,
+            },
+            csrf: live.csrf,
         })
     }
 }
@@ -357,22 +339,15 @@ async fn login(
     let csrf = new_secret("").map_err(Denied::from)?;
     let now = d.service.clock().now_ms();
     let mut tx = d.service.db().begin_audited().await.map_err(Denied::from)?;
-    sqlx::query(
-        "INSERT INTO dashboard_sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    sessions::create(
+        &mut tx,
+        &id,
+        &user.name,
+        &csrf,
+        now,
+        now + SESSION_SECS * 1000,
     )
-    .bind(sha256_hex(id.as_bytes()))
-    .bind(&user.name)
-    .bind(&csrf)
-    .bind(now)
-    .bind(now + SESSION_SECS * 1000)
-    .execute(&mut *tx)
-    .await
-    .map_err(Error::from)?;
-    sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::from)?;
+    .await?;
     audit::append(
         &mut tx,
         now,
@@ -403,11 +378,9 @@ async fn logout(
     let session = d.session(&headers).await?;
     check_csrf(&session, &form)?;
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
-            .bind(sha256_hex(id.as_bytes()))
-            .execute(&d.service.db().pool)
-            .await
-            .map_err(Error::from)?;
+        let mut tx = d.service.db().begin_audited().await?;
+        sessions::delete(&mut tx, id).await?;
+        tx.commit().await.map_err(Error::from)?;
     }
     let mut r = Redirect::to("/ui/login").into_response();
     r.headers_mut().append(
@@ -476,54 +449,31 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Resp
     let session = d.session(&headers).await?;
     let snap = d.snapshot().await?;
     let a = &snap.a;
-    let pool = &d.service.db().pool;
+    let db = d.service.db();
     let now = d.service.clock().now_ms();
-    let stale_at = stale_before(&d.service, now);
     // One scan of the host table, grouped finely enough to derive every tile and table.
-    let rows = sqlx::query(
-        "SELECT channel, build_id, kernel_release, applied_level, applied_state, CASE WHEN last_checkin_at >= $1 THEN 1 ELSE 0 END AS online, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY 1, 2, 3, 4, 5, 6",
-    )
-    .bind(stale_at)
-    .fetch_all(pool)
-    .await
-    .map_err(Error::from)?;
-    let newest = sqlx::query(
-        "SELECT r.build_id AS build_id, rc.channel AS channel, MAX(r.level) AS level FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.withdrawn_at IS NULL GROUP BY r.build_id, rc.channel",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(Error::from)?;
-    let mut newest_level: HashMap<(String, String), i64> = HashMap::new();
-    for r in &newest {
-        newest_level.insert(
-            (
-                r.try_get("build_id").map_err(Error::from)?,
-                r.try_get("channel").map_err(Error::from)?,
-            ),
-            r.try_get("level").map_err(Error::from)?,
-        );
-    }
+    let host_groups = rollout::host_groups(db, stale_before(&d.service, now)).await?;
+    let newest_level = rollout::newest_levels(db).await?;
     let (mut total, mut online, mut patched) = (0i64, 0i64, 0i64);
     let mut by_state: std::collections::BTreeMap<(String, Option<i64>, Option<String>), i64> =
         Default::default();
     let mut by_kernel: HashMap<(Option<String>, Option<i64>), i64> = HashMap::new();
-    for r in &rows {
-        let n: i64 = r.try_get("n").map_err(Error::from)?;
-        let channel: String = r.try_get("channel").map_err(Error::from)?;
-        let build: Option<String> = r.try_get("build_id").map_err(Error::from)?;
-        let kernel: Option<String> = r.try_get("kernel_release").map_err(Error::from)?;
-        let level: Option<i64> = r.try_get("applied_level").map_err(Error::from)?;
-        let state: Option<String> = r.try_get("applied_state").map_err(Error::from)?;
+    for g in host_groups {
+        let n = g.hosts;
         total += n;
-        online += n * r.try_get::<i64, _>("online").map_err(Error::from)?;
-        if state.as_deref() == Some("applied")
-            && let (Some(b), Some(l)) = (&build, level)
-            && newest_level.get(&(b.clone(), channel.clone())) == Some(&l)
+        online += if g.online { n } else { 0 };
+        if g.applied_state.as_deref() == Some("applied")
+            && let (Some(b), Some(l)) = (&g.build_id, g.applied_level)
+            && newest_level.get(&(b.clone(), g.channel.clone())) == Some(&l)
         {
             patched += n;
         }
-        *by_state.entry((channel, level, state)).or_default() += n;
-        *by_kernel.entry((kernel, level)).or_default() += n;
+        *by_state
+            .entry((g.channel, g.applied_level, g.applied_state))
+            .or_default() += n;
+        *by_kernel
+            .entry((g.kernel_release, g.applied_level))
+            .or_default() += n;
     }
     let groups: Vec<(String, String, String, i64)> = by_state
         .into_iter()
@@ -637,122 +587,70 @@ async fn hosts(
     let session = d.session(&headers).await?;
     let snap = d.snapshot().await?;
     let now = d.service.clock().now_ms();
-    let mut sql = String::from(
-        "SELECT id, hostname, channel, kernel_release, applied_level, applied_state, last_checkin_at, uptime_secs, revoked_at FROM hosts WHERE id > $1",
-    );
-    let mut texts: Vec<String> = vec![f.after.clone()];
-    let mut ints: Vec<(usize, i64)> = Vec::new();
-    let mut n = 1;
-    let mut next = |sql: &mut String, clause: &str| {
-        n += 1;
-        sql.push_str(&clause.replace('?', &format!("${n}")));
-        n
-    };
-    if !f.q.trim().is_empty() {
-        next(&mut sql, " AND (LOWER(hostname) LIKE ? ");
-        texts.push(format!("%{}%", f.q.trim().to_lowercase()));
-        next(&mut sql, "OR id LIKE ?)");
-        texts.push(format!("%{}%", f.q.trim().to_lowercase()));
-    }
-    if !f.channel.is_empty() {
-        next(&mut sql, " AND channel = ?");
-        texts.push(f.channel.clone());
-    }
-    if !f.kernel.trim().is_empty() {
-        next(&mut sql, " AND kernel_release = ?");
-        texts.push(f.kernel.trim().to_owned());
-    }
     let level = f.level.trim();
-    if level == "none" {
-        sql.push_str(" AND applied_level IS NULL");
-    } else if !level.is_empty() && level != "any" {
-        let l: i64 = level.parse().map_err(|_| {
+    let level = if level == "none" {
+        LevelFilter::None
+    } else if level.is_empty() || level == "any" {
+        LevelFilter::Any
+    } else {
+        LevelFilter::Is(level.parse().map_err(|_| {
             Denied::Error(
                 StatusCode::BAD_REQUEST,
                 format!("level {level:?} is not a number; use a level, none or leave it empty"),
             )
-        })?;
-        let i = next(&mut sql, " AND applied_level = ?");
-        ints.push((i, l));
-    }
-    let stale_at = stale_before(&d.service, now);
-    match f.state.as_str() {
-        "" => {}
-        "online" => {
-            let i = next(&mut sql, " AND revoked_at IS NULL AND last_checkin_at >= ?");
-            ints.push((i, stale_at));
-        }
-        "stale" => {
-            let i = next(
-                &mut sql,
-                " AND revoked_at IS NULL AND (last_checkin_at IS NULL OR last_checkin_at < ?)",
-            );
-            ints.push((i, stale_at));
-        }
-        "revoked" => sql.push_str(" AND revoked_at IS NOT NULL"),
+        })?)
+    };
+    let state = match f.state.as_str() {
+        "" => StateFilter::Any,
+        "online" => StateFilter::Online,
+        "stale" => StateFilter::Stale,
+        "revoked" => StateFilter::Revoked,
         other => {
             return Err(Denied::Error(
                 StatusCode::BAD_REQUEST,
                 format!("state {other:?} is not one of online, stale, revoked"),
             ));
         }
-    }
-    if !f.uptime_days.trim().is_empty() {
-        let days: i64 = f.uptime_days.trim().parse().map_err(|_| {
-            Denied::Error(
-                StatusCode::BAD_REQUEST,
-                "uptime must be a whole number of days".into(),
-            )
-        })?;
-        let i = next(&mut sql, " AND uptime_secs >= ?");
-        ints.push((i, days * 86400));
-    }
-    let i = next(&mut sql, " ORDER BY id LIMIT ?");
-    ints.push((i, PAGE + 1));
-    // Bind in placeholder order: texts took the first slots, ints carry their own numbers.
-    let mut order: Vec<(usize, Result<String, i64>)> = Vec::new();
-    let mut text_slot = 0;
-    for slot in 1..=n {
-        if let Some((_, v)) = ints.iter().find(|(i, _)| *i == slot) {
-            order.push((slot, Err(*v)));
-        } else {
-            order.push((slot, Ok(texts[text_slot].clone())));
-            text_slot += 1;
-        }
-    }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (_, v) in order {
-        query = match v {
-            Ok(t) => query.bind(t),
-            Err(i) => query.bind(i),
-        };
-    }
-    let rows = query
-        .fetch_all(&d.service.db().pool)
-        .await
-        .map_err(Error::from)?;
+    };
+    let min_uptime_secs = match f.uptime_days.trim() {
+        "" => None,
+        days => Some(
+            days.parse::<i64>().map_err(|_| {
+                Denied::Error(
+                    StatusCode::BAD_REQUEST,
+                    "uptime must be a whole number of days".into(),
+                )
+            })? * 86400,
+        ),
+    };
+    let stale_at = stale_before(&d.service, now);
+    let rows = host_list::page(
+        d.service.db(),
+        &host_list::HostFilter {
+            after: f.after.clone(),
+            search: f.q.clone(),
+            channel: f.channel.clone(),
+            kernel_release: f.kernel.trim().to_owned(),
+            level,
+            state,
+            stale_before: stale_at,
+            min_uptime_secs,
+            limit: PAGE + 1,
+        },
+    )
+    .await?;
     let more = rows.len() as i64 > PAGE;
     let mut lines = Vec::new();
-    for r in rows.iter().take(PAGE as usize) {
-        let id: String = r.try_get("id").map_err(Error::from)?;
-        let last: Option<i64> = r.try_get("last_checkin_at").map_err(Error::from)?;
-        let revoked: Option<i64> = r.try_get("revoked_at").map_err(Error::from)?;
-        let uptime: Option<i64> = r.try_get("uptime_secs").map_err(Error::from)?;
-        let (open, overdue) = snap.host_open.get(&id).copied().unwrap_or_default();
+    for r in rows.into_iter().take(PAGE as usize) {
+        let (open, overdue) = snap.host_open.get(&r.id).copied().unwrap_or_default();
+        let (last, revoked) = (r.last_checkin_at, r.revoked_at);
         lines.push(HostLine {
-            hostname: r.try_get("hostname").map_err(Error::from)?,
-            channel: r.try_get("channel").map_err(Error::from)?,
-            kernel: r
-                .try_get::<Option<String>, _>("kernel_release")
-                .map_err(Error::from)?
-                .unwrap_or_default(),
-            level: r
-                .try_get::<Option<i64>, _>("applied_level")
-                .map_err(Error::from)?
-                .map_or("none".into(), |l| {
-                    let state: Option<String> = r.try_get("applied_state").ok().flatten();
-                    format!("{l} ({})", state.unwrap_or_default())
-                }),
+            hostname: r.hostname,
+            channel: r.channel,
+            kernel: r.kernel_release.unwrap_or_default(),
+            level: r.applied_level.map_or("none".into(), |l| {
+                format!("{l} ({})", r.applied_state.unwrap_or_default())
+            }),
             state: if revoked.is_some() {
                 "revoked".into()
             } else if last.is_some_and(|t| t >= stale_at) {
@@ -761,7 +659,7 @@ async fn hosts(
                 "stale".into()
             },
             last_checkin: last.map_or("never".into(), rfc3339),
-            uptime: match (uptime, last) {
+            uptime: match (r.uptime_secs, last) {
                 (Some(u), Some(l)) if revoked.is_none() => {
                     format!("{:.1}", (u * 1000 + now - l) as f64 / DAY_MS as f64)
                 }
@@ -769,7 +667,7 @@ async fn hosts(
             },
             open,
             overdue,
-            id,
+            id: r.id,
         });
     }
     let next_link = format!(
@@ -835,7 +733,7 @@ async fn host(
     let info = d.service.hosts().get(&session.user, &id).await?;
     let snap = d.snapshot().await?;
     let now = d.service.clock().now_ms();
-    let timeline = crate::store::history::host_timeline(&d.service.db(), &id, i64::MAX).await?;
+    let timeline = crate::store::history::host_timeline(d.service.db(), &id, i64::MAX).await?;
     let index = snap.a.hosts.iter().position(|h| h.id == id);
     let findings: Vec<Finding> = match index {
         Some(i) => snap
@@ -1122,31 +1020,26 @@ async fn audit_page(
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, Denied> {
     let session = d.session(&headers).await?;
-    let rows = sqlx::query(
-        "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_log WHERE seq < $1 AND actor LIKE $2 AND action LIKE $3 ORDER BY seq DESC LIMIT 201",
+    let rows = audit_search::search(
+        d.service.db(),
+        q.before.unwrap_or(i64::MAX),
+        q.actor.trim(),
+        q.action.trim(),
+        201,
     )
-    .bind(q.before.unwrap_or(i64::MAX))
-    .bind(format!("{}%", q.actor.trim()))
-    .bind(format!("{}%", q.action.trim()))
-    .fetch_all(&d.service.db().pool)
-    .await
-    .map_err(Error::from)?;
-    let mut entries = Vec::new();
-    for r in rows.iter().take(200) {
-        entries.push(klive_format::api::AuditEntry {
-            seq: r.try_get::<i64, _>("seq").map_err(Error::from)?.max(0) as u64,
-            at: rfc3339(r.try_get("at").map_err(Error::from)?),
-            actor: r.try_get("actor").map_err(Error::from)?,
-            action: r.try_get("action").map_err(Error::from)?,
-            subject: r.try_get("subject").map_err(Error::from)?,
-            detail: r.try_get("detail").map_err(Error::from)?,
+    .await?;
+    let more = rows.len() > 200;
+    // The page shows no hashes: the chain's verdict stands above the list.
+    let entries: Vec<_> = rows
+        .into_iter()
+        .take(200)
+        .map(|e| klive_format::api::AuditEntry {
             prev_hash: String::new(),
             hash: String::new(),
-        });
-    }
-    let older = (rows.len() > 200)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
+            ..e
+        })
+        .collect();
+    let older = more.then(|| entries.last().map(|e| e.seq)).flatten();
     // The chain check is part of the snapshot: recomputing it on every view would read the
     // whole log each time.
     let snap = d.snapshot().await?;

@@ -134,7 +134,7 @@ impl Snapshot {
     /// Computes the findings as of `at` and the audit-chain check.
     pub async fn compute(service: &Service, at: i64) -> Result<Snapshot, Error> {
         let a = assess(service, at).await?;
-        let chain = match audit::verify(&service.db()).await? {
+        let chain = match audit::verify(service.db()).await? {
             audit::Verdict::Intact { records, .. } => {
                 (format!("intact ({records} records verified)"), true)
             }

@@ -1,0 +1,30 @@
+//! The audit log's filtered listing (the dashboard's audit page): newest first, by actor and
+//! action prefix, a page before a sequence number.
+
+use klive_format::api::AuditEntry;
+
+use crate::error::Error;
+use crate::store::audit::{ENTRY_COLUMNS, entry};
+use crate::store::db::Db;
+
+/// Up to `limit` records with a sequence number below `before` whose actor starts with
+/// `actor_prefix` and whose action starts with `action_prefix`, newest first. (The prefixes are
+/// LIKE patterns: `%` and `_` in them match as wildcards.)
+pub async fn search(
+    db: &Db,
+    before: i64,
+    actor_prefix: &str,
+    action_prefix: &str,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq < $1 AND actor LIKE $2 AND action LIKE $3 ORDER BY seq DESC LIMIT $4"
+    )))
+    .bind(before)
+    .bind(format!("{actor_prefix}%"))
+    .bind(format!("{action_prefix}%"))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(entry).collect()
+}

@@ -1,0 +1,166 @@
+//! The dashboard's host list: one page of hosts in id order, narrowed by the filters a user
+//! chose. The query is put together with [`sqlx::QueryBuilder`]; every value is bound.
+
+use sqlx::{Any, Execute, QueryBuilder, Row};
+
+use crate::error::Error;
+use crate::store::db::Db;
+
+/// Which applied level to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LevelFilter {
+    #[default]
+    Any,
+    /// Hosts that run no klive level.
+    None,
+    Is(i64),
+}
+
+/// Which hosts by state, `Online` and `Stale` against [`HostFilter::stale_before`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateFilter {
+    #[default]
+    Any,
+    Online,
+    Stale,
+    Revoked,
+}
+
+/// What the host list is narrowed to; empty text filters are off.
+#[derive(Debug, Clone, Default)]
+pub struct HostFilter {
+    /// Only ids after this one (the previous page's last id).
+    pub after: String,
+    /// Matched case-insensitively anywhere in the hostname or the id.
+    pub search: String,
+    pub channel: String,
+    pub kernel_release: String,
+    pub level: LevelFilter,
+    pub state: StateFilter,
+    /// The online bound: hosts that checked in before it are stale.
+    pub stale_before: i64,
+    pub min_uptime_secs: Option<i64>,
+    pub limit: i64,
+}
+
+/// One host of the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostListRow {
+    pub id: String,
+    pub hostname: String,
+    pub channel: String,
+    pub kernel_release: Option<String>,
+    pub applied_level: Option<i64>,
+    pub applied_state: Option<String>,
+    pub last_checkin_at: Option<i64>,
+    pub uptime_secs: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Up to `f.limit` hosts matching `f`, in id order.
+pub async fn page(db: &Db, f: &HostFilter) -> Result<Vec<HostListRow>, Error> {
+    let mut qb = QueryBuilder::<Any>::new(
+        "SELECT id, hostname, channel, kernel_release, applied_level, applied_state, last_checkin_at, uptime_secs, revoked_at FROM hosts WHERE id > ",
+    );
+    qb.push_bind(f.after.clone());
+    let search = f.search.trim().to_lowercase();
+    if !search.is_empty() {
+        qb.push(" AND (LOWER(hostname) LIKE ")
+            .push_bind(format!("%{search}%"))
+            .push(" OR id LIKE ")
+            .push_bind(format!("%{search}%"))
+            .push(")");
+    }
+    if !f.channel.is_empty() {
+        qb.push(" AND channel = ").push_bind(f.channel.clone());
+    }
+    if !f.kernel_release.is_empty() {
+        qb.push(" AND kernel_release = ")
+            .push_bind(f.kernel_release.clone());
+    }
+    match f.level {
+        LevelFilter::Any => {}
+        LevelFilter::None => {
+            qb.push(" AND applied_level IS NULL");
+        }
+        LevelFilter::Is(level) => {
+            qb.push(" AND applied_level = ").push_bind(level);
+        }
+    }
+    match f.state {
+        StateFilter::Any => {}
+        StateFilter::Online => {
+            qb.push(" AND revoked_at IS NULL AND last_checkin_at >= ")
+                .push_bind(f.stale_before);
+        }
+        StateFilter::Stale => {
+            qb.push(" AND revoked_at IS NULL AND (last_checkin_at IS NULL OR last_checkin_at < ")
+                .push_bind(f.stale_before)
+                .push(")");
+        }
+        StateFilter::Revoked => {
+            qb.push(" AND revoked_at IS NOT NULL");
+        }
+    }
+    if let Some(secs) = f.min_uptime_secs {
+        qb.push(" AND uptime_secs >= ").push_bind(secs);
+    }
+    qb.push(" ORDER BY id LIMIT ").push_bind(f.limit);
+
+    let sql = numbered_placeholders(qb.sql().as_str());
+    let arguments = qb
+        .build()
+        .take_arguments()
+        .map_err(|e| Error::Corrupt(format!("binding the host list's filters: {e}")))?
+        .unwrap_or_default();
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments)
+        .fetch_all(&db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HostListRow {
+                id: r.try_get("id")?,
+                hostname: r.try_get("hostname")?,
+                channel: r.try_get("channel")?,
+                kernel_release: r.try_get("kernel_release")?,
+                applied_level: r.try_get("applied_level")?,
+                applied_state: r.try_get("applied_state")?,
+                last_checkin_at: r.try_get("last_checkin_at")?,
+                uptime_secs: r.try_get("uptime_secs")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+}
+
+/// `QueryBuilder<Any>` spells every bind placeholder `?` (the backend is chosen only when the
+/// query runs), which PostgreSQL does not accept; `$1, $2, ...` work on both databases. The
+/// fragments above are constants with no `?` of their own, so every `?` is a placeholder.
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered_placeholders("a = ? AND (b LIKE ? OR c LIKE ?) LIMIT ?"),
+            "a = $1 AND (b LIKE $2 OR c LIKE $3) LIMIT $4"
+        );
+        assert_eq!(numbered_placeholders("no binds"), "no binds");
+    }
+}
