@@ -23,8 +23,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sqlx::Row;
-
 use klive_format::evidence::{ClockStart, ExceptionRecord, Finding, FixMethod, Rating, Verdict};
 use klive_format::release::ReleaseManifest;
 
@@ -33,19 +31,11 @@ use crate::domain::Service;
 use crate::error::Error;
 use crate::evidence::cve::KERNEL_PACKAGE;
 use crate::evidence::debver;
-use crate::evidence::policy::{PolicyVersion, in_force};
+use crate::evidence::policy::{Policies, PolicyVersion, in_force};
+use crate::store::as_of;
+pub use crate::store::as_of::HostRow;
+use crate::store::cve as cve_store;
 use crate::store::history::{DAY_MS, HostState};
-
-/// A host as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRow {
-    pub id: String,
-    pub hostname: String,
-    pub channel: String,
-    pub registered_at: i64,
-    pub revoked_at: Option<i64>,
-    pub last_checkin_at: Option<i64>,
-}
 
 /// A release as known at the as-of time.
 #[derive(Debug, Clone)]
@@ -152,76 +142,47 @@ impl Knowledge {
             as_of,
             ..Knowledge::default()
         };
-        let pool = &service.db().pool;
-        let rows = sqlx::query(
-            "SELECT version, cve, known_at, released_at FROM cve_package_fixes WHERE package = $1 AND known_at <= $2",
-        )
-        .bind(KERNEL_PACKAGE)
-        .bind(as_of)
-        .fetch_all(pool)
-        .await?;
+        let db = service.db();
+        let fixes = cve_store::package_fixes(db, KERNEL_PACKAGE, as_of).await?;
         let mut by_version: BTreeMap<String, Vec<PackageFix>> = BTreeMap::new();
-        for r in &rows {
-            let cve: String = r.try_get("cve")?;
-            let i = k.intern(&cve);
-            by_version
-                .entry(r.try_get("version")?)
-                .or_default()
-                .push(PackageFix {
-                    cve: i,
-                    known_at: r.try_get("known_at")?,
-                    released_at: r.try_get("released_at")?,
-                });
+        for r in fixes {
+            let i = k.intern(&r.cve);
+            by_version.entry(r.version).or_default().push(PackageFix {
+                cve: i,
+                known_at: r.known_at,
+                released_at: r.released_at,
+            });
         }
         let mut debian: Vec<_> = by_version.into_iter().collect();
         debian.sort_by(|a, b| debver::compare(&a.0, &b.0));
         k.debian = debian;
 
-        let rows = sqlx::query(
-            "SELECT cve, source, known_at, severity, cvss, published_at, kev_due_at FROM cve_facts WHERE known_at <= $1 ORDER BY known_at, import_id",
-        )
-        .bind(as_of)
-        .fetch_all(pool)
-        .await?;
-        for r in &rows {
-            let cve: String = r.try_get("cve")?;
-            let i = k.intern(&cve);
-            let severity: Option<String> = r.try_get("severity")?;
+        for r in cve_store::facts(db, as_of).await? {
+            let i = k.intern(&r.cve);
             k.facts[i as usize].push(FactRow {
-                known_at: r.try_get("known_at")?,
-                source: r.try_get("source")?,
-                severity: severity.as_deref().and_then(Rating::parse),
-                cvss: r.try_get("cvss")?,
-                published_at: r.try_get("published_at")?,
-                kev_due_at: r.try_get("kev_due_at")?,
+                known_at: r.known_at,
+                source: r.source,
+                severity: r.severity,
+                cvss: r.cvss,
+                published_at: r.published_at,
+                kev_due_at: r.kev_due_at,
             });
         }
 
-        let rows = sqlx::query(
-            "SELECT id, build_id, level, manifest, published_at, published_by, withdrawn_at FROM releases WHERE published_at <= $1 ORDER BY build_id, level",
-        )
-        .bind(as_of)
-        .fetch_all(pool)
-        .await?;
-        let channels = sqlx::query(
-            "SELECT release_id, channel, since FROM release_channels WHERE since <= $1",
-        )
-        .bind(as_of)
-        .fetch_all(pool)
-        .await?;
+        let rows = as_of::releases(db, as_of).await?;
+        let channels = as_of::release_channels(db, as_of).await?;
         let mut by_release: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-        for c in &channels {
+        for c in channels {
             by_release
-                .entry(c.try_get("release_id")?)
+                .entry(c.release_id)
                 .or_default()
-                .push((c.try_get("channel")?, c.try_get("since")?));
+                .push((c.channel, c.since));
         }
-        for r in &rows {
-            let id: String = r.try_get("id")?;
-            let text: String = r.try_get("manifest")?;
-            let manifest: ReleaseManifest = serde_json::from_str(&text)
+        for r in rows {
+            let id = r.id;
+            let manifest: ReleaseManifest = serde_json::from_str(&r.manifest)
                 .map_err(|e| Error::Corrupt(format!("stored manifest of {id}: {e}")))?;
-            let published_at: i64 = r.try_get("published_at")?;
+            let published_at = r.published_at;
             let fixes = manifest
                 .fixes
                 .iter()
@@ -238,16 +199,13 @@ impl Knowledge {
                     (i, rating, cvss)
                 })
                 .collect();
-            let build: String = r.try_get("build_id")?;
-            k.releases.entry(build).or_default().push(ReleaseRow {
+            k.releases.entry(r.build_id).or_default().push(ReleaseRow {
                 channels: by_release.remove(&id).unwrap_or_default(),
                 id,
-                level: r.try_get("level")?,
+                level: r.level,
                 published_at,
-                published_by: r.try_get("published_by")?,
-                withdrawn_at: r
-                    .try_get::<Option<i64>, _>("withdrawn_at")?
-                    .filter(|w| *w <= as_of),
+                published_by: r.published_by,
+                withdrawn_at: r.withdrawn_at.filter(|w| *w <= as_of),
                 fixes,
             });
         }
@@ -553,32 +511,15 @@ impl Assessment {
 pub async fn assess(service: &Service, as_of: i64) -> Result<Assessment, Error> {
     let started = std::time::Instant::now();
     let knowledge = Knowledge::load(service, as_of).await?;
-    let rows = sqlx::query(
-        "SELECT id, hostname, channel, registered_at, revoked_at, last_checkin_at FROM hosts WHERE registered_at <= $1 ORDER BY id",
-    )
-    .bind(as_of)
-    .fetch_all(&service.db().pool)
-    .await?;
-    let hosts = rows
-        .iter()
-        .map(|r| {
-            Ok(HostRow {
-                id: r.try_get("id")?,
-                hostname: r.try_get("hostname")?,
-                channel: r.try_get("channel")?,
-                registered_at: r.try_get("registered_at")?,
-                revoked_at: r
-                    .try_get::<Option<i64>, _>("revoked_at")?
-                    .filter(|t| *t <= as_of),
-                last_checkin_at: r.try_get("last_checkin_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let mut hosts = as_of::hosts(service.db(), as_of).await?;
+    for h in &mut hosts {
+        h.revoked_at = h.revoked_at.filter(|t| *t <= as_of);
+    }
     let loaded = started.elapsed().as_millis();
     let timelines = load_timelines(service, &hosts, as_of).await?;
     let read = started.elapsed().as_millis();
-    let policies = service.sla_policies().await?;
-    let exceptions = service.exceptions(as_of).await?;
+    let policies = Policies::new(service).sla_policies().await?;
+    let exceptions = Policies::new(service).exceptions(as_of).await?;
     let mut assessment = Assessment {
         as_of,
         knowledge,
@@ -606,47 +547,28 @@ async fn load_timelines(
     hosts: &[HostRow],
     as_of: i64,
 ) -> Result<Vec<Vec<HostState>>, Error> {
-    use futures_util::TryStreamExt as _;
     let mut timelines: Vec<Vec<HostState>> = vec![Vec::new(); hosts.len()];
     let positions: HashMap<&str, usize> = hosts
         .iter()
         .enumerate()
         .map(|(i, h)| (h.id.as_str(), i))
         .collect();
-    let mut rows = sqlx::query(
-        "SELECT host_id, sequence, at, events, kernel_release, package_version, build_id, applied_level, applied_state, boot_id, uptime_secs, taint, error FROM host_history WHERE at <= $1 ORDER BY host_id, sequence",
-    )
-    .bind(as_of)
-    .fetch(&service.db().pool);
     // Rows arrive grouped by host: look the host up once per group.
     let mut current: Option<(String, Option<usize>)> = None;
-    while let Some(r) = rows.try_next().await? {
-        let host_id: String = r.try_get(0)?;
-        let index = match &current {
-            Some((id, index)) if *id == host_id => *index,
+    as_of::for_each_history_row(
+        service.db(),
+        as_of,
+        |host_id| match &current {
+            Some((id, index)) if id == host_id => *index,
             _ => {
-                let index = positions.get(host_id.as_str()).copied();
-                current = Some((host_id.clone(), index));
+                let index = positions.get(host_id).copied();
+                current = Some((host_id.to_owned(), index));
                 index
             }
-        };
-        let Some(index) = index else { continue };
-        timelines[index].push(HostState {
-            host_id,
-            sequence: r.try_get(1)?,
-            at: r.try_get(2)?,
-            events: r.try_get(3)?,
-            kernel_release: r.try_get(4)?,
-            package_version: r.try_get(5)?,
-            build_id: r.try_get(6)?,
-            applied_level: r.try_get(7)?,
-            applied_state: r.try_get(8)?,
-            boot_id: r.try_get(9)?,
-            uptime_secs: r.try_get(10)?,
-            taint: r.try_get(11)?,
-            error: r.try_get(12)?,
-        });
-    }
+        },
+        |index, state| timelines[index].push(state),
+    )
+    .await?;
     Ok(timelines)
 }
 
@@ -854,14 +776,8 @@ fn judge(
 }
 
 /// Nearest-rank percentile (`q` in 0..=100) of sorted values: the smallest value with at
-/// least q% of the values at or below it.
-pub fn percentile(sorted: &[i64], q: u32) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (u64::from(q) * sorted.len() as u64).div_ceil(100).max(1) as usize;
-    sorted.get(rank - 1).copied()
-}
+/// least q% of the values at or below it; the workspace's one definition.
+pub use klive_format::stats::nearest_rank as percentile;
 
 #[cfg(test)]
 mod tests {
@@ -874,6 +790,6 @@ mod tests {
         assert_eq!(percentile(&v, 95), Some(19));
         assert_eq!(percentile(&v, 100), Some(20));
         assert_eq!(percentile(&[7], 95), Some(7));
-        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile::<i64>(&[], 50), None);
     }
 }

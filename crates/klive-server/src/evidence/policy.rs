@@ -2,8 +2,6 @@
 //! time on, earlier findings keep the version they were detected under) and exceptions.
 
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use klive_format::api::Role;
 use klive_format::evidence::{ClockStart, ExceptionRecord, SlaPolicy};
@@ -13,6 +11,7 @@ use crate::domain::{AuthUser, Service};
 use crate::error::Error;
 use crate::evidence::cve::{is_cve_id, require};
 use crate::store::audit::{self, Actor};
+use crate::store::policy::{self as store, ExceptionRow, NewPolicy, PolicyRow};
 use crate::trust::secrets::new_id;
 
 /// A policy version with its effective time in unix ms, as the findings engine uses it.
@@ -36,32 +35,40 @@ pub struct PolicyChange {
     pub note: String,
 }
 
-fn days(row: &AnyRow, col: &str) -> Result<u32, Error> {
-    let v: i64 = row.try_get(col)?;
-    u32::try_from(v).map_err(|_| Error::Corrupt(format!("stored {col} {v} is out of range")))
+fn policy_version(row: PolicyRow) -> PolicyVersion {
+    PolicyVersion {
+        effective_at: row.effective_at,
+        policy: SlaPolicy {
+            version: row.version,
+            effective_at: rfc3339(row.effective_at),
+            created_by: row.created_by,
+            critical_days: row.critical_days,
+            high_days: row.high_days,
+            medium_days: row.medium_days,
+            low_days: row.low_days,
+            unrated_days: row.unrated_days,
+            kev_shortens: row.kev_shortens,
+            kev_floor_days: row.kev_floor_days,
+            clock_start: row.clock_start,
+            note: row.note,
+        },
+    }
 }
 
-fn policy_row(row: &AnyRow) -> Result<PolicyVersion, Error> {
-    let effective_at: i64 = row.try_get("effective_at")?;
-    let clock: String = row.try_get("clock_start")?;
-    Ok(PolicyVersion {
-        effective_at,
-        policy: SlaPolicy {
-            version: days(row, "version")?,
-            effective_at: rfc3339(effective_at),
-            created_by: row.try_get("created_by")?,
-            critical_days: days(row, "critical_days")?,
-            high_days: days(row, "high_days")?,
-            medium_days: days(row, "medium_days")?,
-            low_days: days(row, "low_days")?,
-            unrated_days: days(row, "unrated_days")?,
-            kev_shortens: row.try_get::<i64, _>("kev_shortens")? != 0,
-            kev_floor_days: days(row, "kev_floor_days")?,
-            clock_start: ClockStart::parse(&clock)
-                .ok_or_else(|| Error::Corrupt(format!("unknown stored clock start {clock:?}")))?,
-            note: row.try_get("note")?,
+fn exception_record(row: ExceptionRow) -> (i64, i64, ExceptionRecord) {
+    (
+        row.created_at,
+        row.expires_at,
+        ExceptionRecord {
+            id: row.id,
+            cve: row.cve,
+            host_id: row.host_id,
+            reason: row.reason,
+            created_by: row.created_by,
+            created_at: rfc3339(row.created_at),
+            expires_at: rfc3339(row.expires_at),
         },
-    })
+    )
 }
 
 /// The policy version in force at `at` among `versions` (ordered by version).
@@ -69,13 +76,19 @@ pub fn in_force(versions: &[PolicyVersion], at: i64) -> Option<&PolicyVersion> {
     versions.iter().rev().find(|v| v.effective_at <= at)
 }
 
-impl Service {
+/// The SLA policy and exceptions of a service: `Policies::new(&service)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies<'a>(&'a Service);
+
+impl<'a> Policies<'a> {
+    pub fn new(service: &'a Service) -> Policies<'a> {
+        Policies(service)
+    }
+
     /// Every policy version, oldest first.
     pub async fn sla_policies(&self) -> Result<Vec<PolicyVersion>, Error> {
-        let rows = sqlx::query("SELECT * FROM sla_policies ORDER BY version")
-            .fetch_all(&self.db().pool)
-            .await?;
-        rows.iter().map(policy_row).collect()
+        let rows = store::policies(self.0.db()).await?;
+        Ok(rows.into_iter().map(policy_version).collect())
     }
 
     /// Adds a policy version effective now (admin). Findings detected earlier keep theirs.
@@ -106,28 +119,24 @@ impl Service {
                     .into(),
             ));
         }
-        let now = self.clock().now_ms();
-        let mut tx = self.db().begin_audited().await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM sla_policies")
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query(
-            "INSERT INTO sla_policies (version, effective_at, created_by, critical_days, high_days, medium_days, low_days, unrated_days, kev_shortens, kev_floor_days, clock_start, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        let now = self.0.now();
+        let mut tx = self.0.db().begin_audited().await?;
+        let version = store::append_policy(
+            &mut tx,
+            &NewPolicy {
+                effective_at: now,
+                created_by: &by.name,
+                critical_days: change.critical_days,
+                high_days: change.high_days,
+                medium_days: change.medium_days,
+                low_days: change.low_days,
+                unrated_days: change.unrated_days,
+                kev_shortens: change.kev_shortens,
+                kev_floor_days: change.kev_floor_days,
+                clock_start: change.clock_start,
+                note: &change.note,
+            },
         )
-        .bind(version)
-        .bind(now)
-        .bind(&by.name)
-        .bind(i64::from(change.critical_days))
-        .bind(i64::from(change.high_days))
-        .bind(i64::from(change.medium_days))
-        .bind(i64::from(change.low_days))
-        .bind(i64::from(change.unrated_days))
-        .bind(i64::from(change.kev_shortens))
-        .bind(i64::from(change.kev_floor_days))
-        .bind(change.clock_start.as_str())
-        .bind(&change.note)
-        .execute(&mut *tx)
         .await?;
         audit::append(
             &mut tx,
@@ -177,78 +186,78 @@ impl Service {
                 "an exception expires within 1 second to 366 days; renew it when it expires".into(),
             ));
         }
-        let now = self.clock().now_ms();
+        let now = self.0.now();
         let expires = now + expires_in_secs as i64 * 1000;
         let id = new_id()?;
-        let mut tx = self.db().begin_audited().await?;
-        if let Some(h) = host_id {
-            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1")
-                .bind(h)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(Error::HostNotFound(h.to_owned()));
-            }
+        let mut tx = self.0.db().begin_audited().await?;
+        if let Some(h) = host_id
+            && !store::host_exists(&mut tx, h).await?
+        {
+            return Err(Error::HostNotFound(h.to_owned()));
         }
-        sqlx::query(
-            "INSERT INTO sla_exceptions (id, cve, host_id, reason, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&id)
-        .bind(cve)
-        .bind(host_id)
-        .bind(reason)
-        .bind(&by.name)
-        .bind(now)
-        .bind(expires)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            &mut tx,
-            now,
-            &Actor::User(by.name.clone()),
-            "exception.add",
-            &id,
-            json!({"cve": cve, "host": host_id, "reason": reason, "expires_at": expires}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ExceptionRecord {
+        let row = ExceptionRow {
             id,
             cve: cve.to_owned(),
             host_id: host_id.map(str::to_owned),
             reason: reason.to_owned(),
             created_by: by.name.clone(),
-            created_at: rfc3339(now),
-            expires_at: rfc3339(expires),
-        })
+            created_at: now,
+            expires_at: expires,
+        };
+        store::insert_exception(&mut tx, &row).await?;
+        audit::append(
+            &mut tx,
+            now,
+            &Actor::User(by.name.clone()),
+            "exception.add",
+            &row.id,
+            json!({"cve": cve, "host": host_id, "reason": reason, "expires_at": expires}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(exception_record(row).2)
     }
 
     /// Exceptions created at or before `until`, with their times in ms.
     pub async fn exceptions(&self, until: i64) -> Result<Vec<(i64, i64, ExceptionRecord)>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, cve, host_id, reason, created_by, created_at, expires_at FROM sla_exceptions WHERE created_at <= $1 ORDER BY created_at, id",
-        )
-        .bind(until)
-        .fetch_all(&self.db().pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let created: i64 = r.try_get("created_at")?;
-                let expires: i64 = r.try_get("expires_at")?;
-                Ok((
-                    created,
-                    expires,
-                    ExceptionRecord {
-                        id: r.try_get("id")?,
-                        cve: r.try_get("cve")?,
-                        host_id: r.try_get("host_id")?,
-                        reason: r.try_get("reason")?,
-                        created_by: r.try_get("created_by")?,
-                        created_at: rfc3339(created),
-                        expires_at: rfc3339(expires),
-                    },
-                ))
-            })
-            .collect()
+        let rows = store::exceptions(self.0.db(), until).await?;
+        Ok(rows.into_iter().map(exception_record).collect())
+    }
+}
+
+/// Compatibility for callers not yet switched to [`Policies`] (`src/cli/evidence.rs`, tests);
+/// to be removed once they call `Policies::new(&service)`.
+impl Service {
+    /// See [`Policies::sla_policies`].
+    pub async fn sla_policies(&self) -> Result<Vec<PolicyVersion>, Error> {
+        Policies::new(self).sla_policies().await
+    }
+
+    /// See [`Policies::set_sla_policy`].
+    pub async fn set_sla_policy(
+        &self,
+        by: &AuthUser,
+        change: &PolicyChange,
+    ) -> Result<SlaPolicy, Error> {
+        Policies::new(self).set_sla_policy(by, change).await
+    }
+
+    /// See [`Policies::add_exception`].
+    pub async fn add_exception(
+        &self,
+        by: &AuthUser,
+        cve: &str,
+        host_id: Option<&str>,
+        reason: &str,
+        expires_in_secs: u64,
+    ) -> Result<ExceptionRecord, Error> {
+        Policies::new(self)
+            .add_exception(by, cve, host_id, reason, expires_in_secs)
+            .await
+    }
+
+    /// See [`Policies::exceptions`].
+    pub async fn exceptions(&self, until: i64) -> Result<Vec<(i64, i64, ExceptionRecord)>, Error> {
+        Policies::new(self).exceptions(until).await
     }
 }
