@@ -12,8 +12,8 @@ use klive_format::evidence::{
 
 use super::figures::{Figures, figures};
 use super::files::{
-    AUDIT_COLUMNS, CHANGE_COLUMNS, EXCEPTION_COLUMNS, FINDING_COLUMNS, HOST_COLUMNS, JsonLines,
-    PackFile, finding_csv_line, json_bytes, write_csv, write_json_records,
+    AUDIT_COLUMNS, CHANGE_COLUMNS, CsvOut, EXCEPTION_COLUMNS, FINDING_COLUMNS, HOST_COLUMNS,
+    JsonLines, PackFile, json_bytes, write_csv, write_json_records,
 };
 use super::html::render_html;
 use super::io;
@@ -193,19 +193,16 @@ fn write_csv_files(dir: &PackDir, f: &Figures) -> Result<Vec<ManifestFile>, Erro
     })?;
     let mut file = dir.open_file("findings.csv")?;
     let mut record = empty_finding();
-    let mut line = FINDING_COLUMNS.join(",").into_bytes();
-    line.push(b'\n');
     let mut rows = 0u64;
     (|| -> std::io::Result<()> {
-        file.write_all(&line)?;
+        let mut csv = CsvOut::new(&mut file);
+        csv.header(FINDING_COLUMNS)?;
         for x in f.findings() {
             f.assessment.fill_record(x, &mut record);
-            line.clear();
-            finding_csv_line(&mut line, &record);
-            file.write_all(&line)?;
+            csv.finding(&record)?;
             rows += 1;
         }
-        Ok(())
+        csv.finish().map(drop)
     })()
     .map_err(io("writing findings.csv".into()))?;
     files.push(file.finish(Some(rows))?);
