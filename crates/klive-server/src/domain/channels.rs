@@ -15,20 +15,13 @@ impl std::ops::Deref for Channels<'_> {
 
 impl Channels<'_> {
     pub async fn list(self) -> Result<Vec<Channel>, Error> {
-        let rows =
-            sqlx::query("SELECT name, position, min_soak_secs FROM channels ORDER BY position")
-                .fetch_all(&self.db.pool)
-                .await?;
-        rows.iter().map(channel_row).collect()
+        store::channels::list(&self.db).await
     }
 
     pub(super) async fn channel(self, tx: &mut Tx, name: &str) -> Result<Channel, Error> {
-        let row = sqlx::query("SELECT name, position, min_soak_secs FROM channels WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut **tx)
+        store::channels::get(tx, name)
             .await?
-            .ok_or_else(|| Error::ChannelNotFound(name.to_owned()))?;
-        channel_row(&row)
+            .ok_or_else(|| Error::ChannelNotFound(name.to_owned()))
     }
 
     /// Appends a channel after the last one.
@@ -43,16 +36,8 @@ impl Channels<'_> {
         let soak = secs_to_i64(req.min_soak_secs, "min_soak_secs")?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position) + 1, 0) FROM channels")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO channels (name, position, min_soak_secs) VALUES ($1, $2, $3)")
-            .bind(&req.name)
-            .bind(next)
-            .bind(soak)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| on_unique(e, Error::ChannelExists(req.name.clone())))?;
+        let next = store::channels::next_position(&mut tx).await?;
+        store::channels::insert(&mut tx, &req.name, next, soak).await?;
         audit::append(
             &mut tx,
             now,
@@ -82,11 +67,7 @@ impl Channels<'_> {
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
         let mut channel = self.channel(&mut tx, name).await?;
-        sqlx::query("UPDATE channels SET min_soak_secs = $1 WHERE name = $2")
-            .bind(soak)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        store::channels::set_soak(&mut tx, name, soak).await?;
         audit::append(
             &mut tx,
             now,

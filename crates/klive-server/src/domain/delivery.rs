@@ -74,12 +74,7 @@ impl Delivery<'_> {
             let signer = self.signer.as_ref().ok_or_else(missing)?;
             return signer.root_metadata(version)?.ok_or_else(missing);
         }
-        let body: Option<String> =
-            sqlx::query_scalar("SELECT body FROM tuf_metadata WHERE channel = $1 AND name = $2")
-                .bind(channel)
-                .bind(name)
-                .fetch_optional(&self.db.pool)
-                .await?;
+        let body = store::tuf::metadata(&self.db, channel, name).await?;
         body.map(String::into_bytes).ok_or_else(missing)
     }
 

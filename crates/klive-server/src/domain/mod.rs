@@ -30,11 +30,11 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use klive_format::api::{
-    Action, AppliedReport, BlobStored, Channel, ChannelEntry, ChannelRequest, CheckIn,
-    CheckInResponse, ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetGroup,
-    FleetSummary, HOST_CREDENTIAL_PREFIX, HostInfo, HostListQuery, HostPolicy, PromoteRequest,
-    Promotion, PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role,
-    TargetRelease, TokenCreated, USER_TOKEN_PREFIX, User, Withdrawal,
+    Action, AppliedReport, BlobStored, Channel, ChannelRequest, CheckIn, CheckInResponse,
+    ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetGroup, FleetSummary,
+    HOST_CREDENTIAL_PREFIX, HostInfo, HostListQuery, HostPolicy, PromoteRequest, Promotion,
+    PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role, TargetRelease,
+    TokenCreated, USER_TOKEN_PREFIX, User,
 };
 use klive_format::release::ReleaseManifest;
 use klive_format::status::PatchState;
@@ -42,10 +42,12 @@ use klive_format::{BuildId, PatchLevel, modinfo as tags};
 
 use crate::clock::{Clock, rfc3339};
 use crate::domain::checkin::release_cache::{Candidate, ReleaseCache};
-use crate::error::{Error, on_unique};
+use crate::error::Error;
+use crate::store;
 use crate::store::audit::{self, Actor};
 use crate::store::blobs::Blobs;
 use crate::store::db::{Db, Tx};
+use crate::store::releases::level_from_db;
 use crate::trust::secrets::{new_id, new_secret, sha256_hex};
 use crate::trust::tuf::Signer;
 
@@ -71,6 +73,15 @@ impl AuthUser {
             Err(Error::Forbidden {
                 needed: needed.as_str(),
             })
+        }
+    }
+}
+
+impl From<store::users::UserRow> for AuthUser {
+    fn from(row: store::users::UserRow) -> AuthUser {
+        AuthUser {
+            name: row.name,
+            role: row.role,
         }
     }
 }
@@ -134,13 +145,6 @@ fn parse_state(s: &str) -> Option<PatchState> {
     })
 }
 
-fn level_from_db(v: i64) -> Result<PatchLevel, Error> {
-    u32::try_from(v)
-        .ok()
-        .and_then(|v| PatchLevel::new(v).ok())
-        .ok_or_else(|| Error::Corrupt(format!("stored level {v} is out of range")))
-}
-
 fn secs_to_i64(v: u64, what: &str) -> Result<i64, Error> {
     i64::try_from(v)
         .ok()
@@ -201,13 +205,7 @@ impl Service {
         let half = signer.lifetimes.timestamp_secs * 1000 / 2;
         let mut done = Vec::new();
         for channel in self.channels().list().await? {
-            let expires: Option<i64> = sqlx::query_scalar(
-                "SELECT expires_at FROM tuf_metadata WHERE channel = $1 AND name = 'timestamp.json'",
-            )
-            .bind(&channel.name)
-            .fetch_optional(&self.db.pool)
-            .await?
-            .flatten();
+            let expires = store::tuf::timestamp_expiry(&self.db, &channel.name).await?;
             if !force && expires.is_some_and(|e| e - now > half) {
                 continue;
             }
@@ -376,15 +374,10 @@ async fn release_state(
     build_id: &BuildId,
     level: PatchLevel,
 ) -> Result<(String, bool), Error> {
-    let row = sqlx::query("SELECT published_by, withdrawn_at FROM releases WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
+    let status = store::releases::status(tx, id)
         .await?
         .ok_or_else(|| not_found(build_id, level))?;
-    Ok((
-        row.try_get("published_by")?,
-        row.try_get::<Option<i64>, _>("withdrawn_at")?.is_some(),
-    ))
+    Ok((status.published_by, status.withdrawn))
 }
 
 fn not_found(build_id: &BuildId, level: PatchLevel) -> Error {
@@ -439,66 +432,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
-}
-
-fn auth_user(row: &AnyRow) -> Result<AuthUser, Error> {
-    let role: String = row.try_get("role")?;
-    Ok(AuthUser {
-        name: row.try_get("name")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
-    })
-}
-
-fn channel_row(row: &AnyRow) -> Result<Channel, Error> {
-    Ok(Channel {
-        name: row.try_get("name")?,
-        position: row
-            .try_get::<i64, _>("position")?
-            .clamp(0, i64::from(u32::MAX)) as u32,
-        min_soak_secs: row.try_get::<i64, _>("min_soak_secs")?.max(0) as u64,
-    })
-}
-
-fn status_name(s: PromotionStatus) -> &'static str {
-    match s {
-        PromotionStatus::Pending => "pending",
-        PromotionStatus::Approved => "approved",
-        PromotionStatus::EmergencyUnapproved => "emergency_unapproved",
-        PromotionStatus::EmergencyApproved => "emergency_approved",
-    }
-}
-
-fn promotion_row(row: &AnyRow) -> Result<Promotion, Error> {
-    let status: String = row.try_get("status")?;
-    let status = match status.as_str() {
-        "pending" => PromotionStatus::Pending,
-        "approved" => PromotionStatus::Approved,
-        "emergency_unapproved" => PromotionStatus::EmergencyUnapproved,
-        "emergency_approved" => PromotionStatus::EmergencyApproved,
-        // A pending request overtaken by an effective promotion reads as approved by that one.
-        "superseded" => PromotionStatus::Approved,
-        other => {
-            return Err(Error::Corrupt(format!(
-                "unknown promotion status {other:?}"
-            )));
-        }
-    };
-    let build_id: String = row.try_get("build_id")?;
-    Ok(Promotion {
-        id: row.try_get("id")?,
-        build_id: build_id
-            .parse()
-            .map_err(|_| Error::Corrupt(format!("stored build-id {build_id:?}")))?,
-        level: level_from_db(row.try_get("level")?)?,
-        to: row.try_get("to_channel")?,
-        requested_by: row.try_get("requested_by")?,
-        requested_at: rfc3339(row.try_get("requested_at")?),
-        reason: row.try_get("reason")?,
-        status,
-        approved_by: row.try_get("approved_by")?,
-        approved_at: row.try_get::<Option<i64>, _>("approved_at")?.map(rfc3339),
-    })
 }
 
 fn host_row(row: &AnyRow) -> Result<HostInfo, Error> {

@@ -47,13 +47,7 @@ impl Promotions<'_> {
         }
         let to = self.channels().channel(&mut tx, &req.to).await?;
         let prev_since = self.check_order(&mut tx, &id, &to).await?;
-        let pending: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM promotions WHERE release_id = $1 AND to_channel = $2 AND status = 'pending'",
-        )
-        .bind(&id)
-        .bind(&to.name)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let pending = store::promotions::pending(&mut tx, &id, &to.name).await?;
         let promotion_id = new_id()?;
         let immediate = req.emergency || (by.role >= Role::Approver && by.name != published_by);
         let status = if req.emergency {
@@ -72,37 +66,28 @@ impl Promotions<'_> {
                 )));
             }
             // Superseded by this effective promotion.
-            sqlx::query("UPDATE promotions SET status = 'superseded' WHERE id = $1")
-                .bind(&existing)
-                .execute(&mut *tx)
-                .await?;
+            store::promotions::supersede(&mut tx, &existing).await?;
         }
         if immediate {
-            sqlx::query(
-                "INSERT INTO release_channels (release_id, channel, since, emergency, awaiting_approval) VALUES ($1, $2, $3, $4, $4)",
-            )
-            .bind(&id)
-            .bind(&to.name)
-            .bind(now)
-            .bind(i64::from(req.emergency))
-            .execute(&mut *tx)
-            .await?;
+            store::releases::enter_channel_flagged(&mut tx, &id, &to.name, now, req.emergency)
+                .await?;
             self.resign(&mut tx, &[&to.name], now).await?;
         }
         let approved_by = (status == PromotionStatus::Approved).then(|| by.name.clone());
-        sqlx::query(
-            "INSERT INTO promotions (id, release_id, to_channel, requested_by, requested_at, reason, status, approved_by, approved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        store::promotions::insert(
+            &mut tx,
+            &store::promotions::NewPromotion {
+                id: &promotion_id,
+                release_id: &id,
+                to_channel: &to.name,
+                requested_by: &by.name,
+                requested_at: now,
+                reason: reason.clone(),
+                status,
+                approved_by: approved_by.clone(),
+                approved_at: approved_by.as_ref().map(|_| now),
+            },
         )
-        .bind(&promotion_id)
-        .bind(&id)
-        .bind(&to.name)
-        .bind(&by.name)
-        .bind(now)
-        .bind(reason.clone())
-        .bind(status_name(status))
-        .bind(approved_by.clone())
-        .bind(approved_by.as_ref().map(|_| now))
-        .execute(&mut *tx)
         .await?;
         let action = match status {
             PromotionStatus::EmergencyUnapproved => "promotion.emergency",
@@ -132,33 +117,20 @@ impl Promotions<'_> {
                 to.name
             )));
         }
-        let already: Option<i64> = sqlx::query_scalar(
-            "SELECT since FROM release_channels WHERE release_id = $1 AND channel = $2",
-        )
-        .bind(id)
-        .bind(&to.name)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let already = store::promotions::in_channel_since(tx, id, &to.name).await?;
         if already.is_some() {
             return Err(Error::PromotionRefused(format!(
                 "the release is already in {}",
                 to.name
             )));
         }
-        let prev = sqlx::query(
-            "SELECT c.name AS name, rc.since AS since FROM channels c LEFT JOIN release_channels rc ON rc.channel = c.name AND rc.release_id = $1 WHERE c.position = $2",
-        )
-        .bind(id)
-        .bind(i64::from(to.position) - 1)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| Error::Corrupt(format!("no channel before {}", to.name)))?;
-        let prev_name: String = prev.try_get("name")?;
-        let since: Option<i64> = prev.try_get("since")?;
-        since.ok_or_else(|| {
+        let prev = store::promotions::channel_at(tx, id, i64::from(to.position) - 1)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("no channel before {}", to.name)))?;
+        prev.since.ok_or_else(|| {
             Error::PromotionRefused(format!(
-                "the release is not in {prev_name} yet; promote it there before {}",
-                to.name
+                "the release is not in {} yet; promote it there before {}",
+                prev.name, to.name
             ))
         })
     }
@@ -169,18 +141,16 @@ impl Promotions<'_> {
         by.require(Role::Approver)?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        let row = sqlx::query(
-            "SELECT p.release_id AS release_id, p.to_channel AS to_channel, p.requested_by AS requested_by, p.status AS status, r.published_by AS published_by, r.withdrawn_at AS withdrawn_at FROM promotions p JOIN releases r ON r.id = p.release_id WHERE p.id = $1",
-        )
-        .bind(promotion_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::PromotionNotFound(promotion_id.to_owned()))?;
-        let release: String = row.try_get("release_id")?;
-        let to_name: String = row.try_get("to_channel")?;
-        let requested_by: String = row.try_get("requested_by")?;
-        let published_by: String = row.try_get("published_by")?;
-        let status: String = row.try_get("status")?;
+        let store::promotions::ApprovalRow {
+            release_id: release,
+            to_channel: to_name,
+            requested_by,
+            status,
+            published_by,
+            withdrawn_at,
+        } = store::promotions::for_approval(&mut tx, promotion_id)
+            .await?
+            .ok_or_else(|| Error::PromotionNotFound(promotion_id.to_owned()))?;
         if by.name == published_by {
             return Err(Error::MakerChecker(format!(
                 "{} published this release, so a different approver must approve its promotion",
@@ -195,7 +165,7 @@ impl Promotions<'_> {
         }
         let new_status = match status.as_str() {
             "pending" => {
-                if row.try_get::<Option<i64>, _>("withdrawn_at")?.is_some() {
+                if withdrawn_at.is_some() {
                     return Err(Error::PromotionRefused(
                         "the release was withdrawn; it cannot be promoted".into(),
                     ));
@@ -203,25 +173,12 @@ impl Promotions<'_> {
                 let to = self.channels().channel(&mut tx, &to_name).await?;
                 let prev_since = self.check_order(&mut tx, &release, &to).await?;
                 check_soak(&to, prev_since, now)?;
-                sqlx::query(
-                    "INSERT INTO release_channels (release_id, channel, since, emergency, awaiting_approval) VALUES ($1, $2, $3, 0, 0)",
-                )
-                .bind(&release)
-                .bind(&to_name)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                store::releases::enter_channel(&mut tx, &release, &to_name, now).await?;
                 self.resign(&mut tx, &[&to_name], now).await?;
                 PromotionStatus::Approved
             }
             "emergency_unapproved" => {
-                sqlx::query(
-                    "UPDATE release_channels SET awaiting_approval = 0 WHERE release_id = $1 AND channel = $2",
-                )
-                .bind(&release)
-                .bind(&to_name)
-                .execute(&mut *tx)
-                .await?;
+                store::promotions::clear_awaiting(&mut tx, &release, &to_name).await?;
                 PromotionStatus::EmergencyApproved
             }
             other => {
@@ -230,15 +187,7 @@ impl Promotions<'_> {
                 )));
             }
         };
-        sqlx::query(
-            "UPDATE promotions SET status = $1, approved_by = $2, approved_at = $3 WHERE id = $4",
-        )
-        .bind(status_name(new_status))
-        .bind(&by.name)
-        .bind(now)
-        .bind(promotion_id)
-        .execute(&mut *tx)
-        .await?;
+        store::promotions::set_approved(&mut tx, promotion_id, new_status, &by.name, now).await?;
         audit::append(
             &mut tx,
             now,
@@ -254,23 +203,13 @@ impl Promotions<'_> {
     }
 
     pub async fn get(self, id: &str) -> Result<Promotion, Error> {
-        let row = sqlx::query(
-            "SELECT p.*, r.build_id AS build_id, r.level AS level FROM promotions p JOIN releases r ON r.id = p.release_id WHERE p.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?
-        .ok_or_else(|| Error::PromotionNotFound(id.to_owned()))?;
-        promotion_row(&row)
+        store::promotions::get(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::PromotionNotFound(id.to_owned()))
     }
 
     /// All promotions, newest first.
     pub async fn list(self) -> Result<Vec<Promotion>, Error> {
-        let rows = sqlx::query(
-            "SELECT p.*, r.build_id AS build_id, r.level AS level FROM promotions p JOIN releases r ON r.id = p.release_id ORDER BY p.requested_at DESC, p.id",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter().map(promotion_row).collect()
+        store::promotions::list(&self.db).await
     }
 }

@@ -30,13 +30,7 @@ impl Users<'_> {
         }
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        sqlx::query("INSERT INTO users (name, role, created_at) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(role.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| on_unique(e, Error::UserExists(name.to_owned())))?;
+        store::users::insert(&mut tx, name, role, now).await?;
         let actor = by.map_or(Actor::System, AuthUser::actor);
         audit::append(
             &mut tx,
@@ -57,20 +51,7 @@ impl Users<'_> {
 
     pub async fn list(self, by: &AuthUser) -> Result<Vec<User>, Error> {
         by.require(Role::Admin)?;
-        let rows = sqlx::query("SELECT name, role, created_at FROM users ORDER BY name")
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let role: String = r.try_get("role")?;
-                Ok(User {
-                    name: r.try_get("name")?,
-                    role: Role::parse(&role)
-                        .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
-                    created_at: rfc3339(r.try_get("created_at")?),
-                })
-            })
-            .collect()
+        store::users::list(&self.db).await
     }
 
     /// Creates an API token for `user`; only its hash is kept.
@@ -86,14 +67,7 @@ impl Users<'_> {
         let token = new_secret(USER_TOKEN_PREFIX)?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        sqlx::query(
-            "INSERT INTO api_tokens (token_hash, user_name, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(user)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        store::users::insert_token(&mut tx, &sha256_hex(token.as_bytes()), user, now).await?;
         let actor = by.map_or(Actor::System, AuthUser::actor);
         audit::append(&mut tx, now, &actor, "token.create", user, json!({})).await?;
         tx.commit().await?;
@@ -111,14 +85,7 @@ impl Users<'_> {
         self.user_by_name(user).await?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        let n = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = store::users::revoke_tokens(&mut tx, user, now).await?;
         let actor = by.map_or(Actor::System, AuthUser::actor);
         audit::append(
             &mut tx,
@@ -134,12 +101,10 @@ impl Users<'_> {
     }
 
     pub async fn user_by_name(self, name: &str) -> Result<AuthUser, Error> {
-        let row = sqlx::query("SELECT name, role FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.db.pool)
+        store::users::by_name(&self.db, name)
             .await?
-            .ok_or_else(|| Error::UserNotFound(name.to_owned()))?;
-        auth_user(&row)
+            .map(AuthUser::from)
+            .ok_or_else(|| Error::UserNotFound(name.to_owned()))
     }
 
     /// The user holding this API token. A failure is audited (at most once a minute per
@@ -149,17 +114,12 @@ impl Users<'_> {
             self.audit_failed_auth("malformed token").await;
             return Err(Error::Unauthenticated);
         }
-        let row = sqlx::query(
-            "SELECT u.name AS name, u.role AS role FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-        )
-        .bind(sha256_hex(token.as_bytes()))
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
+        let user = store::users::by_token(&self.db, &sha256_hex(token.as_bytes())).await?;
+        let Some(user) = user else {
             self.audit_failed_auth("api token").await;
             return Err(Error::Unauthenticated);
         };
-        auth_user(&row)
+        Ok(user.into())
     }
 
     pub(super) async fn audit_failed_auth(self, kind: &'static str) {

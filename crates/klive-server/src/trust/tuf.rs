@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::Ed25519KeyPair;
 use serde_json::{Value, json};
-use sqlx::Row;
 use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::decoded::{Decoded, Hex};
@@ -29,6 +28,7 @@ use klive_format::api::{tuf_manifest_target, tuf_module_target};
 
 use crate::error::Error;
 use crate::store::db::Tx;
+use crate::store::tuf::TargetRow;
 use crate::trust::secrets::sha256_hex;
 
 const SPEC_VERSION: &str = "1.0.0";
@@ -537,31 +537,23 @@ impl Signer {
 
     /// Re-signs `channel`'s metadata from what the channel holds now, inside `tx`.
     pub async fn regenerate(&self, tx: &mut Tx, channel: &str, now_ms: i64) -> Result<(), Error> {
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM tuf_metadata WHERE channel = $1",
-        )
-        .bind(channel)
-        .fetch_one(&mut **tx)
-        .await?;
+        let version = crate::store::tuf::next_version(tx, channel).await?;
         let v = NonZeroU64::new(version.max(1) as u64).unwrap_or(NonZeroU64::MIN);
-        let rows = sqlx::query(
-            "SELECT r.build_id AS build_id, r.level AS level, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size, r.manifest AS manifest FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE rc.channel = $1 AND r.withdrawn_at IS NULL",
-        )
-        .bind(channel)
-        .fetch_all(&mut **tx)
-        .await?;
+        let rows = crate::store::tuf::targets(tx, channel).await?;
         let at = |secs: i64| {
             jiff::Timestamp::from_millisecond(now_ms + secs * 1000)
                 .map_err(|e| tuf_error("computing an expiry", e))
         };
         let mut targets = Targets::new(SPEC_VERSION.into(), v, at(self.lifetimes.targets_secs)?);
         for row in &rows {
-            let build_id: String = row.try_get("build_id")?;
-            let level: i64 = row.try_get("level")?;
-            let module_name: String = row.try_get("module_name")?;
-            let sha256: String = row.try_get("sha256")?;
-            let size: i64 = row.try_get("size")?;
-            let manifest: String = row.try_get("manifest")?;
+            let TargetRow {
+                build_id,
+                level,
+                module_name,
+                sha256,
+                size,
+                manifest,
+            } = row;
             let custom = |kind: &str| -> HashMap<String, Value> {
                 [
                     ("kind".to_owned(), json!(kind)),
@@ -572,16 +564,16 @@ impl Signer {
                 .into_iter()
                 .collect()
             };
-            let module = target(&sha256, size.max(0) as u64, custom("module"))?;
+            let module = target(sha256, (*size).max(0) as u64, custom("module"))?;
             let manifest_target = target(
                 &sha256_hex(manifest.as_bytes()),
                 manifest.len() as u64,
                 custom("manifest"),
             )?;
-            let level = u32::try_from(level).unwrap_or(0);
+            let level = u32::try_from(*level).unwrap_or(0);
             for (name, t) in [
-                (tuf_module_target(&build_id, level), module),
-                (tuf_manifest_target(&build_id, level), manifest_target),
+                (tuf_module_target(build_id, level), module),
+                (tuf_manifest_target(build_id, level), manifest_target),
             ] {
                 let name =
                     tough::TargetName::new(name).map_err(|e| tuf_error("naming a target", e))?;
@@ -613,16 +605,7 @@ impl Signer {
         ] {
             let body = String::from_utf8(body.clone())
                 .map_err(|e| tuf_error("metadata is not UTF-8", e))?;
-            sqlx::query(
-                "INSERT INTO tuf_metadata (channel, name, version, body, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, name) DO UPDATE SET version = excluded.version, body = excluded.body, expires_at = excluded.expires_at",
-            )
-            .bind(channel)
-            .bind(&name)
-            .bind(version)
-            .bind(body)
-            .bind(expires)
-            .execute(&mut **tx)
-            .await?;
+            crate::store::tuf::put_metadata(tx, channel, &name, version, body, expires).await?;
         }
         Ok(())
     }
