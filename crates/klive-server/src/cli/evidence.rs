@@ -6,11 +6,12 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
 use klive_format::evidence::ClockStart;
-use klive_server::Service;
 use klive_server::domain::AuthUser;
 use klive_server::evidence::cve::Source;
 use klive_server::evidence::policy::PolicyChange;
 use klive_server::evidence::report::{self, EvidenceKey};
+
+use super::{Ctx, parse_duration};
 
 #[derive(Subcommand)]
 pub enum CveCommand {
@@ -71,7 +72,7 @@ pub enum ExceptionCommand {
         host: Option<String>,
         #[arg(long)]
         reason: String,
-        #[arg(long, value_parser = crate::parse_duration, default_value = "30d")]
+        #[arg(long, value_parser = parse_duration, default_value = "30d")]
         expires: u64,
         #[arg(long = "as", env = "KLIVE_USER")]
         actor: String,
@@ -131,13 +132,15 @@ pub fn parse_time(s: &str, end: bool) -> Result<i64> {
     })
 }
 
-pub async fn cve(service: &Service, by: &AuthUser, command: CveCommand) -> Result<()> {
+/// `cve import`.
+pub async fn cve(ctx: &Ctx, command: CveCommand) -> Result<()> {
     let CveCommand::Import {
         debian_changelog,
         osv,
         kev,
-        ..
+        actor,
     } = command;
+    let by = &ctx.user(&actor).await?;
     let files: Vec<(Source, PathBuf)> = debian_changelog
         .into_iter()
         .map(|p| (Source::DebianChangelog, p))
@@ -148,58 +151,39 @@ pub async fn cve(service: &Service, by: &AuthUser, command: CveCommand) -> Resul
         bail!("give at least one of --debian-changelog, --osv or --kev");
     }
     for (source, path) in files {
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        match service.import_cves(by, source, &name, &bytes).await {
-            Ok(s) => println!(
-                "imported {} ({}): {} CVEs, {} package fixes ({} new), {} facts",
-                path.display(),
-                source.as_str(),
-                s.cves,
-                s.fixes,
-                s.new_fixes,
-                s.facts
-            ),
-            Err(klive_server::Error::AlreadyImported(_)) => {
-                println!("{} was imported before; skipped", path.display())
-            }
-            Err(e) => return Err(e).with_context(|| format!("importing {}", path.display())),
-        }
+        import_file(ctx, by, source, &path).await?;
     }
     Ok(())
 }
 
-pub async fn policy(
-    service: &Service,
-    by: Option<&AuthUser>,
-    command: PolicyCommand,
-) -> Result<()> {
-    match command {
-        PolicyCommand::Show => {
-            println!(
-                "version\teffective\tby\tcritical\thigh\tmedium\tlow\tunrated\tkev\tclock_start\tnote"
-            );
-            for v in service.sla_policies().await? {
-                let p = v.policy;
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    p.version,
-                    p.effective_at,
-                    p.created_by,
-                    p.critical_days,
-                    p.high_days,
-                    p.medium_days,
-                    p.low_days,
-                    p.unrated_days,
-                    if p.kev_shortens { "yes" } else { "no" },
-                    p.clock_start.as_str(),
-                    p.note
-                );
-            }
+/// Imports one file of CVE knowledge, or says it was imported before.
+async fn import_file(ctx: &Ctx, by: &AuthUser, source: Source, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match ctx.service.import_cves(by, source, &name, &bytes).await {
+        Ok(s) => println!(
+            "imported {} ({}): {} CVEs, {} package fixes ({} new), {} facts",
+            path.display(),
+            source.as_str(),
+            s.cves,
+            s.fixes,
+            s.new_fixes,
+            s.facts
+        ),
+        Err(klive_server::Error::AlreadyImported(_)) => {
+            println!("{} was imported before; skipped", path.display())
         }
+        Err(e) => return Err(e).with_context(|| format!("importing {}", path.display())),
+    }
+    Ok(())
+}
+
+pub async fn policy(ctx: &Ctx, command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Show => show_policies(ctx).await,
         PolicyCommand::Set {
             critical,
             high,
@@ -210,89 +194,140 @@ pub async fn policy(
             kev_floor,
             clock_start,
             note,
-            ..
+            actor,
         } => {
-            let by = by.context("--as is required")?;
-            let p = service
-                .set_sla_policy(
-                    by,
-                    &PolicyChange {
-                        critical_days: critical,
-                        high_days: high,
-                        medium_days: medium,
-                        low_days: low,
-                        unrated_days: unrated,
-                        kev_shortens: !no_kev,
-                        kev_floor_days: kev_floor,
-                        clock_start,
-                        note,
-                    },
-                )
-                .await?;
-            println!(
-                "policy version {} in force from {} (applies to findings detected from now on)",
-                p.version, p.effective_at
-            );
+            let change = PolicyChange {
+                critical_days: critical,
+                high_days: high,
+                medium_days: medium,
+                low_days: low,
+                unrated_days: unrated,
+                kev_shortens: !no_kev,
+                kev_floor_days: kev_floor,
+                clock_start,
+                note,
+            };
+            set_policy(ctx, &actor, &change).await
         }
+    }
+}
+
+/// `policy show`: every version.
+async fn show_policies(ctx: &Ctx) -> Result<()> {
+    println!(
+        "version\teffective\tby\tcritical\thigh\tmedium\tlow\tunrated\tkev\tclock_start\tnote"
+    );
+    for v in ctx.service.sla_policies().await? {
+        let p = v.policy;
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            p.version,
+            p.effective_at,
+            p.created_by,
+            p.critical_days,
+            p.high_days,
+            p.medium_days,
+            p.low_days,
+            p.unrated_days,
+            if p.kev_shortens { "yes" } else { "no" },
+            p.clock_start.as_str(),
+            p.note
+        );
     }
     Ok(())
 }
 
-pub async fn exception(
-    service: &Service,
-    by: Option<&AuthUser>,
-    command: ExceptionCommand,
-) -> Result<()> {
+/// `policy set`.
+async fn set_policy(ctx: &Ctx, actor: &str, change: &PolicyChange) -> Result<()> {
+    let by = ctx.user(actor).await?;
+    let p = ctx.service.set_sla_policy(&by, change).await?;
+    println!(
+        "policy version {} in force from {} (applies to findings detected from now on)",
+        p.version, p.effective_at
+    );
+    Ok(())
+}
+
+pub async fn exception(ctx: &Ctx, command: ExceptionCommand) -> Result<()> {
     match command {
         ExceptionCommand::Add {
             cve,
             host,
             reason,
             expires,
-            ..
-        } => {
-            let by = by.context("--as is required")?;
-            let e = service
-                .add_exception(by, &cve, host.as_deref(), &reason, expires)
-                .await?;
-            println!("exception {} for {} until {}", e.id, e.cve, e.expires_at);
-        }
-        ExceptionCommand::List => {
-            for (_, _, e) in service.exceptions(i64::MAX).await? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
-                    e.id,
-                    e.cve,
-                    e.host_id.as_deref().unwrap_or("all"),
-                    e.created_by,
-                    e.expires_at,
-                    e.reason
-                );
-            }
-        }
+            actor,
+        } => add_exception(ctx, &actor, &cve, host.as_deref(), &reason, expires).await,
+        ExceptionCommand::List => list_exceptions(ctx).await,
+    }
+}
+
+/// `exception add`.
+async fn add_exception(
+    ctx: &Ctx,
+    actor: &str,
+    cve: &str,
+    host: Option<&str>,
+    reason: &str,
+    expires: u64,
+) -> Result<()> {
+    let by = ctx.user(actor).await?;
+    let e = ctx
+        .service
+        .add_exception(&by, cve, host, reason, expires)
+        .await?;
+    println!("exception {} for {} until {}", e.id, e.cve, e.expires_at);
+    Ok(())
+}
+
+/// `exception list`.
+async fn list_exceptions(ctx: &Ctx) -> Result<()> {
+    for (_, _, e) in ctx.service.exceptions(i64::MAX).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            e.id,
+            e.cve,
+            e.host_id.as_deref().unwrap_or("all"),
+            e.created_by,
+            e.expires_at,
+            e.reason
+        );
     }
     Ok(())
 }
 
+pub async fn report(ctx: &Ctx, command: ReportCommand) -> Result<()> {
+    match command {
+        ReportCommand::Soc2 {
+            from,
+            to,
+            out,
+            no_pdf,
+            actor,
+        } => soc2(ctx, &actor, &from, &to, &out, no_pdf).await,
+        ReportCommand::Verify { dir, key } => verify(&ctx.data, &dir, key),
+    }
+}
+
 /// `report soc2`.
-pub async fn soc2(
-    service: &Service,
-    data: &Path,
-    by: &AuthUser,
+async fn soc2(
+    ctx: &Ctx,
+    actor: &str,
     from: &str,
     to: &str,
     out: &Path,
     no_pdf: bool,
 ) -> Result<()> {
+    let by = &ctx.user(actor).await?;
     let from = parse_time(from, false)?;
     let to = parse_time(to, true)?;
-    let key = EvidenceKey::load_or_create(data)?;
+    let key = EvidenceKey::load_or_create(&ctx.data)?;
     let chromium = if no_pdf {
         None
     } else {
         report::find_chromium()
     };
-    let pack = report::generate_pack(service, by, &key, from, to, out, chromium.as_deref()).await?;
+    let pack =
+        report::generate_pack(&ctx.service, by, &key, from, to, out, chromium.as_deref()).await?;
     let note = pack.pdf_note.clone();
     let s = &pack.summary;
     println!("evidence pack written to {}", out.display());
@@ -303,6 +338,14 @@ pub async fn soc2(
         "{} hosts in scope, {} findings, {} changes, audit chain {}",
         s.hosts_in_scope, s.findings, s.changes, s.audit_chain
     );
+    print_pdf_outcome(chromium.as_deref(), note, no_pdf);
+    println!("verify with: klive-server report verify {}", out.display());
+    println!("reproduce with: {}", pack.command);
+    Ok(())
+}
+
+/// Whether `report soc2` printed report.pdf, and why not.
+fn print_pdf_outcome(chromium: Option<&Path>, note: Option<String>, no_pdf: bool) {
     match (chromium, note) {
         (None, _) if no_pdf => {
             println!("pdf: skipped (--no-pdf); print report.html from a browser")
@@ -315,9 +358,6 @@ pub async fn soc2(
             println!("pdf: not written ({e}); report.html has a print stylesheet")
         }
     }
-    println!("verify with: klive-server report verify {}", out.display());
-    println!("reproduce with: {}", pack.command);
-    Ok(())
 }
 
 /// `report verify`: needs no database.
