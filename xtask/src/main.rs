@@ -43,6 +43,8 @@ enum Task {
     },
     /// Run only the VM end-to-end tests.
     VmTest,
+    /// Run only klive-server's tests on PostgreSQL and S3 (a throwaway cluster and moto).
+    ServerBackends,
     /// Run only `cargo deny check` (deny.toml), installing cargo-deny first.
     Deny,
     /// Internal: QEMU runs this for each guest connection of the fleet boot (a byte relay
@@ -85,6 +87,7 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Demo => vm::demo(&root),
         Task::Test { no_vm } => test(&root, no_vm),
+        Task::ServerBackends => server_on_postgres_and_s3(&root),
         Task::VmTest => check_vm_summary(&vm::run_tests(&root)?, false),
         Task::Deny => deny::check(&root).map(drop),
         Task::VmRelay { .. } => Ok(()),
@@ -116,8 +119,7 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
     eprintln!("xtask: == cargo deny check (deny.toml)");
     let deny = deny::check(root)?;
     step("cargo test", cargo(&["test", "--workspace"]))?;
-    pg::test_server()?;
-    moto::test_server(root)?;
+    server_on_postgres_and_s3(root)?;
     eprintln!("xtask: == dashboard browser test (headless chromium)");
     browser::test(root)?;
     let advisories = match deny {
@@ -138,6 +140,32 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
 /// Fails on any failed or missing result; a run that `KLIVE_VM_PHASES` cut short fails too
 /// where every boot must run (`full`, for `cargo xtask test`) and is announced as partial
 /// otherwise.
+/// klive-server's tests once more on the scaled-out backends: every test that takes its
+/// service from the fixture runs on a fresh database of a throwaway PostgreSQL cluster (TLS
+/// only) with its blobs in an S3 bucket (moto), and the PostgreSQL- and S3-only tests, which
+/// are ignored in the plain run, run too. Which tests those are follows from the features, not
+/// from test names.
+fn server_on_postgres_and_s3(root: &Path) -> Result<()> {
+    let cluster = pg::Cluster::start()?;
+    cluster.check_tls_only()?;
+    let moto = moto::start(root)?;
+    eprintln!(
+        "xtask: == cargo test -p klive-server on PostgreSQL at {} and S3 (moto) at {}",
+        cluster.url(),
+        moto.addr()
+    );
+    let mut cmd = cargo(&[
+        "test",
+        "-p",
+        "klive-server",
+        "--features",
+        "test-postgres,test-s3",
+    ]);
+    cmd.env("KLIVE_TEST_DATABASE_URL", cluster.url());
+    cmd.envs(moto.env());
+    run(cmd).context("klive-server tests on PostgreSQL and S3 failed")
+}
+
 fn check_vm_summary(summary: &vm::Summary, full: bool) -> Result<()> {
     if summary.failed > 0 || summary.passed == 0 {
         bail!(

@@ -1,6 +1,6 @@
-//! A throwaway S3 endpoint on loopback for the server's S3 blob test: moto's server (PyPI
+//! A throwaway S3 endpoint on loopback for the server's tests: moto's server (PyPI
 //! `moto[server]`, installed once into a virtualenv under `target/moto-venv`) on a free
-//! port, a bucket, `cargo test -p klive-server --test s3`, then the server is stopped.
+//! port with one bucket, stopped when dropped.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -8,22 +8,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::vm::http;
-
 const BUCKET: &str = "klive-test";
 
 /// moto's server, killed on drop.
-struct Moto(Child);
+pub struct Moto {
+    child: Child,
+    addr: String,
+}
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Runs the server's S3 blob test against a fresh moto server.
-pub fn test_server(root: &Path) -> Result<()> {
+/// A fresh moto server on a free loopback port with an empty bucket, stopped on drop.
+pub fn start(root: &Path) -> Result<Moto> {
     let venv = root.join("target/moto-venv");
     let bin = venv.join("bin/moto_server");
     if !bin.exists() {
@@ -43,38 +44,47 @@ pub fn test_server(root: &Path) -> Result<()> {
         .local_addr()?
         .port();
     let log = std::fs::File::create(root.join("target/moto.log"))?;
-    let _moto = Moto(
-        Command::new(&bin)
+    let moto = Moto {
+        child: Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?,
-    );
-    let addr = format!("127.0.0.1:{port}");
+        addr: format!("127.0.0.1:{port}"),
+    };
     let started = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
+    while std::net::TcpStream::connect(&moto.addr).is_err() {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("moto_server did not listen on {addr}; see target/moto.log");
+            bail!(
+                "moto_server did not listen on {}; see target/moto.log",
+                moto.addr
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let created = http::call(&addr, "PUT", &format!("/{BUCKET}"), None, None)?;
-    if created.status != 200 {
-        bail!(
-            "creating the bucket on moto: HTTP {}: {}",
-            created.status,
-            created.text()
-        );
+    let url = format!("http://{}/{BUCKET}", moto.addr);
+    ureq::put(&url)
+        .send_empty()
+        .with_context(|| format!("creating the bucket on moto: PUT {url}"))?;
+    Ok(moto)
+}
+
+impl Moto {
+    /// The environment that points klive-server's S3 blob store at this bucket.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KLIVE_TEST_S3_URL", format!("s3://{BUCKET}")),
+            ("AWS_ENDPOINT", format!("http://{}", self.addr)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
     }
-    eprintln!("xtask: == cargo test -p klive-server --test s3 against moto at {addr}");
-    let mut cmd = crate::cargo(&["test", "-p", "klive-server", "--test", "s3"]);
-    cmd.env("KLIVE_TEST_S3_URL", format!("s3://{BUCKET}"))
-        .env("AWS_ENDPOINT", format!("http://{addr}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test");
-    crate::run(cmd).context("klive-server S3 blob test against moto failed")
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
 }

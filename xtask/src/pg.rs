@@ -12,20 +12,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::deps;
 
-/// Runs the server's tests against a fresh PostgreSQL cluster.
-pub fn test_server() -> Result<()> {
-    let cluster = Cluster::start()?;
-    cluster.check_tls_only()?;
-    eprintln!(
-        "xtask: == cargo test -p klive-server against PostgreSQL at {}",
-        cluster.url
-    );
-    // Only the tests that take a database from the fixture: the rest ran in `cargo test`.
-    let mut cmd = crate::cargo(&["test", "-p", "klive-server", "--", "postgres"]);
-    cmd.env("KLIVE_TEST_DATABASE_URL", &cluster.url);
-    crate::run(cmd).context("klive-server tests against PostgreSQL failed")
-}
-
 pub(crate) struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
@@ -151,7 +137,7 @@ impl Cluster {
     }
 
     /// The cluster refuses a plain connection and accepts a verified TLS one (psql).
-    fn check_tls_only(&self) -> Result<()> {
+    pub(crate) fn check_tls_only(&self) -> Result<()> {
         let psql = |mode: &str| {
             let mut c = Command::new(self.bin.join("psql"));
             c.arg(format!(

@@ -63,7 +63,7 @@ async fn killed_publish_leaves_no_partial_release() {
                     ko
                 );
                 let audited =
-                    audit::recent(&s.db(), 1000).await.unwrap().iter().any(|e| {
+                    audit::recent(s.db(), 1000).await.unwrap().iter().any(|e| {
                         e.action == "release.publish" && e.subject == format!("{BUILD}-{i}")
                     });
                 assert!(audited, "a visible release has its audit record");
@@ -88,7 +88,7 @@ async fn killed_publish_leaves_no_partial_release() {
             }
         }
         assert!(matches!(
-            audit::verify(&s.db()).await.unwrap(),
+            audit::verify(s.db()).await.unwrap(),
             Verdict::Intact { .. }
         ));
         s.db().pool.close().await;

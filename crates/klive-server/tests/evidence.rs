@@ -966,7 +966,7 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
     assert!(!lacking.is_empty());
 }
 
-both_backends!(small_fleet_evidence_on_both_databases);
+backend_tests!(small_fleet_evidence_on_both_databases);
 
 /// The evidence queries (history, CVE knowledge, findings, pack, metrics) on SQLite and
 /// PostgreSQL.

@@ -13,7 +13,7 @@ use klive_server::store::db::Backend;
 
 use common::{BUILD, Fixture, kernel, level, release};
 
-both_backends!(
+backend_tests!(
     concurrent_checkins_of_many_hosts_share_transactions,
     a_replay_inside_a_batch_is_refused_alone,
     a_revoked_host_inside_a_batch_is_refused_alone,
@@ -84,7 +84,7 @@ fn report(sequence: u64, applied: bool) -> CheckIn {
 }
 
 async fn chain_records(fx: &Fixture) -> u64 {
-    match audit::verify(&fx.service.db()).await.unwrap() {
+    match audit::verify(fx.service.db()).await.unwrap() {
         Verdict::Intact { records, .. } => records,
         Verdict::Broken { seq, reason } => panic!("audit chain broken at {seq}: {reason}"),
     }

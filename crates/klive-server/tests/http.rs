@@ -14,7 +14,7 @@ use klive_server::http::api::{self, JSON_LIMIT, OPENAPI, ROUTES};
 
 use common::{BUILD, Fixture, kernel, release};
 
-both_backends!(
+backend_tests!(
     agent_path_over_http,
     errors_are_json_with_stable_codes,
     roles_are_enforced_over_http
@@ -418,12 +418,6 @@ async fn roles_are_enforced_over_http(fx: Fixture) {
             .iter()
             .any(|e| e["action"] == "user.add")
     );
-}
-
-impl Fixture {
-    fn blob_dir(&self) -> Option<std::path::PathBuf> {
-        self.dir().map(|d| d.join("blobs"))
-    }
 }
 
 #[test]

@@ -25,7 +25,7 @@ use klive_server::trust::tuf::{Signer, init_keys, rotate};
 
 use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
 
-both_backends!(
+backend_tests!(
     agent_reads_verified_releases_of_its_channel,
     tampered_bytes_and_unknown_keys_are_refused,
     rollback_and_freeze_are_refused,

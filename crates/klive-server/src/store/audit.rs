@@ -10,7 +10,7 @@ use klive_format::api::AuditEntry;
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
-use crate::trust::secrets::sha256_hex;
+use klive_format::digest::sha256_hex;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

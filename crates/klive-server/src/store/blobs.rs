@@ -11,7 +11,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::Error;
-use crate::trust::secrets::{is_sha256_hex, sha256_hex};
+use klive_format::digest::{is_sha256_hex, sha256_hex};
 
 #[derive(Debug, Clone)]
 pub struct Blobs {

@@ -1,22 +1,9 @@
-//! Digests and secrets: SHA-256 in lowercase hex, 256-bit random tokens.
-
-use sha2::{Digest, Sha256};
+//! Secrets: 256-bit random tokens and short random ids.
 
 use crate::error::Error;
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
+// The one SHA-256 and hex of the workspace; re-exported for the callers that still name them here.
+pub use klive_format::digest::{hex, is_sha256_hex, sha256_hex};
 
 /// `prefix` followed by 256 random bits in hex. Only its SHA-256 is ever stored.
 pub fn new_secret(prefix: &str) -> Result<String, Error> {
@@ -30,11 +17,6 @@ pub fn new_id() -> Result<String, Error> {
     let mut raw = [0u8; 8];
     getrandom::fill(&mut raw).map_err(|e| Error::Random(e.to_string()))?;
     Ok(hex(&raw))
-}
-
-/// True for 64 lowercase hex digits.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Shared test fixtures: a fresh service on SQLite (always) or PostgreSQL (when
-//! `KLIVE_TEST_DATABASE_URL` is set), users of every role, modules with modinfo tags.
+//! Shared test fixtures: a fresh service on the backends of this run (SQLite and local blobs,
+//! or PostgreSQL and S3 with the `test-postgres` / `test-s3` features), users of every role,
+//! modules with modinfo tags.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -20,30 +21,31 @@ use klive_server::trust::secrets::{new_id, sha256_hex};
 pub const BUILD: &str = "3e0c8f6a1b2c4d5e";
 pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";
 
-/// Runs each listed async test body against SQLite and against PostgreSQL.
+/// Runs each listed async test body on the backends of this run (see [`Fixture::new`]): SQLite
+/// and local blobs in a plain `cargo test`; PostgreSQL and S3 when `cargo xtask test` builds
+/// the tests with the `test-postgres` and `test-s3` features. A backend that is not under test
+/// is never reported as a passed test.
 #[macro_export]
-macro_rules! both_backends {
+macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
+        mod on_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let fx = $crate::common::Fixture::sqlite().await;
-                    super::$name(fx).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(fx) = $crate::common::Fixture::postgres().await else { return };
+                    let fx = $crate::common::Fixture::new().await;
                     super::$name(fx).await;
                 }
             )*
         }
     };
 }
+
+/// The database this run tests: PostgreSQL with the `test-postgres` feature, else SQLite.
+pub const BACKEND: &str = if cfg!(feature = "test-postgres") {
+    "postgres"
+} else {
+    "sqlite"
+};
 
 pub struct Fixture {
     pub service: Service,
@@ -53,6 +55,8 @@ pub struct Fixture {
     pub carol: AuthUser, // approver
     pub vic: AuthUser,   // viewer
     _dir: Option<tempfile::TempDir>,
+    /// The blob store is the `blobs/` folder of the data directory (not S3).
+    local_blobs: bool,
 }
 
 impl Fixture {
@@ -63,20 +67,29 @@ impl Fixture {
         Fixture::with(Service::new(db, blobs), Some(dir)).await
     }
 
-    /// `None` (the test is skipped) only when `KLIVE_TEST_DATABASE_URL` is unset; when it is set
-    /// every failure to reach the database fails the test.
-    pub async fn postgres() -> Option<Fixture> {
-        let Ok(url) = std::env::var("KLIVE_TEST_DATABASE_URL") else {
-            eprintln!(
-                "KLIVE_TEST_DATABASE_URL is unset: PostgreSQL test skipped (cargo xtask test runs it)"
-            );
-            return None;
+    /// A service on the backends of this run: a fresh PostgreSQL database at
+    /// `KLIVE_TEST_DATABASE_URL` with the `test-postgres` feature (else SQLite in a temporary
+    /// directory), blobs under a fresh prefix of the bucket at `KLIVE_TEST_S3_URL` with the
+    /// `test-s3` feature (else a local directory). A feature without its variable fails the
+    /// test: nothing is skipped quietly.
+    pub async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = if cfg!(feature = "test-postgres") {
+            let url = postgres_url().await;
+            Db::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"))
+        } else {
+            Db::open_sqlite_dir(dir.path()).await.unwrap()
         };
-        let url = fresh_database(&url).await;
-        let db = Db::connect(&url).await.unwrap_or_else(|e| {
-            panic!("KLIVE_TEST_DATABASE_URL is set but connecting failed: {e}")
-        });
-        Some(Fixture::with(Service::new(db, Blobs::in_memory()), None).await)
+        let blobs = if cfg!(feature = "test-s3") {
+            s3_blobs()
+        } else {
+            Blobs::local(&dir.path().join("blobs")).unwrap()
+        };
+        let mut fx = Fixture::with(Service::new(db, blobs), Some(dir)).await;
+        fx.local_blobs = !cfg!(feature = "test-s3");
+        fx
     }
 
     async fn with(service: Service, dir: Option<tempfile::TempDir>) -> Fixture {
@@ -106,19 +119,40 @@ impl Fixture {
             carol,
             vic,
             _dir: dir,
+            local_blobs: true,
         }
     }
 
     /// The data directory, for SQLite fixtures.
+    pub fn blob_dir(&self) -> Option<std::path::PathBuf> {
+        self.dir()
+            .filter(|_| self.local_blobs)
+            .map(|d| d.join("blobs"))
+    }
+
     pub fn dir(&self) -> Option<&std::path::Path> {
         self._dir.as_ref().map(|d| d.path())
     }
 }
 
-/// The URL of a new empty PostgreSQL database, `None` when `KLIVE_TEST_DATABASE_URL` is unset.
-pub async fn postgres_url() -> Option<String> {
-    let url = std::env::var("KLIVE_TEST_DATABASE_URL").ok()?;
-    Some(fresh_database(&url).await)
+/// The URL of a new empty database on the test PostgreSQL (`KLIVE_TEST_DATABASE_URL`, which
+/// `cargo xtask test` sets for its `test-postgres` run; without it this panics).
+pub async fn postgres_url() -> String {
+    let url = std::env::var("KLIVE_TEST_DATABASE_URL").expect(
+        "KLIVE_TEST_DATABASE_URL is unset: the test-postgres tests need a PostgreSQL (cargo xtask test starts one)",
+    );
+    fresh_database(&url).await
+}
+
+/// Blobs under a new prefix of the test bucket (`KLIVE_TEST_S3_URL`, `s3://BUCKET`, with
+/// `AWS_ENDPOINT` and credentials in the environment; `cargo xtask test` starts moto for its
+/// `test-s3` run). The prefix is per fixture because the bucket outlives the test.
+pub fn s3_blobs() -> Blobs {
+    let base = std::env::var("KLIVE_TEST_S3_URL").expect(
+        "KLIVE_TEST_S3_URL is unset: the test-s3 tests need an S3 endpoint (cargo xtask test starts moto)",
+    );
+    let url = format!("{}/run-{}", base.trim_end_matches('/'), new_id().unwrap());
+    klive_server::store::s3::blobs(&url).unwrap()
 }
 
 /// Creates an empty database next to the one in `url` and returns its URL.
