@@ -155,6 +155,141 @@ fn numbered_placeholders(sql: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Hosts web-1..web-4 and db-1: (id, hostname, channel, kernel, level, state, last
+    /// check-in, uptime, revoked).
+    #[allow(clippy::type_complexity)]
+    const HOSTS: &[(&str, &str, &str, &str, Option<i64>, i64, i64, Option<i64>)] = &[
+        (
+            "a1",
+            "Web-1",
+            "stable",
+            "6.1.1",
+            Some(2),
+            1000,
+            90_000,
+            None,
+        ),
+        ("a2", "web-2", "canary", "6.1.1", Some(3), 1000, 10, None),
+        ("a3", "web-3", "stable", "6.1.2", None, 10, 90_000, None),
+        ("a4", "web-4", "stable", "6.1.1", Some(2), 1000, 10, Some(5)),
+        ("b1", "db-1", "stable", "6.1.1", Some(2), 1000, 10, None),
+    ];
+
+    async fn seeded(db: &Db) {
+        for (i, (id, name, channel, kernel, level, last, uptime, revoked)) in
+            HOSTS.iter().enumerate()
+        {
+            sqlx::query(
+                "INSERT INTO hosts (id, credential_hash, hostname, channel, update_delay_secs, registered_at, revoked_at, last_sequence, last_checkin_at, kernel_release, applied_level, applied_state, uptime_secs) VALUES ($1, $2, $3, $4, 0, 0, $5, 0, $6, $7, $8, $9, $10)",
+            )
+            .bind(*id)
+            .bind(format!("cred{i}"))
+            .bind(*name)
+            .bind(*channel)
+            .bind(*revoked)
+            .bind(*last)
+            .bind(*kernel)
+            .bind(*level)
+            .bind(level.map(|_| "applied"))
+            .bind(*uptime)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    async fn ids(db: &Db, f: HostFilter) -> Vec<String> {
+        let f = HostFilter {
+            stale_before: 500,
+            limit: if f.limit == 0 { 100 } else { f.limit },
+            ..f
+        };
+        page(db, &f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Every filter narrows the list as the hosts page offers it, alone and combined.
+    pub(crate) async fn filters_narrow_the_list(db: &Db) {
+        seeded(db).await;
+        let all = HostFilter::default();
+        assert_eq!(ids(db, all.clone()).await, ["a1", "a2", "a3", "a4", "b1"]);
+        let f = |g: fn(&mut HostFilter)| {
+            let mut f = all.clone();
+            g(&mut f);
+            f
+        };
+        assert_eq!(
+            ids(db, f(|f| f.search = " WEB ".into())).await,
+            ["a1", "a2", "a3", "a4"]
+        );
+        assert_eq!(ids(db, f(|f| f.search = "DB".into())).await, ["b1"]);
+        assert_eq!(ids(db, f(|f| f.channel = "canary".into())).await, ["a2"]);
+        assert_eq!(
+            ids(db, f(|f| f.kernel_release = "6.1.2".into())).await,
+            ["a3"]
+        );
+        assert_eq!(ids(db, f(|f| f.level = LevelFilter::None)).await, ["a3"]);
+        assert_eq!(ids(db, f(|f| f.level = LevelFilter::Is(3))).await, ["a2"]);
+        assert_eq!(
+            ids(db, f(|f| f.state = StateFilter::Online)).await,
+            ["a1", "a2", "b1"]
+        );
+        assert_eq!(ids(db, f(|f| f.state = StateFilter::Stale)).await, ["a3"]);
+        assert_eq!(ids(db, f(|f| f.state = StateFilter::Revoked)).await, ["a4"]);
+        assert_eq!(
+            ids(db, f(|f| f.min_uptime_secs = Some(86_400))).await,
+            ["a1", "a3"]
+        );
+        assert_eq!(
+            ids(db, f(|f| f.after = "a2".into())).await,
+            ["a3", "a4", "b1"]
+        );
+        assert_eq!(ids(db, f(|f| f.limit = 2)).await, ["a1", "a2"]);
+        let combined = f(|f| {
+            f.search = "web".into();
+            f.channel = "stable".into();
+            f.kernel_release = "6.1.1".into();
+            f.level = LevelFilter::Is(2);
+            f.state = StateFilter::Online;
+            f.min_uptime_secs = Some(86_400);
+            f.after = "a0".into();
+            f.limit = 10;
+        });
+        assert_eq!(ids(db, combined).await, ["a1"]);
+        // A value is only ever a value.
+        assert!(
+            ids(db, f(|f| f.channel = "stable' OR '1'='1".into()))
+                .await
+                .is_empty()
+        );
+        let rows = page(db, &HostFilter { limit: 1, ..all }).await.unwrap();
+        assert_eq!(
+            rows[0],
+            HostListRow {
+                id: "a1".into(),
+                hostname: "Web-1".into(),
+                channel: "stable".into(),
+                kernel_release: Some("6.1.1".into()),
+                applied_level: Some(2),
+                applied_state: Some("applied".into()),
+                last_checkin_at: Some(1000),
+                uptime_secs: Some(90_000),
+                revoked_at: None,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn filters_narrow_the_list_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite_dir(dir.path()).await.unwrap();
+        filters_narrow_the_list(&db).await;
+    }
+
     #[test]
     fn placeholders_are_numbered_in_order() {
         assert_eq!(

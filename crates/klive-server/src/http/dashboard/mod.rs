@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use askama::Template;
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -81,9 +83,22 @@ impl Dashboard {
         self
     }
 
-    /// `; Secure` when served over HTTPS.
-    fn secure(&self) -> &'static str {
-        if self.https { "; Secure" } else { "" }
+    /// A cookie that only this site's pages get back and no script reads: HttpOnly,
+    /// SameSite=Strict, scoped to `path`, kept `max_age_secs`, and `Secure` over HTTPS.
+    fn cookie(
+        &self,
+        name: &'static str,
+        value: String,
+        path: &'static str,
+        max_age_secs: i64,
+    ) -> Cookie<'static> {
+        Cookie::build((name, value))
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .secure(self.https)
+            .path(path)
+            .max_age(time::Duration::seconds(max_age_secs))
+            .build()
     }
 
     /// The current snapshot: computed now when there is none, else the last one (refreshed in
@@ -151,15 +166,11 @@ pub struct Session {
     pub csrf: String,
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+/// The value of the request's cookie `name`.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    CookieJar::from_headers(headers)
+        .get(name)
+        .map(|c| c.value().to_owned())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -246,7 +257,7 @@ impl Dashboard {
         }
         let id = cookie(headers, SESSION_COOKIE).ok_or(Denied::Login)?;
         // A user whose every token was revoked is signed out too.
-        let live = sessions::find(self.service.db(), id, self.service.clock().now_ms())
+        let live = sessions::find(self.service.db(), &id, self.service.clock().now_ms())
             .await?
             .ok_or(Denied::Login)?;
         Ok(Session {
@@ -261,7 +272,7 @@ impl Dashboard {
 
 fn check_csrf(session: &Session, form: &HashMap<String, String>) -> Result<(), Denied> {
     let sent = form.get("csrf").map(String::as_str).unwrap_or("");
-    if session.csrf.is_empty() || !constant_eq(sent.as_bytes(), session.csrf.as_bytes()) {
+    if session.csrf.is_empty() || !secret_eq(sent, &session.csrf) {
         return Err(Denied::Error(
             StatusCode::FORBIDDEN,
             "the form's CSRF token is missing or wrong; reload the page and try again".into(),
@@ -270,8 +281,9 @@ fn check_csrf(session: &Session, form: &HashMap<String, String>) -> Result<(), D
     Ok(())
 }
 
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares a secret sent by the client with the expected one in constant time.
+fn secret_eq(sent: &str, expected: &str) -> bool {
+    verify_slices_are_equal(sent.as_bytes(), expected.as_bytes()).is_ok()
 }
 
 #[derive(Template)]
@@ -294,15 +306,8 @@ fn login_response(
         error,
     })?;
     *r.status_mut() = status;
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{LOGIN_COOKIE}={csrf}; Path=/ui/login; HttpOnly; SameSite=Strict; Max-Age=3600{}",
-            d.secure()
-        ))
-        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
-    );
-    Ok(r)
+    let jar = CookieJar::new().add(d.cookie(LOGIN_COOKIE, csrf, "/ui/login", 3600));
+    Ok((jar, r).into_response())
 }
 
 async fn login_page(State(d): State<Dashboard>) -> Result<Response, Denied> {
@@ -315,8 +320,8 @@ async fn login(
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response, Denied> {
     let sent = form.get("csrf").map(String::as_str).unwrap_or("");
-    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
-    if expected.is_empty() || !constant_eq(sent.as_bytes(), expected.as_bytes()) {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !secret_eq(sent, &expected) {
         return login_response(
             &d,
             Some("the sign-in form expired; sign in again".into()),
@@ -358,16 +363,8 @@ async fn login(
     )
     .await?;
     tx.commit().await.map_err(Error::from)?;
-    let mut r = Redirect::to("/ui/").into_response();
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{}",
-            d.secure()
-        ))
-        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
-    );
-    Ok(r)
+    let jar = CookieJar::new().add(d.cookie(SESSION_COOKIE, id, "/", SESSION_SECS));
+    Ok((jar, Redirect::to("/ui/")).into_response())
 }
 
 async fn logout(
@@ -379,19 +376,12 @@ async fn logout(
     check_csrf(&session, &form)?;
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         let mut tx = d.service.db().begin_audited().await?;
-        sessions::delete(&mut tx, id).await?;
+        sessions::delete(&mut tx, &id).await?;
         tx.commit().await.map_err(Error::from)?;
     }
-    let mut r = Redirect::to("/ui/login").into_response();
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
-            d.secure()
-        ))
-        .map_err(|e| Denied::from(Error::Corrupt(e.to_string())))?,
-    );
-    Ok(r)
+    // The same cookie, empty and already expired.
+    let jar = CookieJar::new().add(d.cookie(SESSION_COOKIE, String::new(), "/", 0));
+    Ok((jar, Redirect::to("/ui/login")).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,23 +550,11 @@ struct HostsPage {
     next_link: String,
 }
 
+/// `pairs` as a query string (`application/x-www-form-urlencoded`), leaving out empty values.
 fn encode_query(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        out.push_str(k);
-        out.push('=');
-        for b in v.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    out
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
+        .finish()
 }
 
 async fn hosts(
@@ -1240,15 +1218,15 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; klive_session=kls_x; b=2"),
         );
-        assert_eq!(cookie(&h, SESSION_COOKIE), Some("kls_x"));
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("kls_x"));
         assert_eq!(cookie(&h, "nope"), None);
         assert_eq!(
             encode_query(&[("q", "a b&c"), ("x", ""), ("y", "1")]),
-            "q=a%20b%26c&y=1"
+            "q=a+b%26c&y=1"
         );
-        assert!(constant_eq(b"abc", b"abc"));
-        assert!(!constant_eq(b"abc", b"abd"));
-        assert!(!constant_eq(b"abc", b"ab"));
+        assert!(secret_eq("abc", "abc"));
+        assert!(!secret_eq("abc", "abd"));
+        assert!(!secret_eq("abc", "ab"));
     }
 }
 
