@@ -118,10 +118,7 @@ fn backend(bin: &Path, work: &Path, label: &'static str, db: Option<&str>) -> Re
         &["keys", "init", "--root-keys", "1", "--threshold", "1"],
     )?;
     // One release for the hosts' kernel, so every check-in chooses a target.
-    // Deprecated in the working tree in favour of klive_testkit::elf::module_bytes, which is
-    // not committed yet: switch (and drop xtask's klive-kernel dependency) once it is.
-    #[allow(deprecated)]
-    let ko = klive_kernel::fake::module_bytes(&[
+    let ko = klive_testkit::elf::module_bytes(&[
         ("license", "GPL"),
         ("livepatch", "Y"),
         ("name", "klive_bench_l1"),
