@@ -21,12 +21,9 @@ impl Delivery<'_> {
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<ReleaseManifest, Error> {
-        let row = self
-            .checkins()
-            .host_release_row(host, build_id, level)
-            .await?;
-        let text: String = row.try_get("manifest")?;
-        serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("stored manifest: {e}")))
+        let release = self.checkins().host_release(host, build_id, level).await?;
+        serde_json::from_str(&release.manifest)
+            .map_err(|e| Error::Corrupt(format!("stored manifest: {e}")))
     }
 
     /// The module of a release in the host's channel, checked against its digest.
@@ -36,12 +33,8 @@ impl Delivery<'_> {
         build_id: &BuildId,
         level: PatchLevel,
     ) -> Result<Bytes, Error> {
-        let row = self
-            .checkins()
-            .host_release_row(host, build_id, level)
-            .await?;
-        let sha256: String = row.try_get("sha256")?;
-        self.blobs.get(&sha256).await
+        let release = self.checkins().host_release(host, build_id, level).await?;
+        self.blobs.get(&release.sha256).await
     }
 
     /// Root version 1 (`1.root.json`), which agents pin at registration; they reach the
@@ -101,26 +94,20 @@ impl Delivery<'_> {
         let (build_id, level) = stem.rsplit_once('-').ok_or_else(missing)?;
         let build_id: BuildId = build_id.parse().map_err(|_| missing())?;
         let level: PatchLevel = level.parse().map_err(|_| missing())?;
-        let row = match self
-            .checkins()
-            .host_release_row(host, &build_id, level)
-            .await
-        {
+        let release = match self.checkins().host_release(host, &build_id, level).await {
             Err(Error::ReleaseNotFound { .. }) => return Err(missing()),
             other => other?,
         };
         if is_module {
-            let digest: String = row.try_get("sha256")?;
-            if digest != sha {
+            if release.sha256 != sha {
                 return Err(missing());
             }
-            self.blobs.get(&digest).await
+            self.blobs.get(&release.sha256).await
         } else {
-            let manifest: String = row.try_get("manifest")?;
-            if sha256_hex(manifest.as_bytes()) != sha {
+            if sha256_hex(release.manifest.as_bytes()) != sha {
                 return Err(missing());
             }
-            Ok(Bytes::from(manifest))
+            Ok(Bytes::from(release.manifest))
         }
     }
 }

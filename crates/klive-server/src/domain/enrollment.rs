@@ -33,16 +33,15 @@ impl Enrollment<'_> {
         let expires = now + req.expires_in_secs as i64 * 1000;
         let mut tx = self.db.begin_audited().await?;
         self.channels().channel(&mut tx, &req.channel).await?;
-        sqlx::query(
-            "INSERT INTO enroll_tokens (token_hash, channel, created_by, created_at, expires_at, max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        store::enrollment::insert_token(
+            &mut tx,
+            &sha256_hex(token.as_bytes()),
+            &req.channel,
+            &by.name,
+            now,
+            expires,
+            i64::from(req.max_uses),
         )
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(&req.channel)
-        .bind(&by.name)
-        .bind(now)
-        .bind(expires)
-        .bind(i64::from(req.max_uses))
-        .execute(&mut *tx)
         .await?;
         audit::append(
             &mut tx,
@@ -77,26 +76,26 @@ impl Enrollment<'_> {
         let host_id = new_id()?;
         let credential = new_secret(HOST_CREDENTIAL_PREFIX)?;
         let mut tx = self.db.begin_audited().await?;
-        let channel: Option<String> = sqlx::query_scalar(
-            "UPDATE enroll_tokens SET uses = uses + 1 WHERE token_hash = $1 AND uses < max_uses AND expires_at > $2 RETURNING channel",
+        let channel = store::enrollment::use_token(
+            &mut tx,
+            &sha256_hex(req.enrollment_token.as_bytes()),
+            now,
         )
-        .bind(sha256_hex(req.enrollment_token.as_bytes()))
-        .bind(now)
-        .fetch_optional(&mut *tx)
         .await?;
         let channel = channel.ok_or(Error::EnrollmentTokenInvalid)?;
-        sqlx::query(
-            "INSERT INTO hosts (id, credential_hash, hostname, channel, update_delay_secs, registered_at, last_sequence, kernel_release, build_id, agent_version) VALUES ($1, $2, $3, $4, 0, $5, 0, $6, $7, $8)",
+        store::hosts::insert(
+            &mut tx,
+            &store::hosts::NewHost {
+                id: &host_id,
+                credential_hash: &sha256_hex(credential.as_bytes()),
+                hostname,
+                channel: &channel,
+                registered_at: now,
+                kernel_release: &req.kernel.release,
+                build_id: req.kernel.build_id.as_ref().map(|b| b.to_string()),
+                agent_version: &req.agent_version,
+            },
         )
-        .bind(&host_id)
-        .bind(sha256_hex(credential.as_bytes()))
-        .bind(hostname)
-        .bind(&channel)
-        .bind(now)
-        .bind(&req.kernel.release)
-        .bind(req.kernel.build_id.as_ref().map(|b| b.to_string()))
-        .bind(&req.agent_version)
-        .execute(&mut *tx)
         .await?;
         let state = crate::store::history::HostState::reported(
             &host_id,
@@ -131,22 +130,13 @@ impl Enrollment<'_> {
             return Err(Error::Unauthenticated);
         }
         let hash = sha256_hex(credential.as_bytes());
-        let row = sqlx::query(
-            "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at, kernel_release, agent_version FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(&hash)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
+        let host = store::hosts::by_credential(&self.db, &hash).await?;
+        let Some(host) = host else {
             // Only on failure: tell a revoked host (still running, or its credential stolen)
             // from a guess.
-            let revoked: Option<String> =
-                sqlx::query_scalar("SELECT id FROM hosts WHERE credential_hash = $1")
-                    .bind(&hash)
-                    .fetch_optional(&self.db.pool)
-                    .await?;
+            let revoked = store::hosts::credential_known(&self.db, &hash).await?;
             self.users()
-                .audit_failed_auth(if revoked.is_some() {
+                .audit_failed_auth(if revoked {
                     "revoked host credential"
                 } else {
                     "host credential"
@@ -154,21 +144,6 @@ impl Enrollment<'_> {
                 .await;
             return Err(Error::Unauthenticated);
         };
-        Ok(AuthHost {
-            id: row.try_get("id")?,
-            channel: row.try_get("channel")?,
-            pinned_level: row.try_get("pinned_level")?,
-            update_delay_secs: row.try_get("update_delay_secs")?,
-            last_sequence: row.try_get("last_sequence")?,
-            build_id: row.try_get("build_id")?,
-            applied_level: row.try_get("applied_level")?,
-            applied_state: row.try_get("applied_state")?,
-            boot_id: row.try_get("boot_id")?,
-            last_error: row.try_get("last_error")?,
-            taint: row.try_get("taint")?,
-            last_checkin_at: row.try_get("last_checkin_at")?,
-            kernel_release: row.try_get("kernel_release")?,
-            agent_version: row.try_get("agent_version")?,
-        })
+        Ok(host)
     }
 }

@@ -17,37 +17,14 @@ impl Hosts<'_> {
     /// Counts of hosts per channel, level and state: one indexed aggregate, not a host list.
     pub async fn fleet(self, by: &AuthUser) -> Result<FleetSummary, Error> {
         by.require(Role::Viewer)?;
-        let rows = sqlx::query(
-            "SELECT channel, applied_level, applied_state, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY channel, applied_level, applied_state ORDER BY channel, applied_level",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
+        let groups = store::hosts::fleet_groups(&self.db).await?;
         let mut summary = FleetSummary {
-            hosts: 0,
+            hosts: groups.iter().map(|g| g.hosts).sum(),
             stale_hosts: 0,
-            groups: Vec::with_capacity(rows.len()),
+            groups,
         };
-        for row in &rows {
-            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-            let state: Option<String> = row.try_get("applied_state")?;
-            summary.hosts += n;
-            summary.groups.push(FleetGroup {
-                channel: row.try_get("channel")?,
-                level: row
-                    .try_get::<Option<i64>, _>("applied_level")?
-                    .map(level_from_db)
-                    .transpose()?,
-                state: state.as_deref().and_then(parse_state),
-                hosts: n,
-            });
-        }
         let stale_before = self.now() - 2 * self.checkin_interval_secs as i64 * 1000;
-        let stale: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM hosts WHERE revoked_at IS NULL AND (last_checkin_at IS NULL OR last_checkin_at < $1)",
-        )
-        .bind(stale_before)
-        .fetch_one(&self.db.pool)
-        .await?;
+        let stale = store::hosts::stale_count(&self.db, stale_before).await?;
         summary.stale_hosts = stale.max(0) as u64;
         Ok(summary)
     }
@@ -56,22 +33,14 @@ impl Hosts<'_> {
     pub async fn list(self, by: &AuthUser, q: &HostListQuery) -> Result<Vec<HostInfo>, Error> {
         by.require(Role::Viewer)?;
         let limit = i64::from(q.limit.unwrap_or(1000).clamp(1, 10_000));
-        let rows = sqlx::query("SELECT * FROM hosts WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(q.after.as_deref().unwrap_or(""))
-            .bind(limit)
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter().map(host_row).collect()
+        store::hosts::list(&self.db, q.after.as_deref().unwrap_or(""), limit).await
     }
 
     pub async fn get(self, by: &AuthUser, id: &str) -> Result<HostInfo, Error> {
         by.require(Role::Viewer)?;
-        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db.pool)
+        store::hosts::get(&self.db, id)
             .await?
-            .ok_or_else(|| Error::HostNotFound(id.to_owned()))?;
-        host_row(&row)
+            .ok_or_else(|| Error::HostNotFound(id.to_owned()))
     }
 
     pub async fn set_host_policy(
@@ -85,14 +54,14 @@ impl Hosts<'_> {
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
         self.channels().channel(&mut tx, &policy.channel).await?;
-        let affected = sqlx::query("UPDATE hosts SET channel = $1, pinned_level = $2, update_delay_secs = $3 WHERE id = $4")
-            .bind(&policy.channel)
-            .bind(policy.pinned_level.map(|l| i64::from(l.get())))
-            .bind(delay)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let affected = store::hosts::set_policy(
+            &mut tx,
+            id,
+            &policy.channel,
+            policy.pinned_level.map(|l| i64::from(l.get())),
+            delay,
+        )
+        .await?;
         if affected == 0 {
             return Err(Error::HostNotFound(id.to_owned()));
         }
@@ -107,13 +76,7 @@ impl Hosts<'_> {
         by.require(Role::Admin)?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
-        let affected =
-            sqlx::query("UPDATE hosts SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let affected = store::hosts::revoke(&mut tx, id, now).await?;
         if affected == 0 {
             return Err(Error::HostNotFound(id.to_owned()));
         }

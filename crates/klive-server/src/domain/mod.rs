@@ -26,12 +26,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use klive_format::api::{
     Action, AppliedReport, BlobStored, Channel, ChannelRequest, CheckIn, CheckInResponse,
-    ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetGroup, FleetSummary,
+    ENROLLMENT_TOKEN_PREFIX, EnrollTokenCreated, EnrollTokenRequest, FleetSummary,
     HOST_CREDENTIAL_PREFIX, HostInfo, HostListQuery, HostPolicy, PromoteRequest, Promotion,
     PromotionStatus, RegisterRequest, RegisterResponse, ReleaseInfo, Role, TargetRelease,
     TokenCreated, USER_TOKEN_PREFIX, User,
@@ -41,12 +39,14 @@ use klive_format::status::PatchState;
 use klive_format::{BuildId, PatchLevel, modinfo as tags};
 
 use crate::clock::{Clock, rfc3339};
-use crate::domain::checkin::release_cache::{Candidate, ReleaseCache};
+use crate::domain::checkin::release_cache::ReleaseCache;
 use crate::error::Error;
 use crate::store;
 use crate::store::audit::{self, Actor};
 use crate::store::blobs::Blobs;
+use crate::store::checkins::Candidate;
 use crate::store::db::{Db, Tx};
+pub use crate::store::hosts::AuthHost;
 use crate::store::releases::level_from_db;
 use crate::trust::secrets::{new_id, new_secret, sha256_hex};
 use crate::trust::tuf::Signer;
@@ -86,34 +86,15 @@ impl From<store::users::UserRow> for AuthUser {
     }
 }
 
-/// An authenticated host, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthHost {
-    pub id: String,
-    pub channel: String,
-    pub pinned_level: Option<i64>,
-    pub update_delay_secs: i64,
-    pub last_sequence: i64,
-    pub build_id: Option<String>,
-    pub applied_level: Option<i64>,
-    pub applied_state: Option<String>,
-    pub boot_id: Option<String>,
-    pub last_error: Option<String>,
-    pub taint: Option<i64>,
-    pub last_checkin_at: Option<i64>,
-    pub kernel_release: Option<String>,
-    pub agent_version: Option<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Service {
-    pub db: Db,
-    pub blobs: Blobs,
-    pub clock: Clock,
+    db: Db,
+    blobs: Blobs,
+    clock: Clock,
     /// Suggested time between check-ins, sent to agents.
-    pub checkin_interval_secs: u64,
+    checkin_interval_secs: u64,
     /// Signs each channel's TUF metadata; `None` until `keys init`.
-    pub signer: Option<Arc<Signer>>,
+    signer: Option<Arc<Signer>>,
     /// Writes check-ins in batches, see [`crate::domain::checkin::group_commit`].
     checkins: crate::domain::checkin::group_commit::Writer,
     /// What check-ins choose from, see [`crate::domain::checkin::release_cache`].
@@ -133,16 +114,6 @@ fn state_name(s: PatchState) -> &'static str {
         PatchState::Unpatching => "unpatching",
         PatchState::Disabled => "disabled",
     }
-}
-
-fn parse_state(s: &str) -> Option<PatchState> {
-    Some(match s {
-        "applied" => PatchState::Applied,
-        "patching" => PatchState::Patching,
-        "unpatching" => PatchState::Unpatching,
-        "disabled" => PatchState::Disabled,
-        _ => return None,
-    })
 }
 
 fn secs_to_i64(v: u64, what: &str) -> Result<i64, Error> {
@@ -432,37 +403,4 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
-}
-
-fn host_row(row: &AnyRow) -> Result<HostInfo, Error> {
-    let build_id: Option<String> = row.try_get("build_id")?;
-    let state: Option<String> = row.try_get("applied_state")?;
-    Ok(HostInfo {
-        id: row.try_get("id")?,
-        hostname: row.try_get("hostname")?,
-        channel: row.try_get("channel")?,
-        pinned_level: row
-            .try_get::<Option<i64>, _>("pinned_level")?
-            .map(level_from_db)
-            .transpose()?,
-        update_delay_secs: row.try_get::<i64, _>("update_delay_secs")?.max(0) as u64,
-        registered_at: rfc3339(row.try_get("registered_at")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(rfc3339),
-        last_checkin_at: row
-            .try_get::<Option<i64>, _>("last_checkin_at")?
-            .map(rfc3339),
-        kernel_release: row.try_get("kernel_release")?,
-        build_id: build_id.and_then(|b| b.parse().ok()),
-        applied_level: row
-            .try_get::<Option<i64>, _>("applied_level")?
-            .map(level_from_db)
-            .transpose()?,
-        applied_state: state.as_deref().and_then(parse_state),
-        boot_id: row.try_get("boot_id")?,
-        uptime_secs: row
-            .try_get::<Option<i64>, _>("uptime_secs")?
-            .map(|v| v.max(0) as u64),
-        agent_version: row.try_get("agent_version")?,
-        last_error: row.try_get("last_error")?,
-    })
 }

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use sqlx::Row;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::store::audit::{self, Actor};
+use crate::store::checkins::{self, HostUpdate};
 use crate::store::db::{Db, Tx};
 use crate::store::history::{DAY_MS, HostState};
 
@@ -95,9 +95,7 @@ impl Writer {
                 }
             }
         }
-        answer
-            .await
-            .map_err(|_| Error::Database(sqlx::Error::WorkerCrashed))?
+        answer.await.map_err(|_| checkins::writer_gone())?
     }
 
     /// (batches, check-ins) written so far.
@@ -166,7 +164,7 @@ async fn commit(db: &Db, now: i64, writes: &[&Write]) -> Result<Vec<Result<(), E
     let mut tx = if audited {
         db.begin_audited().await?
     } else {
-        db.pool.begin().await?
+        checkins::begin(db).await?
     };
     let mut outcomes = Vec::with_capacity(writes.len());
     // Hosts checking in for the first time today, each counted once.
@@ -193,54 +191,47 @@ async fn write_one(tx: &mut Tx, now: i64, w: &Write) -> Result<Result<(), Error>
     let mut affected = 0;
     if w.steady {
         // The row is as authenticated (same last sequence): only these columns change.
-        affected = sqlx::query(
-            "UPDATE hosts SET last_sequence = $1, last_checkin_at = $2, uptime_secs = $3 WHERE id = $4 AND last_sequence = $5 AND revoked_at IS NULL",
+        affected = checkins::touch(
+            tx,
+            &w.host_id,
+            w.sequence,
+            w.seen_sequence,
+            now,
+            w.uptime_secs,
         )
-        .bind(w.sequence)
-        .bind(now)
-        .bind(w.uptime_secs)
-        .bind(&w.host_id)
-        .bind(w.seen_sequence)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        .await?;
     }
     if affected == 0 {
-        affected = sqlx::query(
-            "UPDATE hosts SET last_sequence = $1, last_checkin_at = $2, kernel_release = $3, build_id = $4, applied_level = $5, applied_state = $6, boot_id = $7, uptime_secs = $8, agent_version = $9, last_error = $10, taint = $12 WHERE id = $11 AND last_sequence < $1 AND revoked_at IS NULL",
+        affected = checkins::update(
+            tx,
+            &HostUpdate {
+                host_id: &w.host_id,
+                sequence: w.sequence,
+                now,
+                kernel_release: &w.kernel_release,
+                build_id: w.build_id.clone(),
+                applied_level: w.applied_level,
+                applied_state: w.applied_state,
+                boot_id: &w.boot_id,
+                uptime_secs: w.uptime_secs,
+                agent_version: &w.agent_version,
+                last_error: w.last_error.clone(),
+                taint: w.taint,
+            },
         )
-        .bind(w.sequence)
-        .bind(now)
-        .bind(&w.kernel_release)
-        .bind(w.build_id.clone())
-        .bind(w.applied_level)
-        .bind(w.applied_state)
-        .bind(&w.boot_id)
-        .bind(w.uptime_secs)
-        .bind(&w.agent_version)
-        .bind(w.last_error.clone())
-        .bind(&w.host_id)
-        .bind(w.taint)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        .await?;
     }
     if affected != 1 {
         // A check-in with this or a higher sequence landed first, or the host was revoked.
-        let row = sqlx::query("SELECT last_sequence, revoked_at FROM hosts WHERE id = $1")
-            .bind(&w.host_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-        let Some(row) = row else {
+        let Some(stored) = checkins::sequence_state(tx, &w.host_id).await? else {
             return Ok(Err(Error::Unauthenticated));
         };
-        if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+        if stored.revoked {
             return Ok(Err(Error::Unauthenticated));
         }
-        let last: i64 = row.try_get("last_sequence")?;
         return Ok(Err(Error::Replay {
             got: w.sequence.max(0) as u64,
-            last: last.max(0) as u64,
+            last: stored.last_sequence.max(0) as u64,
         }));
     }
     if let Some(history) = &w.history {

@@ -188,26 +188,8 @@ impl CheckIns<'_> {
             return Ok(hit);
         }
         let generation = self.release_cache.generation();
-        let rows = sqlx::query(
-            "SELECT r.level AS level, rc.since AS since, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.build_id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL ORDER BY r.level DESC",
-        )
-        .bind(build_id.as_str())
-        .bind(channel)
-        .fetch_all(&self.db.pool)
-        .await?;
-        let candidates = rows
-            .iter()
-            .map(|row| {
-                Ok(Candidate {
-                    level: row.try_get("level")?,
-                    since: row.try_get("since")?,
-                    module_name: row.try_get("module_name")?,
-                    sha256: row.try_get("sha256")?,
-                    size: row.try_get("size")?,
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        let candidates = Arc::new(candidates);
+        let candidates =
+            Arc::new(store::checkins::candidates(&self.db, build_id.as_str(), channel).await?);
         self.release_cache.put(
             build_id.as_str(),
             channel,
@@ -217,20 +199,15 @@ impl CheckIns<'_> {
         Ok(candidates)
     }
 
-    pub(in crate::domain) async fn host_release_row(
+    pub(in crate::domain) async fn host_release(
         self,
         host: &AuthHost,
         build_id: &BuildId,
         level: PatchLevel,
-    ) -> Result<AnyRow, Error> {
-        sqlx::query(
-            "SELECT r.manifest AS manifest, r.module_sha256 AS sha256 FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL",
-        )
-        .bind(release_id(build_id, level))
-        .bind(&host.channel)
-        .fetch_optional(&self.db.pool)
-        .await?
-        // The same answer whether the release does not exist or is not the host's to read.
-        .ok_or_else(|| not_found(build_id, level))
+    ) -> Result<store::releases::HostRelease, Error> {
+        store::releases::in_channel(&self.db, &release_id(build_id, level), &host.channel)
+            .await?
+            // The same answer whether the release does not exist or is not the host's to read.
+            .ok_or_else(|| not_found(build_id, level))
     }
 }

@@ -10,19 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::store::checkins::Candidate;
+
 /// The longest a decision may lag a change made through another server.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
-
-/// One release of a build that is in a channel and not withdrawn.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Candidate {
-    pub level: i64,
-    /// When the release entered the channel (unix ms).
-    pub since: i64,
-    pub module_name: String,
-    pub sha256: String,
-    pub size: i64,
-}
 
 #[derive(Debug)]
 struct Entry {
