@@ -256,6 +256,17 @@ pub struct ChangeRecord {
     pub note: String,
 }
 
+/// A CVE feed file imported before the period end (`cve_imports` in `summary.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRecord {
+    pub source: String,
+    pub file: String,
+    pub sha256: String,
+    pub imported_at: String,
+    pub imported_by: String,
+    pub records: i64,
+}
+
 /// An approved exception (risk acceptance).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExceptionRecord {

@@ -71,14 +71,15 @@ fn severity(level: u32) -> Severity {
 
 async fn seed(fx: &Fixture, t0: i64) -> String {
     let s = &fx.service;
-    s.import_cves(
-        &fx.bob,
-        Source::DebianChangelog,
-        "changelog",
-        CHANGELOG.as_bytes(),
-    )
-    .await
-    .unwrap();
+    klive_server::evidence::cve::Cves::new(s)
+        .import(
+            &fx.bob,
+            Source::DebianChangelog,
+            "changelog",
+            CHANGELOG.as_bytes(),
+        )
+        .await
+        .unwrap();
     // Monthly levels for each kernel build, promoted to stable 3 days later.
     let mut publish_times = Vec::new();
     for level in 1..=LEVELS {

@@ -48,14 +48,15 @@ async fn seed(fx: &Fixture) {
         )
         .await
         .unwrap();
-    s.import_cves(
-        &fx.bob,
-        Source::DebianChangelog,
-        "changelog",
-        CHANGELOG.as_bytes(),
-    )
-    .await
-    .unwrap();
+    klive_server::evidence::cve::Cves::new(s)
+        .import(
+            &fx.bob,
+            Source::DebianChangelog,
+            "changelog",
+            CHANGELOG.as_bytes(),
+        )
+        .await
+        .unwrap();
     for (channel, n) in [("canary", 20), ("stable", HOSTS - 20)] {
         let t = s
             .enrollment()

@@ -422,16 +422,18 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             });
         }
     }
-    s.import_cves(
-        &fx.bob,
-        Source::DebianChangelog,
-        "changelog",
-        CHANGELOG.as_bytes(),
-    )
-    .await
-    .unwrap();
+    klive_server::evidence::cve::Cves::new(s)
+        .import(
+            &fx.bob,
+            Source::DebianChangelog,
+            "changelog",
+            CHANGELOG.as_bytes(),
+        )
+        .await
+        .unwrap();
     model.debian_known_at = Some(s.clock().now_ms());
-    s.import_cves(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
+    klive_server::evidence::cve::Cves::new(s)
+        .import(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
         .await
         .unwrap();
     model.osv_high.insert("CVE-2026-0001".into());
@@ -442,7 +444,8 @@ async fn simulated_fleet_report_matches_an_independent_model() {
         "vulnerabilities":[{{"cveID":"CVE-2026-1021","vendorProject":"Linux","product":"Kernel","vulnerabilityName":"Linux Kernel simulated","dateAdded":"{}","shortDescription":"x","requiredAction":"patch","dueDate":"{kev_date}","knownRansomwareCampaignUse":"Unknown","notes":"","cwes":[]}}]}}"#,
         date_of(t0)
     );
-    s.import_cves(&fx.bob, Source::Kev, "kev.json", kev.as_bytes())
+    klive_server::evidence::cve::Cves::new(s)
+        .import(&fx.bob, Source::Kev, "kev.json", kev.as_bytes())
         .await
         .unwrap();
     let kev_due: jiff::civil::Date = kev_date.parse().unwrap();
@@ -555,37 +558,39 @@ async fn simulated_fleet_report_matches_an_independent_model() {
         }
         if day == 5 {
             // risk accepted for the level-1 critical CVE while slow hosts catch up
-            s.add_exception(
-                &fx.bob,
-                "CVE-2026-1011",
-                None,
-                "compensating control: WAF rule",
-                100 * 86400,
-            )
-            .await
-            .unwrap();
+            klive_server::evidence::policy::Policies::new(s)
+                .add_exception(
+                    &fx.bob,
+                    "CVE-2026-1011",
+                    None,
+                    "compensating control: WAF rule",
+                    100 * 86400,
+                )
+                .await
+                .unwrap();
             let now = s.clock().now_ms();
             model
                 .exceptions
                 .push(("CVE-2026-1011".into(), now, now + 100 * DAY_MS));
         }
         if day == 45 {
-            s.set_sla_policy(
-                &fx.admin,
-                &PolicyChange {
-                    critical_days: 3,
-                    high_days: 14,
-                    medium_days: 90,
-                    low_days: 180,
-                    unrated_days: 90,
-                    kev_shortens: true,
-                    kev_floor_days: 1,
-                    clock_start: klive_format::evidence::ClockStart::Detected,
-                    note: "tightened".into(),
-                },
-            )
-            .await
-            .unwrap();
+            klive_server::evidence::policy::Policies::new(s)
+                .set_sla_policy(
+                    &fx.admin,
+                    &PolicyChange {
+                        critical_days: 3,
+                        high_days: 14,
+                        medium_days: 90,
+                        low_days: 180,
+                        unrated_days: 90,
+                        kev_shortens: true,
+                        kev_floor_days: 1,
+                        clock_start: klive_format::evidence::ClockStart::Detected,
+                        note: "tightened".into(),
+                    },
+                )
+                .await
+                .unwrap();
             model
                 .policies
                 .push((s.clock().now_ms(), [3, 14, 90, 180, 90]));
@@ -877,8 +882,8 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
     // Independent count of the CVE ids in the file.
     let text = klive_server::evidence::cve::decompress("c", &bytes).unwrap();
     let ids = klive_server::evidence::cve::cve_ids(&text);
-    let summary = s
-        .import_cves(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
+    let summary = klive_server::evidence::cve::Cves::new(s)
+        .import(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
         .await
         .unwrap();
     assert_eq!(summary.cves, ids.len());
@@ -886,14 +891,15 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         summary.cves > 1000,
         "a Debian 6.1 changelog names thousands of CVEs"
     );
-    let again = s
-        .import_cves(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
+    let again = klive_server::evidence::cve::Cves::new(s)
+        .import(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
         .await
         .unwrap_err();
     assert_eq!(again.code(), "already_imported");
     // Viewers and publishers may not import.
     assert_eq!(
-        s.import_cves(&fx.alice, Source::Osv, "o", b"{}")
+        klive_server::evidence::cve::Cves::new(s)
+            .import(&fx.alice, Source::Osv, "o", b"{}")
             .await
             .unwrap_err()
             .code(),
@@ -911,8 +917,8 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         ),
         (Source::Kev, b"\x00\x01garbage".to_vec()),
     ] {
-        let err = s
-            .import_cves(&fx.bob, source, "bad", &body)
+        let err = klive_server::evidence::cve::Cves::new(s)
+            .import(&fx.bob, source, "bad", &body)
             .await
             .unwrap_err();
         assert_eq!(err.code(), "invalid_feed", "{err}");
@@ -972,15 +978,17 @@ backend_tests!(small_fleet_evidence_on_both_databases);
 /// PostgreSQL.
 async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     let s = &fx.service;
-    s.import_cves(
-        &fx.bob,
-        Source::DebianChangelog,
-        "changelog",
-        CHANGELOG.as_bytes(),
-    )
-    .await
-    .unwrap();
-    s.import_cves(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
+    klive_server::evidence::cve::Cves::new(s)
+        .import(
+            &fx.bob,
+            Source::DebianChangelog,
+            "changelog",
+            CHANGELOG.as_bytes(),
+        )
+        .await
+        .unwrap();
+    klive_server::evidence::cve::Cves::new(s)
+        .import(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
         .await
         .unwrap();
     let mut model = Model::default();

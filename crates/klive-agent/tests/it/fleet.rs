@@ -576,9 +576,9 @@ fn tampering_rollback_freeze_and_other_builds_are_refused() {
 
     // Freeze: a timestamp that expired is refused.
     h.net.set(vec![]);
-    s.service.clock.advance_secs(-3 * 86400);
+    s.service.clock().advance_secs(-3 * 86400);
     s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
-    s.service.clock.advance_secs(3 * 86400);
+    s.service.clock().advance_secs(3 * 86400);
     let err = assert_refused(&h, "expired timestamp", "expired");
     assert!(err.contains("stale"), "{err}");
     s.rt.block_on(s.service.tuf_refresh(true)).unwrap();

@@ -7,8 +7,8 @@ use clap::Subcommand;
 
 use klive_format::evidence::ClockStart;
 use klive_server::domain::AuthUser;
-use klive_server::evidence::cve::Source;
-use klive_server::evidence::policy::PolicyChange;
+use klive_server::evidence::cve::{Cves, Source};
+use klive_server::evidence::policy::{Policies, PolicyChange};
 use klive_server::evidence::report::{self, EvidenceKey};
 
 use super::{Ctx, parse_duration};
@@ -163,7 +163,10 @@ async fn import_file(ctx: &Ctx, by: &AuthUser, source: Source, path: &Path) -> R
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    match ctx.service.import_cves(by, source, &name, &bytes).await {
+    match Cves::new(&ctx.service)
+        .import(by, source, &name, &bytes)
+        .await
+    {
         Ok(s) => println!(
             "imported {} ({}): {} CVEs, {} package fixes ({} new), {} facts",
             path.display(),
@@ -217,7 +220,7 @@ async fn show_policies(ctx: &Ctx) -> Result<()> {
     println!(
         "version\teffective\tby\tcritical\thigh\tmedium\tlow\tunrated\tkev\tclock_start\tnote"
     );
-    for v in ctx.service.sla_policies().await? {
+    for v in Policies::new(&ctx.service).sla_policies().await? {
         let p = v.policy;
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -240,7 +243,9 @@ async fn show_policies(ctx: &Ctx) -> Result<()> {
 /// `policy set`.
 async fn set_policy(ctx: &Ctx, actor: &str, change: &PolicyChange) -> Result<()> {
     let by = ctx.user(actor).await?;
-    let p = ctx.service.set_sla_policy(&by, change).await?;
+    let p = Policies::new(&ctx.service)
+        .set_sla_policy(&by, change)
+        .await?;
     println!(
         "policy version {} in force from {} (applies to findings detected from now on)",
         p.version, p.effective_at
@@ -271,8 +276,7 @@ async fn add_exception(
     expires: u64,
 ) -> Result<()> {
     let by = ctx.user(actor).await?;
-    let e = ctx
-        .service
+    let e = Policies::new(&ctx.service)
         .add_exception(&by, cve, host, reason, expires)
         .await?;
     println!("exception {} for {} until {}", e.id, e.cve, e.expires_at);
@@ -281,7 +285,7 @@ async fn add_exception(
 
 /// `exception list`.
 async fn list_exceptions(ctx: &Ctx) -> Result<()> {
-    for (_, _, e) in ctx.service.exceptions(i64::MAX).await? {
+    for (_, _, e) in Policies::new(&ctx.service).exceptions(i64::MAX).await? {
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}",
             e.id,

@@ -17,7 +17,7 @@ pub async fn serve(ctx: Ctx, listen: SocketAddr, plain_http: bool) -> Result<()>
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}: is another server running there?"))?;
-    if ctx.service.signer.is_none() {
+    if !ctx.service.has_signer() {
         tracing::warn!("no TUF keys: agents cannot verify releases; run `klive-server keys init`");
     }
     ctx.service

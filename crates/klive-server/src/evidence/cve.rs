@@ -671,21 +671,6 @@ impl<'a> Cves<'a> {
     }
 }
 
-/// Compatibility for callers not yet switched to [`Cves`] (`src/cli/evidence.rs`, tests); to
-/// be removed once they call `Cves::new(&service).import(...)`.
-impl Service {
-    /// See [`Cves::import`].
-    pub async fn import_cves(
-        &self,
-        by: &AuthUser,
-        source: Source,
-        file: &str,
-        bytes: &[u8],
-    ) -> Result<ImportSummary, Error> {
-        Cves::new(self).import(by, source, file, bytes).await
-    }
-}
-
 /// The role check of the service, for the evidence modules.
 pub(crate) fn require(by: &AuthUser, needed: Role) -> Result<(), Error> {
     if by.role >= needed {

@@ -144,3 +144,42 @@ pub async fn for_each_history_row<K: Copy>(
     }
     Ok(())
 }
+
+/// A promotion as recorded (times in unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromotionRow {
+    pub id: String,
+    pub release_id: String,
+    pub to_channel: String,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub reason: Option<String>,
+    pub status: String,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<i64>,
+}
+
+/// The promotions requested at or before `as_of`, in request order.
+pub async fn promotions(db: &Db, as_of: i64) -> Result<Vec<PromotionRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, release_id, to_channel, requested_by, requested_at, reason, status, approved_by, approved_at FROM promotions WHERE requested_at <= $1 ORDER BY requested_at, id",
+    )
+    .bind(as_of)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PromotionRow {
+                id: r.try_get("id")?,
+                release_id: r.try_get("release_id")?,
+                to_channel: r.try_get("to_channel")?,
+                requested_by: r.try_get("requested_by")?,
+                requested_at: r.try_get("requested_at")?,
+                reason: r.try_get("reason")?,
+                status: r.try_get("status")?,
+                approved_by: r.try_get("approved_by")?,
+                approved_at: r.try_get("approved_at")?,
+            })
+        })
+        .collect()
+}

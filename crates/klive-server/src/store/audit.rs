@@ -174,6 +174,18 @@ pub async fn recent(db: &Db, limit: i64) -> Result<Vec<AuditEntry>, Error> {
 }
 
 /// The columns every audit listing selects.
+/// The records with `from <= at <= to`, oldest first.
+pub async fn between(db: &Db, from: i64, to: i64) -> Result<Vec<AuditEntry>, Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE at >= $1 AND at <= $2 ORDER BY seq"
+    )))
+    .bind(from)
+    .bind(to)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(entry).collect()
+}
+
 pub(crate) const ENTRY_COLUMNS: &str = "seq, at, actor, action, subject, detail, prev_hash, hash";
 
 /// One audit record as the API shows it, from a row with [`ENTRY_COLUMNS`].

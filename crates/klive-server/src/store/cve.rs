@@ -171,3 +171,36 @@ pub async fn facts(db: &Db, as_of: i64) -> Result<Vec<FactRow>, Error> {
         })
         .collect()
 }
+
+/// A CVE feed import as recorded (times in unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRow {
+    pub source: String,
+    pub file: String,
+    pub sha256: String,
+    pub imported_at: i64,
+    pub imported_by: String,
+    pub records: i64,
+}
+
+/// The imports made at or before `until`, oldest first.
+pub async fn imports_until(db: &Db, until: i64) -> Result<Vec<ImportRow>, Error> {
+    let rows = sqlx::query(
+        "SELECT source, file_name, sha256, imported_at, imported_by, records FROM cve_imports WHERE imported_at <= $1 ORDER BY imported_at, id",
+    )
+    .bind(until)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ImportRow {
+                source: r.try_get("source")?,
+                file: r.try_get("file_name")?,
+                sha256: r.try_get("sha256")?,
+                imported_at: r.try_get("imported_at")?,
+                imported_by: r.try_get("imported_by")?,
+                records: r.try_get("records")?,
+            })
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ use klive_format::evidence::{
     SlaPolicy, Verdict,
 };
 
-use super::populations::{ImportRow, audit_extract, changes, host_records, imports};
+use super::populations::{audit_extract, changes, host_records, imports};
 use super::series::{
     in_period, is_livepatch_apply, open_series, period_findings, severity_figures, ttp_series,
 };
@@ -47,7 +47,7 @@ pub struct Figures {
     pub exceptions: Vec<ExceptionRecord>,
     pub audit: Vec<AuditEntry>,
     pub policies: Vec<SlaPolicy>,
-    pub imports: Vec<ImportRow>,
+    pub imports: Vec<klive_format::evidence::ImportRecord>,
     pub coverage: Vec<(i64, i64)>,
     pub cves: Vec<CveRow>,
     pub ttp_chart: String,
@@ -86,7 +86,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
             "the period starts after it ends; give --from before --to".into(),
         ));
     }
-    let as_of = to.min(service.clock.now_ms());
+    let as_of = to.min(service.now());
     if as_of < from {
         return Err(Error::BadRequest(format!(
             "the period starts in the future ({}); choose a period that has begun",
@@ -105,7 +105,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
         .map(|(_, _, e)| e.clone())
         .collect();
     let audit = audit_extract(service, from, as_of).await?;
-    let chain = chain_text(&audit::verify(&service.db).await?);
+    let chain = chain_text(&audit::verify(service.db()).await?);
     let policies: Vec<SlaPolicy> = a
         .policies
         .iter()
@@ -116,7 +116,7 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
         })
         .map(|(_, p)| p.policy.clone())
         .collect();
-    let coverage = crate::store::history::daily_coverage(&service.db, from, as_of).await?;
+    let coverage = crate::store::history::daily_coverage(service.db(), from, as_of).await?;
 
     let mut per_cve: BTreeMap<u32, CveRow> = BTreeMap::new();
     for f in &population {

@@ -31,7 +31,6 @@ pub use html::{REPORT_CSS, days_text, render_html, share_text};
 pub use key::EvidenceKey;
 pub use pack::{PackDir, PackOutcome, Timings, generate_pack, reproduce_command};
 pub use pdf::{PdfJob, find_chromium, print_pdf, start_pdf};
-pub use populations::ImportRow;
 pub use series::{is_livepatch_apply, open_series, period_findings, severity_figures, ttp_series};
 pub use tar::tar_dir;
 pub use verify::{VerifyError, verify_pack};

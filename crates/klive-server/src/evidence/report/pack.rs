@@ -71,7 +71,7 @@ pub async fn generate_pack(
     let f = figures(service, from, to).await?;
     let mut timings = f.assessment.timings.clone();
     timings.push(("figures", started.elapsed().as_millis()));
-    let generated_at = service.clock.now_ms();
+    let generated_at = service.now();
     let command = reproduce_command(from, to);
     let computed = started.elapsed().as_millis();
     let html = render_html(&f, generated_at, &by.name, &command, &key.public_hex)?;

@@ -3,11 +3,8 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-use sqlx::Row;
-
 use klive_format::api::AuditEntry;
-use klive_format::evidence::{ChangeRecord, HostRecord};
+use klive_format::evidence::{ChangeRecord, HostRecord, ImportRecord};
 
 use super::series::{in_period, is_livepatch_apply};
 use crate::clock::rfc3339;
@@ -16,17 +13,6 @@ use crate::error::Error;
 use crate::evidence::findings::Assessment;
 use crate::store::audit;
 use crate::store::history::DAY_MS;
-
-/// A CVE file imported before the period end.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImportRow {
-    pub source: String,
-    pub file: String,
-    pub sha256: String,
-    pub imported_at: String,
-    pub imported_by: String,
-    pub records: i64,
-}
 
 pub(super) fn host_records(a: &Assessment, from: i64) -> Vec<HostRecord> {
     let mut open: HashMap<u32, u64> = HashMap::new();
@@ -156,27 +142,18 @@ pub(super) async fn changes(
             ));
         }
     }
-    let rows = sqlx::query(
-        "SELECT id, release_id, to_channel, requested_by, requested_at, reason, status, approved_by, approved_at FROM promotions WHERE requested_at <= $1 ORDER BY requested_at, id",
-    )
-    .bind(a.as_of)
-    .fetch_all(&service.db.pool)
-    .await?;
-    for row in &rows {
-        let requested_at: i64 = row.try_get("requested_at")?;
-        let approved_at: Option<i64> = row
-            .try_get::<Option<i64>, _>("approved_at")?
-            .filter(|t| *t <= a.as_of);
+    for row in crate::store::as_of::promotions(service.db(), a.as_of).await? {
+        let requested_at = row.requested_at;
+        let approved_at = row.approved_at.filter(|t| *t <= a.as_of);
         let touched = in_period(requested_at, from, a.as_of)
             || approved_at.is_some_and(|t| in_period(t, from, a.as_of));
         if !touched {
             continue;
         }
-        let release: String = row.try_get("release_id")?;
-        let requested_by: String = row.try_get("requested_by")?;
-        let approved_by: Option<String> =
-            approved_at.and(row.try_get::<Option<String>, _>("approved_by")?);
-        let status: String = row.try_get("status")?;
+        let release = row.release_id;
+        let requested_by = row.requested_by;
+        let approved_by = approved_at.and(row.approved_by);
+        let status = row.status;
         let published_by = publishers.get(release.as_str()).copied().unwrap_or("");
         let emergency = status.starts_with("emergency");
         let immediate = approved_at == Some(requested_at);
@@ -209,14 +186,14 @@ pub(super) async fn changes(
                 }
                 .into(),
                 release,
-                channel: row.try_get("to_channel")?,
+                channel: Some(row.to_channel),
                 made_by: requested_by,
                 made_at: rfc3339(requested_at),
                 published_by: published_by.to_owned(),
                 approved_by,
                 approved_at: approved_at.map(rfc3339),
                 emergency,
-                reason: row.try_get("reason")?,
+                reason: row.reason,
                 segregation_ok,
                 note,
             },
@@ -231,34 +208,20 @@ pub(super) async fn audit_extract(
     from: i64,
     to: i64,
 ) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM audit_log WHERE at >= $1 AND at <= $2 ORDER BY seq",
-        audit::ENTRY_COLUMNS
-    )))
-    .bind(from)
-    .bind(to)
-    .fetch_all(&service.db.pool)
-    .await?;
-    rows.iter().map(audit::entry).collect()
+    audit::between(service.db(), from, to).await
 }
 
-pub(super) async fn imports(service: &Service, until: i64) -> Result<Vec<ImportRow>, Error> {
-    let rows = sqlx::query(
-        "SELECT source, file_name, sha256, imported_at, imported_by, records FROM cve_imports WHERE imported_at <= $1 ORDER BY imported_at, id",
-    )
-    .bind(until)
-    .fetch_all(&service.db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ImportRow {
-                source: r.try_get("source")?,
-                file: r.try_get("file_name")?,
-                sha256: r.try_get("sha256")?,
-                imported_at: rfc3339(r.try_get("imported_at")?),
-                imported_by: r.try_get("imported_by")?,
-                records: r.try_get("records")?,
-            })
+pub(super) async fn imports(service: &Service, until: i64) -> Result<Vec<ImportRecord>, Error> {
+    Ok(crate::store::cve::imports_until(service.db(), until)
+        .await?
+        .into_iter()
+        .map(|r| ImportRecord {
+            source: r.source,
+            file: r.file,
+            sha256: r.sha256,
+            imported_at: rfc3339(r.imported_at),
+            imported_by: r.imported_by,
+            records: r.records,
         })
-        .collect()
+        .collect())
 }

@@ -1207,6 +1207,26 @@ impl Dashboard {
     }
 }
 
+/// Prometheus `/metrics`, for a viewer's API token or session.
+async fn metrics(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
+    d.session(&headers).await.map_err(|e| match e {
+        Denied::Login => Denied::Error(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "send a viewer's API token: authorization: Bearer klu_...".into(),
+        ),
+        other => other,
+    })?;
+    let text = d.metrics_text().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1228,24 +1248,4 @@ mod tests {
         assert!(!secret_eq("abc", "abd"));
         assert!(!secret_eq("abc", "ab"));
     }
-}
-
-/// Prometheus `/metrics`, for a viewer's API token or session.
-async fn metrics(State(d): State<Dashboard>, headers: HeaderMap) -> Result<Response, Denied> {
-    d.session(&headers).await.map_err(|e| match e {
-        Denied::Login => Denied::Error(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "send a viewer's API token: authorization: Bearer klu_...".into(),
-        ),
-        other => other,
-    })?;
-    let text = d.metrics_text().await?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
 }
