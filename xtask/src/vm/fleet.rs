@@ -326,6 +326,13 @@ impl FleetServer {
     }
 
     fn step(&mut self, step: &[&str]) -> Result<()> {
+        // A release change made by the CLI (another process than the serving server) reaches
+        // the server's check-in decisions within its release cache's age limit (1 s,
+        // `domain::checkin::release_cache::MAX_AGE`), as for a change made on another replica.
+        // The step answers once that has passed, so the guest's next check-in sees it.
+        fn settle<T>(_: T) {
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+        }
         let level = |i: usize| -> Result<u32> {
             step.get(i)
                 .and_then(|s| s.parse().ok())
@@ -347,9 +354,9 @@ impl FleetServer {
                     "--as",
                     "alice",
                 ])
-                .map(drop)
+                .map(settle)
             }
-            // Bob, an approver who did not publish: effective at once.
+            // Bob, an approver who did not publish: effective at once (in the database).
             Some("promote") => {
                 let l = level(1)?.to_string();
                 self.cli(&[
@@ -361,7 +368,7 @@ impl FleetServer {
                     "--as",
                     "bob",
                 ])
-                .map(drop)
+                .map(settle)
             }
             Some("withdraw") => {
                 let l = level(1)?.to_string();
@@ -374,7 +381,7 @@ impl FleetServer {
                     "--as",
                     "alice",
                 ])
-                .map(drop)
+                .map(settle)
             }
             Some("policy") => {
                 let (Some(id), Some(channel)) = (step.get(1), step.get(2)) else {
