@@ -184,7 +184,8 @@ impl CheckIns<'_> {
         build_id: &BuildId,
         channel: &str,
     ) -> Result<Arc<Vec<Candidate>>, Error> {
-        if let Some(hit) = self.release_cache.get(build_id.as_str(), channel) {
+        let now = self.now();
+        if let Some(hit) = self.release_cache.get(build_id.as_str(), channel, now) {
             return Ok(hit);
         }
         let generation = self.release_cache.generation();
@@ -194,6 +195,7 @@ impl CheckIns<'_> {
             build_id.as_str(),
             channel,
             generation,
+            now,
             Arc::clone(&candidates),
         );
         Ok(candidates)

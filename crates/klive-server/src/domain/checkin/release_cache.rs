@@ -8,17 +8,20 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::store::checkins::Candidate;
 
-/// The longest a decision may lag a change made through another server.
+/// The longest a decision may lag a change made through another server. Ages are measured on
+/// the service's clock, so simulations and tests move them with it.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
+const MAX_AGE_MS: i64 = MAX_AGE.as_millis() as i64;
 
 #[derive(Debug)]
 struct Entry {
     generation: u64,
-    loaded: Instant,
+    /// When it was read (service clock, unix ms).
+    loaded_at: i64,
     candidates: Arc<Vec<Candidate>>,
 }
 
@@ -41,13 +44,17 @@ impl ReleaseCache {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub fn get(&self, build_id: &str, channel: &str) -> Option<Arc<Vec<Candidate>>> {
+    /// The entry for (`build_id`, `channel`) if nothing changed here since it was read and it
+    /// is younger than [`MAX_AGE`] at `now` (unix ms).
+    pub fn get(&self, build_id: &str, channel: &str, now: i64) -> Option<Arc<Vec<Candidate>>> {
         let generation = self.generation();
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
             .get(build_id)
             .and_then(|by_channel| by_channel.get(channel))
-            .filter(|e| e.generation == generation && e.loaded.elapsed() < MAX_AGE)
+            .filter(|e| {
+                e.generation == generation && (e.loaded_at..e.loaded_at + MAX_AGE_MS).contains(&now)
+            })
             .map(|e| Arc::clone(&e.candidates))
     }
 
@@ -56,6 +63,7 @@ impl ReleaseCache {
         build_id: &str,
         channel: &str,
         generation: u64,
+        now: i64,
         candidates: Arc<Vec<Candidate>>,
     ) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
@@ -67,7 +75,7 @@ impl ReleaseCache {
             channel.to_owned(),
             Entry {
                 generation,
-                loaded: Instant::now(),
+                loaded_at: now,
                 candidates,
             },
         );
