@@ -920,17 +920,13 @@ impl<'k, K: Kernel> Agent<'k, K> {
     }
 
     fn uptime_secs(&self) -> u64 {
-        self.kernel
-            .root()
-            .read_optional("/proc/uptime")
-            .ok()
-            .flatten()
-            .and_then(|u| {
-                u.split_whitespace()
-                    .next()
-                    .and_then(|s| s.parse::<f64>().ok())
-            })
-            .map_or(0, |s| s as u64)
+        uptime_secs_of(
+            self.kernel
+                .root()
+                .read_optional("/proc/uptime")
+                .ok()
+                .flatten(),
+        )
     }
 
     /// Finishes or rolls back an operation a previous process left unfinished. Call with the
@@ -1056,6 +1052,17 @@ enum Source<'a> {
     ByHand,
     Verified(&'a ExpectedModule),
     Boot(&'a GoodLevel),
+}
+
+/// Whole seconds of uptime from the text of `/proc/uptime`; 0 when absent or unreadable.
+pub(crate) fn uptime_secs_of(uptime: Option<String>) -> u64 {
+    uptime
+        .and_then(|u| {
+            u.split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<f64>().ok())
+        })
+        .map_or(0, |s| s as u64)
 }
 
 fn held_back_error(held: &HeldBack) -> AgentError {
