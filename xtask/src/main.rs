@@ -111,6 +111,8 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--features",
+            "klive-server/failpoints",
             "--",
             "-D",
             "warnings",
@@ -118,7 +120,17 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
     )?;
     eprintln!("xtask: == cargo deny check (deny.toml)");
     let deny = deny::check(root)?;
-    step("cargo test", cargo(&["test", "--workspace"]))?;
+    // klive-server's failpoints (test-only kill points on its write paths) are on for the
+    // tests; release builds never have them.
+    step(
+        "cargo test",
+        cargo(&[
+            "test",
+            "--workspace",
+            "--features",
+            "klive-server/failpoints",
+        ]),
+    )?;
     server_on_postgres_and_s3(root)?;
     eprintln!("xtask: == dashboard browser test (headless chromium)");
     browser::test(root)?;
@@ -159,7 +171,7 @@ fn server_on_postgres_and_s3(root: &Path) -> Result<()> {
         "-p",
         "klive-server",
         "--features",
-        "test-postgres,test-s3",
+        "test-postgres,test-s3,failpoints",
     ]);
     cmd.env("KLIVE_TEST_DATABASE_URL", cluster.url());
     cmd.envs(moto.env());

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod domain;
 pub mod error;
 pub mod evidence;
+pub mod failpoint;
 pub mod http;
 pub mod store;
 pub mod trust;

@@ -1,18 +1,38 @@
-//! `kill -9` of `klive-server release add` at many points: every release is either fully
-//! visible (channel entry, stored module, audit record) or absent, and the audit chain holds.
+//! A crash at each step of `klive-server release add` (a failpoint ends the process there,
+//! as `kill -9` would) leaves the release either fully visible (channel entry, stored module,
+//! audit record) or absent, the audit chain intact, and an absent release publishable again.
+//! Each run checks that its failpoint was really hit (the process died of it) and where the
+//! crash landed relative to the commit.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-use std::time::Duration;
 
 use klive_format::api::Role;
 use klive_server::store::audit::{self, Verdict};
 
 use common::{BUILD, build, level, release};
 
+/// The publish path's failpoints in order, and whether the release is visible after a crash
+/// there (`None`: no crash, the command completes).
+const STEPS: [(Option<&str>, bool); 5] = [
+    (Some("publish.blob_stored"), false),
+    (Some("publish.rows_written"), false),
+    (Some("publish.before_commit"), false),
+    (Some("publish.committed"), true),
+    (None, true),
+];
+
+/// SIGABRT: how a failpoint ends the process (`std::process::abort`).
+const SIGABRT: i32 = 6;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_publish_leaves_no_partial_release() {
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the failpoints feature: cargo xtask test builds the server with it"
+)]
+async fn a_crash_at_each_publish_step_leaves_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     {
@@ -24,14 +44,15 @@ async fn killed_publish_leaves_no_partial_release() {
         s.db().pool.close().await;
     }
     let mut killed_before_commit = 0;
+    let mut killed_after_commit = 0;
     let mut completed = 0;
-    for i in 1..=24u32 {
+    for (i, (point, visible_after)) in (1u32..).zip(STEPS) {
         let (manifest, ko) = release(BUILD, i);
         let m = dir.path().join(format!("l{i}.json"));
         let k = dir.path().join(format!("l{i}.ko"));
         std::fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
         std::fs::write(&k, &ko).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_klive-server"))
+        let status = Command::new(env!("CARGO_BIN_EXE_klive-server"))
             .arg("--data")
             .arg(&data)
             .args(["release", "add", "--as", "alice", "--manifest"])
@@ -39,20 +60,37 @@ async fn killed_publish_leaves_no_partial_release() {
             .arg("--module")
             .arg(&k)
             .env("KLIVE_LOG", "error")
+            .env(
+                "FAILPOINTS",
+                point.map(|p| format!("{p}=return")).unwrap_or_default(),
+            )
             .stdout(std::process::Stdio::null())
-            .spawn()
+            .stderr(std::process::Stdio::null())
+            .status()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(u64::from(i % 12) * 3));
-        let _ = child.kill(); // SIGKILL; it may have finished already
-        let status = child.wait().unwrap();
-        if status.success() {
-            completed += 1;
+        match point {
+            Some(p) => assert_eq!(
+                status.signal(),
+                Some(SIGABRT),
+                "the failpoint {p} was not hit: {status}"
+            ),
+            None => assert!(status.success(), "{status}"),
         }
 
         let s = klive_server::open(&data, None).await.unwrap();
         let visible = s.releases().get(&build(BUILD), level(i)).await;
+        assert_eq!(
+            visible.is_ok(),
+            visible_after,
+            "after a crash at {point:?}: {visible:?}"
+        );
         match visible {
             Ok(info) => {
+                if point.is_some() {
+                    killed_after_commit += 1;
+                } else {
+                    completed += 1;
+                }
                 assert_eq!(
                     info.channels.len(),
                     1,
@@ -93,5 +131,8 @@ async fn killed_publish_leaves_no_partial_release() {
         ));
         s.db().pool.close().await;
     }
-    eprintln!("{killed_before_commit} publications killed before commit, {completed} completed");
+    assert!(
+        killed_before_commit >= 3 && killed_after_commit == 1 && completed == 1,
+        "{killed_before_commit} killed before the commit, {killed_after_commit} after it, {completed} completed"
+    );
 }

@@ -117,7 +117,7 @@ fn only_the_store_issues_sql() {
 
 /// The server's layers, bottom to top: a layer may use the ones before it, never one after.
 const SERVER_LAYERS: [&[&str]; 6] = [
-    &["error", "clock"],
+    &["error", "clock", "failpoint"],
     &["store"],
     &["trust"],
     &["domain"],
@@ -155,7 +155,7 @@ fn server_layers_only_use_the_layers_below() {
         }
     }
     assert_no_violations(
-        "klive-server layers (error/clock < store < trust < domain < evidence < http/cli)",
+        "klive-server layers (error/clock/failpoint < store < trust < domain < evidence < http/cli)",
         violations,
     );
 }

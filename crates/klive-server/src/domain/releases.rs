@@ -1,6 +1,7 @@
 //! Releases: module blobs, publishing a release checked against its module, listing, withdrawal.
 
 use super::*;
+use crate::failpoint::kill_point;
 
 /// Releases: module blobs, publishing a release checked against its module, listing, withdrawal.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,7 @@ impl Releases<'_> {
         check_module(&manifest, &module)?;
         self.refuse_duplicate(&manifest).await?;
         self.blobs.put(module.clone()).await?;
+        kill_point("publish.blob_stored");
         self.commit_release(by, manifest, &module).await
     }
 
@@ -80,6 +82,7 @@ impl Releases<'_> {
             .ok_or_else(|| Error::Config("no channel is configured; add one first".into()))?;
         store::releases::insert(&mut tx, &id, &manifest, &manifest_json, &by.name, now).await?;
         store::releases::enter_channel(&mut tx, &id, &first, now).await?;
+        kill_point("publish.rows_written");
         self.resign(&mut tx, &[&first], now).await?;
         audit::append(
             &mut tx,
@@ -91,7 +94,9 @@ impl Releases<'_> {
                    "fixes": manifest.fixes.iter().map(|f| f.cve.clone()).collect::<Vec<_>>()}),
         )
         .await?;
+        kill_point("publish.before_commit");
         tx.commit().await?;
+        kill_point("publish.committed");
         self.release_cache.invalidate();
         tracing::info!(release = %id, channel = %first, by = %by.name, "release published");
         self.get(&manifest.kernel.build_id, manifest.level).await
