@@ -13,8 +13,6 @@ use cli::{Cli, Command, Ctx};
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    #[cfg(feature = "failpoints")]
-    let _failpoints = klive_server::failpoint::from_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KLIVE_LOG")

@@ -60,10 +60,7 @@ async fn a_crash_at_each_publish_step_leaves_all_or_nothing() {
             .arg("--module")
             .arg(&k)
             .env("KLIVE_LOG", "error")
-            .env(
-                "FAILPOINTS",
-                point.map(|p| format!("{p}=return")).unwrap_or_default(),
-            )
+            .env("KLIVE_FAILPOINT", point.unwrap_or_default())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
