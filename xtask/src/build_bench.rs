@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::build_tests::{self, CASES, Expect, Target};
 
 /// Compile units of Debian's 6.1 amd64 config for `vmlinux modules`, counted with
-/// `make -k -n` (KERNEL.md). Counting them takes minutes; the figure is per config.
+/// `make -k -n` (docs/full-kernel-build.md). Counting them takes minutes; the figure is per config.
 const FULL_BUILD_UNITS: u64 = 13_658;
 
 /// Directories compiled whole for the sample: ordinary C code of vmlinux.
@@ -105,7 +105,7 @@ pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
         "\nFull build, same run and config: `make -j2` with kpatch's `-ffunction-sections \
          -fdata-sections` compiled the {units} units of {} in {sample_secs:.0} s \
          ({per_unit:.2} s per unit); x {FULL_BUILD_UNITS} units of `vmlinux modules` \
-         (counted with `make -k -n`, KERNEL.md) = **{full:.0} s ({:.1} h)** before linking, \
+         (counted with `make -k -n`, docs/full-kernel-build.md) = **{full:.0} s ({:.1} h)** before linking, \
          which kpatch-build and klp-build need (twice: original and patched; the second \
          build is incremental). klive-build warm is {:.0}x faster than one full build.",
         SAMPLE_DIRS.join(" "),
