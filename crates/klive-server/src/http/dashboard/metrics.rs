@@ -3,15 +3,19 @@
 //! result); CVE ids and host ids are never labels. Needs a viewer token
 //! (`authorization: Bearer klu_...` in the scrape config) or a dashboard session.
 
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::snapshot::Snapshot;
+use super::{Dashboard, Denied, stale_before, typed};
 use crate::domain::Service;
 use crate::error::Error;
-use crate::http::dashboard::snapshot::Snapshot;
 use crate::store::history::DAY_MS;
 
 type Labels = Vec<(String, String)>;
@@ -26,14 +30,14 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// Renders the metrics text from the database and the dashboard snapshot `snap`.
 pub async fn render(service: &Service, snap: &Snapshot) -> Result<String, Error> {
     let now = service.now();
-    let stale_before = now - 2 * service.checkin_interval_secs() as i64 * 1000;
+    let stale_at = stale_before(service, now);
     let mut registry = <Registry>::with_prefix("klive");
 
     let hosts = Family::<Labels, Gauge>::default();
     registry.register("hosts", "Hosts by state", hosts.clone());
     let counts = crate::store::fleet::host_counts(
         service.db(),
-        stale_before,
+        stale_at,
         now - 300_000,
         now.div_euclid(DAY_MS),
     )
@@ -125,4 +129,31 @@ pub async fn render(service: &Service, snap: &Snapshot) -> Result<String, Error>
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|e| Error::Corrupt(format!("encoding metrics: {e}")))?;
     Ok(text)
+}
+
+impl Dashboard {
+    /// The `/metrics` text: live counts from the database and the snapshot's findings.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let snap = self.snapshot().await?;
+        render(&self.service, &snap).await
+    }
+}
+
+/// Prometheus `/metrics`, for a viewer's API token or session.
+pub(super) async fn metrics(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+) -> Result<Response, Denied> {
+    d.session(&headers).await.map_err(|e| match e {
+        Denied::Login => Denied::Error(
+            StatusCode::UNAUTHORIZED,
+            "send a viewer's API token: authorization: Bearer klu_...".into(),
+        ),
+        other => other,
+    })?;
+    let text = d.metrics_text().await?;
+    Ok(typed(
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        text,
+    ))
 }
