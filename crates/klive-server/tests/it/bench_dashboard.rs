@@ -9,7 +9,7 @@
 //! check-in) are bulk-inserted with the same columns the check-in path writes, because
 //! 36.5 million check-ins through the API would take hours on the 2-core machine.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use klive_server::evidence::cve::Source;
 use klive_server::store::history::DAY_MS;
 use tower::ServiceExt;
 
-use common::{Fixture, manifest_for, module};
+use crate::common::{Fixture, manifest_for, module};
 
 /// `KLIVE_BENCH_HOSTS` overrides it for a quick run.
 fn hosts() -> usize {

@@ -1,7 +1,7 @@
 //! Check-ins written in groups (one transaction for whatever is queued): each check-in still
 //! gets its own verdict, on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use futures_util::future::join_all;
 use klive_format::api::{AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
@@ -11,7 +11,7 @@ use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
 use klive_server::store::db::Backend;
 
-use common::{BUILD, Fixture, kernel, level, release};
+use crate::common::{BUILD, Fixture, kernel, level, release};
 
 backend_tests!(
     concurrent_checkins_of_many_hosts_share_transactions,

@@ -1,11 +1,9 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`, driven by playwright-core
-//! from `tests/browser/dashboard.mjs`) against the real router on 127.0.0.1 with a seeded
+//! from `tests/it/browser/dashboard.mjs`) against the real router on 127.0.0.1 with a seeded
 //! fleet: sign-in, every page, host filters, the evidence pack download (then verified),
 //! CSRF refusal, no request leaving the server. Ignored by plain `cargo test`; `cargo xtask
 //! test` installs chromium and playwright-core and runs it. Screenshots and the pack are kept
 //! under `target/browser-artefacts/`.
-
-mod common;
 
 use std::path::PathBuf;
 
@@ -15,7 +13,7 @@ use klive_format::api::{
 use klive_format::status::PatchState;
 use klive_server::evidence::cve::Source;
 
-use common::{BUILD, Fixture, build, kernel, level, release};
+use crate::common::{BUILD, Fixture, build, kernel, level, release};
 
 const HOSTS: usize = 60;
 
@@ -167,7 +165,10 @@ async fn dashboard_in_a_real_browser() {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
     let now = fx.service.clock().now_ms();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/browser/dashboard.mjs"
+    );
     let mut cmd = std::process::Command::new("node");
     cmd.arg(script)
         .env("BASE_URL", &base)

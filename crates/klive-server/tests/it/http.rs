@@ -1,8 +1,6 @@
 //! The HTTP API through `tower::ServiceExt::oneshot`: status codes, JSON errors, limits, auth,
 //! and the agent's whole path (register, check in, download), on SQLite and PostgreSQL.
 
-mod common;
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -12,7 +10,7 @@ use tower::ServiceExt;
 use klive_format::api::{Action, CheckInResponse, ErrorBody, RegisterResponse};
 use klive_server::http::api::{self, JSON_LIMIT, OPENAPI, ROUTES};
 
-use common::{BUILD, Fixture, kernel, release};
+use crate::common::{BUILD, Fixture, kernel, release};
 
 backend_tests!(
     agent_path_over_http,

@@ -4,15 +4,13 @@
 //! Each run checks that its failpoint was really hit (the process died of it) and where the
 //! crash landed relative to the commit.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 use klive_format::api::Role;
 use klive_server::store::audit::{self, Verdict};
 
-use common::{BUILD, build, level, release};
+use crate::common::{BUILD, build, level, release};
 
 /// The publish path's failpoints in order, and whether the release is visible after a crash
 /// there (`None`: no crash, the command completes).

@@ -1,6 +1,6 @@
 // Drives the klive dashboard in a real headless Chromium (playwright-core, Debian's chromium):
 // sign in as a viewer and as an approver, navigate every page, filter hosts, download the
-// evidence pack, check CSRF refusal, and save screenshots. Run by tests/browser.rs.
+// evidence pack, check CSRF refusal, and save screenshots. Run by tests/it/browser.rs.
 import { createRequire } from 'node:module';
 import { writeFileSync } from 'node:fs';
 

@@ -1,11 +1,9 @@
 //! The `klive-server` command line as an operator uses it.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{BUILD, release};
+use crate::common::{BUILD, release};
 
 fn run(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_klive-server"))

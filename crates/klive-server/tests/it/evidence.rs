@@ -3,7 +3,7 @@
 //! the simulation itself; `report verify` must catch one changed byte; CVE imports of real
 //! Debian changelogs; bad input.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,7 +21,7 @@ use klive_server::evidence::policy::PolicyChange;
 use klive_server::evidence::report::{self, EvidenceKey, VerifyError};
 use klive_server::store::history::DAY_MS;
 
-use common::{Fixture, manifest_for, module};
+use crate::common::{Fixture, manifest_for, module};
 
 const HOSTS: usize = 1000;
 const DAYS: i64 = 90;

@@ -4,8 +4,6 @@
 //! feature is on; then `KLIVE_TEST_S3_URL` (`s3://BUCKET`, with `AWS_ENDPOINT` and credentials
 //! in the environment) must be set.
 
-mod common;
-
 use bytes::Bytes;
 use klive_format::api::{EnrollTokenRequest, Role};
 use klive_server::Service;
@@ -15,7 +13,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use common::{BUILD, build, kernel, level, release};
+use crate::common::{BUILD, build, kernel, level, release};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(

@@ -1,8 +1,6 @@
 //! HTTPS with the certificates `tls init` makes: a client pinning the CA talks to the server;
 //! a client pinning another CA, or expecting another name, refuses it.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +13,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 use klive_server::trust::tls::{TlsListener, init, server_config};
 
-use common::Fixture;
+use crate::common::Fixture;
 
 fn client(ca: &Path) -> TlsConnector {
     let mut roots = RootCertStore::empty();

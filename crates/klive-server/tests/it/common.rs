@@ -4,7 +4,7 @@
 #![allow(
     dead_code,
     clippy::unwrap_used,
-    reason = "test fixtures used by several test files"
+    reason = "test fixtures used by several test modules"
 )]
 
 use bytes::Bytes;
@@ -24,8 +24,8 @@ pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";
 /// Runs each listed async test body on the backends of this run (see [`Fixture::new`]): SQLite
 /// and local blobs in a plain `cargo test`; PostgreSQL and S3 when `cargo xtask test` builds
 /// the tests with the `test-postgres` and `test-s3` features. A backend that is not under test
-/// is never reported as a passed test.
-#[macro_export]
+/// is never reported as a passed test. Each invocation adds a module `on_backend` to the
+/// calling module.
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         mod on_backend {

@@ -1,6 +1,6 @@
 //! The server's rules, through the service layer, on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use klive_format::api::{
@@ -12,7 +12,9 @@ use klive_server::Error;
 use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
 
-use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, module, release};
+use crate::common::{
+    BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, module, release,
+};
 
 backend_tests!(
     publish_checks_the_module_against_its_manifest,
@@ -1023,8 +1025,8 @@ async fn a_database_migrated_by_the_old_runner_is_adopted() {
         .await
         .unwrap();
         for (version, sql) in [
-            (1, include_str!("../migrations/0001_init.sql")),
-            (2, include_str!("../migrations/0002_tuf.sql")),
+            (1, include_str!("../../migrations/0001_init.sql")),
+            (2, include_str!("../../migrations/0002_tuf.sql")),
         ] {
             pool.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
             sqlx::query("INSERT INTO klive_schema (version, name, applied_at) VALUES ($1, 'm', 0)")

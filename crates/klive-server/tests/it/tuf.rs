@@ -2,8 +2,6 @@
 //! the HTTP API and must refuse tampered targets and metadata, unknown keys, rollback, freeze
 //! and mix-and-match. Runs on SQLite and PostgreSQL.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,7 +21,7 @@ use klive_format::api::{
 use klive_server::Service;
 use klive_server::trust::tuf::{Signer, init_keys, rotate};
 
-use common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
+use crate::common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
 
 backend_tests!(
     agent_reads_verified_releases_of_its_channel,
