@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// Ordered channels (canary -> stable) and their soak times.
-#[derive(Debug, Clone, Copy)]
-pub struct Channels<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Channels<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Ordered channels (canary -> stable) and their soak times.
+    Channels
 }
 
 impl Channels<'_> {

@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// What an authenticated host downloads: its release manifest and module, and the TUF metadata of its channel.
-#[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Delivery<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// What an authenticated host downloads: its release manifest and module, and the TUF metadata of its channel.
+    Delivery
 }
 
 impl Delivery<'_> {

@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// Enrollment tokens, host registration, and host credentials.
-#[derive(Debug, Clone, Copy)]
-pub struct Enrollment<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Enrollment<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Enrollment tokens, host registration, and host credentials.
+    Enrollment
 }
 
 impl Enrollment<'_> {

@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// The host registry: fleet summary, host list and detail, per-host policy, revocation.
-#[derive(Debug, Clone, Copy)]
-pub struct Hosts<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Hosts<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// The host registry: fleet summary, host list and detail, per-host policy, revocation.
+    Hosts
 }
 
 impl Hosts<'_> {

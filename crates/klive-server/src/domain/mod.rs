@@ -2,6 +2,23 @@
 //! their check-ins. Every method checks the caller's role, runs in one transaction and, when it
 //! changes anything, appends to the audit log in that same transaction.
 
+/// A domain service: a `Copy` view of the [`Service`] whose methods are one concern's rules
+/// (`service.users()`, `service.releases()` ...). It derefs to the service for its shared state.
+macro_rules! domain_service {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name<'a>(pub(in crate::domain) &'a Service);
+
+        impl std::ops::Deref for $name<'_> {
+            type Target = Service;
+            fn deref(&self) -> &Service {
+                self.0
+            }
+        }
+    };
+}
+
 mod auth_failures;
 mod channels;
 pub mod checkin;

@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// Promotion of a release into a channel with maker-checker approval, and emergency promotion.
-#[derive(Debug, Clone, Copy)]
-pub struct Promotions<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Promotions<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Promotion of a release into a channel with maker-checker approval, and emergency promotion.
+    Promotions
 }
 
 impl Promotions<'_> {

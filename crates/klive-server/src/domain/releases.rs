@@ -3,15 +3,9 @@
 use super::*;
 use crate::failpoint::kill_point;
 
-/// Releases: module blobs, publishing a release checked against its module, listing, withdrawal.
-#[derive(Debug, Clone, Copy)]
-pub struct Releases<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Releases<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Releases: module blobs, publishing a release checked against its module, listing, withdrawal.
+    Releases
 }
 
 impl Releases<'_> {

@@ -2,15 +2,9 @@
 
 use super::*;
 
-/// Admin users, their roles and API tokens.
-#[derive(Debug, Clone, Copy)]
-pub struct Users<'a>(pub(super) &'a Service);
-
-impl std::ops::Deref for Users<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Admin users, their roles and API tokens.
+    Users
 }
 
 impl Users<'_> {

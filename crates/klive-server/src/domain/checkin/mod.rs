@@ -6,15 +6,9 @@ pub(crate) mod release_cache;
 
 use super::*;
 
-/// Check-ins: what changed on a host, what it should run next, written by the group-committed writer.
-#[derive(Debug, Clone, Copy)]
-pub struct CheckIns<'a>(pub(in crate::domain) &'a Service);
-
-impl std::ops::Deref for CheckIns<'_> {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        self.0
-    }
+domain_service! {
+    /// Check-ins: what changed on a host, what it should run next, written by the group-committed writer.
+    CheckIns
 }
 
 impl CheckIns<'_> {
