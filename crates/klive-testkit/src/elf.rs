@@ -128,8 +128,8 @@ impl ModuleBuilder {
 /// The bytes of a module with exactly these `.modinfo` tags, in this order (a repeated key is
 /// written twice, as given).
 ///
-/// The former `klive_kernel::fake::module_bytes`, with the same signature: callers migrate by
-/// changing the path.
+/// The workspace's only such function (klive-kernel's hand-written `fake::module_bytes`, which
+/// it replaced, is gone).
 pub fn module_bytes(tags: &[(&str, &str)]) -> Vec<u8> {
     ModuleBuilder {
         tags: tags

@@ -9,8 +9,6 @@
 //! check-in) are bulk-inserted with the same columns the check-in path writes, because
 //! 36.5 million check-ins through the API would take hours on the 2-core machine.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,7 +21,7 @@ use klive_server::evidence::cve::Source;
 use klive_server::store::history::DAY_MS;
 use tower::ServiceExt;
 
-use crate::common::{Fixture, manifest_for, module};
+use crate::common::{self, Fixture, manifest_for, module};
 
 /// `KLIVE_BENCH_HOSTS` overrides it for a quick run.
 fn hosts() -> usize {
@@ -87,12 +85,7 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
         s.clock().advance_secs((at - s.clock().now_ms()) / 1000);
         for (build, _) in KERNELS {
             let name = format!("klive_bench_l{level}");
-            let ko = module(&[
-                "license=GPL".into(),
-                format!("name={name}"),
-                format!("klive_level={level}"),
-                format!("klive_build_id={build}"),
-            ]);
+            let ko = module(&name, level, build);
             let mut m = manifest_for(build, level, &name, &ko);
             m.fixes = vec![Fix {
                 cve: format!("CVE-2026-2{level:03}"),

@@ -11,12 +11,13 @@ use bytes::Bytes;
 use klive_format::api::Role;
 use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
 use klive_format::status::KernelInfo;
-use klive_format::{BuildId, PatchLevel};
+use klive_format::{BuildId, PatchLevel, modinfo};
 use klive_server::Service;
 use klive_server::domain::AuthUser;
 use klive_server::store::blobs::Blobs;
 use klive_server::store::db::Db;
 use klive_server::trust::secrets::{new_id, sha256_hex};
+use klive_testkit::elf::ModuleBuilder;
 
 pub const BUILD: &str = "3e0c8f6a1b2c4d5e";
 pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";
@@ -176,39 +177,22 @@ async fn fresh_database(url: &str) -> String {
     format!("{base}/{name}{query}")
 }
 
-/// A relocatable x86-64 ELF with the given `.modinfo` entries.
-pub fn module(entries: &[String]) -> Vec<u8> {
-    use object::write;
-    let mut obj = write::Object::new(
-        object::BinaryFormat::Elf,
-        object::Architecture::X86_64,
-        object::Endianness::Little,
-    );
-    let text = obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
-    obj.append_section_data(text, &[0xc3], 1);
-    let modinfo = obj.add_section(
-        Vec::new(),
-        b".modinfo".to_vec(),
-        object::SectionKind::ReadOnlyData,
-    );
-    let mut data = Vec::new();
-    for e in entries {
-        data.extend_from_slice(e.as_bytes());
-        data.push(0);
-    }
-    obj.append_section_data(modinfo, &data, 1);
-    obj.write().unwrap()
+/// A module for `build` at `level` named `name`, written by klive-testkit's builder with the
+/// `.modinfo` tags the server checks against a manifest: `license=GPL`, `name`, `klive_level`
+/// and `klive_build_id`, in this order.
+pub fn module(name: &str, level: u32, build: &str) -> Vec<u8> {
+    ModuleBuilder::empty()
+        .tag("license", "GPL")
+        .tag("name", name)
+        .tag(modinfo::LEVEL, &level.to_string())
+        .tag(modinfo::BUILD_ID, build)
+        .build()
 }
 
 /// A module for `build` at `level` with matching tags, and its manifest.
 pub fn release(build: &str, level: u32) -> (ReleaseManifest, Bytes) {
     let name = format!("klive_test_l{level}");
-    let ko = module(&[
-        "license=GPL".into(),
-        format!("name={name}"),
-        format!("klive_level={level}"),
-        format!("klive_build_id={build}"),
-    ]);
+    let ko = module(&name, level, build);
     (manifest_for(build, level, &name, &ko), Bytes::from(ko))
 }
 

@@ -1,19 +1,19 @@
 //! The server's rules, through the service layer, on SQLite and PostgreSQL.
 
-use crate::common;
-
 use bytes::Bytes;
 use klive_format::api::{
     Action, AppliedReport, CheckIn, EnrollTokenRequest, HostListQuery, HostPolicy, PromoteRequest,
     PromotionStatus, RegisterRequest,
 };
+use klive_format::modinfo;
 use klive_format::status::PatchState;
 use klive_server::Error;
 use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
+use klive_testkit::elf::ModuleBuilder;
 
 use crate::common::{
-    BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, module, release,
+    self, BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, release,
 };
 
 backend_tests!(
@@ -103,10 +103,10 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
     );
 
     // A module built for another kernel.
-    let other = module(&[
-        "klive_level=2".into(),
-        format!("klive_build_id={OTHER_BUILD}"),
-    ]);
+    let other = ModuleBuilder::empty()
+        .tag(modinfo::LEVEL, "2")
+        .tag(modinfo::BUILD_ID, OTHER_BUILD)
+        .build();
     let m_other = manifest_for(BUILD, 2, "klive_x", &other);
     let err = s
         .releases()

@@ -3,8 +3,6 @@
 //! the simulation itself; `report verify` must catch one changed byte; CVE imports of real
 //! Debian changelogs; bad input.
 
-use crate::common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
@@ -21,7 +19,7 @@ use klive_server::evidence::policy::PolicyChange;
 use klive_server::evidence::report::{self, EvidenceKey, VerifyError};
 use klive_server::store::history::DAY_MS;
 
-use crate::common::{Fixture, manifest_for, module};
+use crate::common::{self, Fixture, manifest_for, module};
 
 const HOSTS: usize = 1000;
 const DAYS: i64 = 90;
@@ -318,12 +316,7 @@ async fn checkin(fx: &Fixture, h: &mut SimHost) -> klive_format::api::CheckInRes
 async fn publish(fx: &Fixture, model: &mut Model, kernel: usize, level: u32) {
     let build = KERNELS[kernel].0;
     let name = format!("klive_sim_l{level}");
-    let ko = module(&[
-        "license=GPL".into(),
-        format!("name={name}"),
-        format!("klive_level={level}"),
-        format!("klive_build_id={build}"),
-    ]);
+    let ko = module(&name, level, build);
     let mut m = manifest_for(build, level, &name, &ko);
     m.fixes = level_fixes(level)
         .into_iter()

@@ -1,8 +1,6 @@
 //! Check-ins written in groups (one transaction for whatever is queued): each check-in still
 //! gets its own verdict, on SQLite and PostgreSQL.
 
-use crate::common;
-
 use futures_util::future::join_all;
 use klive_format::api::{AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
 use klive_format::status::PatchState;
@@ -11,7 +9,7 @@ use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
 use klive_server::store::db::Backend;
 
-use crate::common::{BUILD, Fixture, kernel, level, release};
+use crate::common::{self, BUILD, Fixture, kernel, level, release};
 
 backend_tests!(
     concurrent_checkins_of_many_hosts_share_transactions,
