@@ -136,5 +136,23 @@ mod tests {
         let tar = tar_dir(&out, "p").unwrap();
         assert_eq!(tar.len() % 512, 0);
         assert_eq!(&tar[257..262], b"ustar");
+        // Read back: every file of the pack, in name order, with its exact bytes.
+        let mut archive = ::tar::Archive::new(tar.as_slice());
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let name = path.strip_prefix("p/").unwrap().to_owned();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            assert_eq!(bytes, std::fs::read(out.join(&name)).unwrap(), "{name}");
+            names.push(name);
+        }
+        let mut on_disk: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        assert_eq!(names, on_disk);
     }
 }

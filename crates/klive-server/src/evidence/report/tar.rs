@@ -1,12 +1,12 @@
 //! A pack as one tar archive, for the dashboard download.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use super::io;
 use crate::error::Error;
 
-/// A ustar archive of a pack directory's regular files (for the dashboard download).
+/// A ustar archive of a pack directory's regular files, in name order under `prefix/`, with
+/// fixed owner, mode (0644) and time (0), so the same pack gives the same bytes.
 pub fn tar_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, Error> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(io(format!("reading {}", dir.display())))?
@@ -15,38 +15,20 @@ pub fn tar_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, Error> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let mut out = Vec::new();
+    let mut archive = tar::Builder::new(Vec::new());
     for name in names {
         let data = std::fs::read(dir.join(&name)).map_err(io(format!("reading {name}")))?;
         let path = format!("{prefix}/{name}");
-        if path.len() > 99 {
-            return Err(Error::Corrupt(format!(
-                "file name {path} is too long for tar"
-            )));
-        }
-        let mut header = [0u8; 512];
-        header[..path.len()].copy_from_slice(path.as_bytes());
-        let mut field = |at: usize, len: usize, text: String| {
-            header[at..at + text.len().min(len)]
-                .copy_from_slice(&text.as_bytes()[..text.len().min(len)]);
-        };
-        field(100, 8, "0000644\0".into());
-        field(108, 8, "0000000\0".into());
-        field(116, 8, "0000000\0".into());
-        field(124, 12, format!("{:011o}\0", data.len()));
-        field(136, 12, format!("{:011o}\0", 0));
-        field(156, 1, "0".into());
-        field(257, 6, "ustar\0".into());
-        field(263, 2, "00".into());
-        header[148..156].fill(b' ');
-        let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
-        let mut checksum = String::new();
-        let _ = write!(checksum, "{sum:06o}\0 ");
-        header[148..156].copy_from_slice(checksum.as_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        archive
+            .append_data(&mut header, &path, data.as_slice())
+            .map_err(io(format!("adding {path} to the archive")))?;
     }
-    out.extend_from_slice(&[0u8; 1024]);
-    Ok(out)
+    archive
+        .into_inner()
+        .map_err(io("finishing the archive".to_owned()))
 }
