@@ -2,8 +2,9 @@
 //!
 //! - [`elf`]: livepatch-shaped ELF modules written with `object::write`.
 //! - `agent` (feature `agent`): a host with the fake kernel and the `klive` CLI run in-process.
-//! - `server` (feature `server`): a klive-server on a temporary SQLite or a fresh PostgreSQL
-//!   database.
+//!
+//! The klive-server fixture (a service on SQLite or PostgreSQL, users of every role) lives in
+//! klive-server's own tests (`tests/it/common.rs`), its only user.
 
 #[cfg(feature = "agent")]
 pub mod agent;
