@@ -9,7 +9,7 @@ use crate::store::db::Db;
 use crate::store::history::HostState;
 
 /// A host as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRow {
     pub id: String,
     pub hostname: String,
@@ -20,7 +20,7 @@ pub struct HostRow {
 }
 
 /// A stored release; `manifest` is its JSON text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReleaseRecord {
     pub id: String,
     pub build_id: String,
@@ -32,7 +32,7 @@ pub struct ReleaseRecord {
 }
 
 /// A release's promotion into a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ReleaseChannel {
     pub release_id: String,
     pub channel: String,
@@ -42,66 +42,33 @@ pub struct ReleaseChannel {
 /// Hosts registered at or before `as_of`, by id, as they are stored now (a later revocation
 /// included).
 pub async fn hosts(db: &Db, as_of: i64) -> Result<Vec<HostRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, HostRow>(
         "SELECT id, hostname, channel, registered_at, revoked_at, last_checkin_at FROM hosts WHERE registered_at <= $1 ORDER BY id",
     )
     .bind(as_of)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(HostRow {
-                id: r.try_get("id")?,
-                hostname: r.try_get("hostname")?,
-                channel: r.try_get("channel")?,
-                registered_at: r.try_get("registered_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-                last_checkin_at: r.try_get("last_checkin_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// Releases published at or before `as_of`, by build id then level, as stored now (a later
 /// withdrawal included).
 pub async fn releases(db: &Db, as_of: i64) -> Result<Vec<ReleaseRecord>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, ReleaseRecord>(
         "SELECT id, build_id, level, manifest, published_at, published_by, withdrawn_at FROM releases WHERE published_at <= $1 ORDER BY build_id, level",
     )
     .bind(as_of)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ReleaseRecord {
-                id: r.try_get("id")?,
-                build_id: r.try_get("build_id")?,
-                level: r.try_get("level")?,
-                manifest: r.try_get("manifest")?,
-                published_at: r.try_get("published_at")?,
-                published_by: r.try_get("published_by")?,
-                withdrawn_at: r.try_get("withdrawn_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// Channel promotions made at or before `as_of`, in no particular order.
 pub async fn release_channels(db: &Db, as_of: i64) -> Result<Vec<ReleaseChannel>, Error> {
-    let rows =
-        sqlx::query("SELECT release_id, channel, since FROM release_channels WHERE since <= $1")
-            .bind(as_of)
-            .fetch_all(&db.pool)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ReleaseChannel {
-                release_id: r.try_get("release_id")?,
-                channel: r.try_get("channel")?,
-                since: r.try_get("since")?,
-            })
-        })
-        .collect()
+    Ok(sqlx::query_as::<_, ReleaseChannel>(
+        "SELECT release_id, channel, since FROM release_channels WHERE since <= $1",
+    )
+    .bind(as_of)
+    .fetch_all(&db.pool)
+    .await?)
 }
 
 /// Streams every host's history rows up to `as_of`, ordered by host id then sequence (the
@@ -146,7 +113,7 @@ pub async fn for_each_history_row<K: Copy>(
 }
 
 /// A promotion as recorded (times in unix ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PromotionRow {
     pub id: String,
     pub release_id: String,
@@ -161,25 +128,10 @@ pub struct PromotionRow {
 
 /// The promotions requested at or before `as_of`, in request order.
 pub async fn promotions(db: &Db, as_of: i64) -> Result<Vec<PromotionRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, PromotionRow>(
         "SELECT id, release_id, to_channel, requested_by, requested_at, reason, status, approved_by, approved_at FROM promotions WHERE requested_at <= $1 ORDER BY requested_at, id",
     )
     .bind(as_of)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(PromotionRow {
-                id: r.try_get("id")?,
-                release_id: r.try_get("release_id")?,
-                to_channel: r.try_get("to_channel")?,
-                requested_by: r.try_get("requested_by")?,
-                requested_at: r.try_get("requested_at")?,
-                reason: r.try_get("reason")?,
-                status: r.try_get("status")?,
-                approved_by: r.try_get("approved_by")?,
-                approved_at: r.try_get("approved_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }

@@ -3,7 +3,6 @@
 //! chain from that point on; `audit verify` finds the first break.
 
 use serde_json::Value;
-use sqlx::Row;
 
 use klive_format::api::AuditEntry;
 
@@ -67,11 +66,11 @@ pub async fn append(
     subject: &str,
     detail: Value,
 ) -> Result<u64, Error> {
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await?;
-    let seq: i64 = head.try_get("seq")?;
-    let prev: String = head.try_get("hash")?;
+    let Head { seq, hash: prev } = sqlx::query_as::<_, Head>(
+        "UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     let actor = actor.label();
     let detail = detail.to_string();
     let hash = record_hash(&prev, seq, at, &actor, action, subject, &detail);
@@ -106,22 +105,15 @@ pub enum Verdict {
 
 /// Recomputes the chain from the first record.
 pub async fn verify(db: &Db) -> Result<Verdict, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, Record>(
         "SELECT seq, at, actor, action, subject, detail, prev_hash, hash FROM audit_log ORDER BY seq",
     )
     .fetch_all(&db.pool)
     .await?;
     let mut prev = GENESIS.to_owned();
     let mut expected_seq = 1i64;
-    for row in &rows {
-        let seq: i64 = row.try_get("seq")?;
-        let at: i64 = row.try_get("at")?;
-        let actor: String = row.try_get("actor")?;
-        let action: String = row.try_get("action")?;
-        let subject: String = row.try_get("subject")?;
-        let detail: String = row.try_get("detail")?;
-        let prev_hash: String = row.try_get("prev_hash")?;
-        let hash: String = row.try_get("hash")?;
+    for r in &rows {
+        let seq = r.seq;
         let broken = |reason: String| {
             Ok(Verdict::Broken {
                 seq: seq.max(0) as u64,
@@ -133,20 +125,21 @@ pub async fn verify(db: &Db) -> Result<Verdict, Error> {
                 "record {expected_seq} is missing (next record is {seq})"
             ));
         }
-        if prev_hash != prev {
+        if r.prev_hash != prev {
             return broken("its prev_hash does not match the previous record's hash".into());
         }
-        if record_hash(&prev, seq, at, &actor, &action, &subject, &detail) != hash {
+        if record_hash(&prev, seq, r.at, &r.actor, &r.action, &r.subject, &r.detail) != r.hash {
             return broken("its content does not match its hash (the record was altered)".into());
         }
-        prev = hash;
+        prev.clone_from(&r.hash);
         expected_seq += 1;
     }
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+    let Head {
+        seq: head_seq,
+        hash: head_hash,
+    } = sqlx::query_as::<_, Head>("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&db.pool)
         .await?;
-    let head_seq: i64 = head.try_get("seq")?;
-    let head_hash: String = head.try_get("hash")?;
     if head_seq != expected_seq - 1 || head_hash != prev {
         return Ok(Verdict::Broken {
             seq: expected_seq as u64,
@@ -164,42 +157,62 @@ pub async fn verify(db: &Db) -> Result<Verdict, Error> {
 
 /// The newest `limit` records, newest first.
 pub async fn recent(db: &Db, limit: i64) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, Record>(sqlx::AssertSqlSafe(format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT $1"
     )))
     .bind(limit)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(entry).collect()
+    Ok(rows.into_iter().map(entry).collect())
 }
 
-/// The columns every audit listing selects.
 /// The records with `from <= at <= to`, oldest first.
 pub async fn between(db: &Db, from: i64, to: i64) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, Record>(sqlx::AssertSqlSafe(format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE at >= $1 AND at <= $2 ORDER BY seq"
     )))
     .bind(from)
     .bind(to)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(entry).collect()
+    Ok(rows.into_iter().map(entry).collect())
 }
 
+/// The columns every audit listing selects.
 pub(crate) const ENTRY_COLUMNS: &str = "seq, at, actor, action, subject, detail, prev_hash, hash";
 
-/// One audit record as the API shows it, from a row with [`ENTRY_COLUMNS`].
-pub(crate) fn entry(row: &sqlx::any::AnyRow) -> Result<AuditEntry, Error> {
-    Ok(AuditEntry {
-        seq: row.try_get::<i64, _>("seq")?.max(0) as u64,
-        at: rfc3339(row.try_get("at")?),
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        subject: row.try_get("subject")?,
-        detail: row.try_get("detail")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+/// The chain's head: the last sequence number and hash.
+#[derive(sqlx::FromRow)]
+struct Head {
+    seq: i64,
+    hash: String,
+}
+
+/// One audit record as stored, a row with [`ENTRY_COLUMNS`].
+#[derive(sqlx::FromRow)]
+pub(crate) struct Record {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    subject: String,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+/// One audit record as the API shows it.
+pub(crate) fn entry(r: Record) -> AuditEntry {
+    AuditEntry {
+        seq: r.seq.max(0) as u64,
+        at: rfc3339(r.at),
+        actor: r.actor,
+        action: r.action,
+        subject: r.subject,
+        detail: r.detail,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
 }
 
 #[cfg(test)]

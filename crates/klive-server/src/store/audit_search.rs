@@ -4,7 +4,7 @@
 use klive_format::api::AuditEntry;
 
 use crate::error::Error;
-use crate::store::audit::{ENTRY_COLUMNS, entry};
+use crate::store::audit::{ENTRY_COLUMNS, Record, entry};
 use crate::store::db::Db;
 
 /// Up to `limit` records with a sequence number below `before` whose actor starts with
@@ -17,7 +17,7 @@ pub async fn search(
     action_prefix: &str,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let rows = sqlx::query_as::<_, Record>(sqlx::AssertSqlSafe(format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq < $1 AND actor LIKE $2 AND action LIKE $3 ORDER BY seq DESC LIMIT $4"
     )))
     .bind(before)
@@ -26,5 +26,5 @@ pub async fn search(
     .bind(limit)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(entry).collect()
+    Ok(rows.into_iter().map(entry).collect())
 }

@@ -1,39 +1,46 @@
 //! Ordered channels (canary -> stable) and their soak times.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::api::Channel;
 
 use crate::error::{Error, on_unique};
 use crate::store::db::{Db, Tx};
 
-fn channel_row(row: &AnyRow) -> Result<Channel, Error> {
-    Ok(Channel {
-        name: row.try_get("name")?,
-        position: row
-            .try_get::<i64, _>("position")?
-            .clamp(0, i64::from(u32::MAX)) as u32,
-        min_soak_secs: row.try_get::<i64, _>("min_soak_secs")?.max(0) as u64,
-    })
+/// A channel as stored.
+#[derive(sqlx::FromRow)]
+struct ChannelRow {
+    name: String,
+    position: i64,
+    min_soak_secs: i64,
+}
+
+impl From<ChannelRow> for Channel {
+    fn from(r: ChannelRow) -> Channel {
+        Channel {
+            name: r.name,
+            position: r.position.clamp(0, i64::from(u32::MAX)) as u32,
+            min_soak_secs: r.min_soak_secs.max(0) as u64,
+        }
+    }
 }
 
 /// Every channel, in order.
 pub async fn list(db: &Db) -> Result<Vec<Channel>, Error> {
-    let rows = sqlx::query("SELECT name, position, min_soak_secs FROM channels ORDER BY position")
-        .fetch_all(&db.pool)
-        .await?;
-    rows.iter().map(channel_row).collect()
+    let rows = sqlx::query_as::<_, ChannelRow>(
+        "SELECT name, position, min_soak_secs FROM channels ORDER BY position",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(Channel::from).collect())
 }
 
 pub async fn get(tx: &mut Tx, name: &str) -> Result<Option<Channel>, Error> {
-    sqlx::query("SELECT name, position, min_soak_secs FROM channels WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?
-        .as_ref()
-        .map(channel_row)
-        .transpose()
+    let row = sqlx::query_as::<_, ChannelRow>(
+        "SELECT name, position, min_soak_secs FROM channels WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(Channel::from))
 }
 
 /// The name of the first channel, where releases enter when published.

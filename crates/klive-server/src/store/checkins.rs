@@ -1,13 +1,11 @@
 //! What check-ins read and write: the releases a host may be offered, and the host row each
 //! check-in updates (inside the group-committed transaction).
 
-use sqlx::Row;
-
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
 
 /// One release of a build that is in a channel and not withdrawn.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Candidate {
     pub level: i64,
     /// When the release entered the channel (unix ms).
@@ -43,24 +41,13 @@ pub struct HostUpdate<'a> {
 
 /// The releases of `build_id` in `channel` that are not withdrawn, newest first.
 pub async fn candidates(db: &Db, build_id: &str, channel: &str) -> Result<Vec<Candidate>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, Candidate>(
         "SELECT r.level AS level, rc.since AS since, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.build_id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL ORDER BY r.level DESC",
     )
     .bind(build_id)
     .bind(channel)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Candidate {
-                level: row.try_get("level")?,
-                since: row.try_get("since")?,
-                module_name: row.try_get("module_name")?,
-                sha256: row.try_get("sha256")?,
-                size: row.try_get("size")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// A transaction that does not take the audit chain's head, for check-ins that append no
@@ -122,16 +109,18 @@ pub async fn update(tx: &mut Tx, u: &HostUpdate<'_>) -> Result<u64, Error> {
 
 /// A host's stored sequence and revocation, if the host exists.
 pub async fn sequence_state(tx: &mut Tx, host_id: &str) -> Result<Option<SequenceState>, Error> {
-    let Some(row) = sqlx::query("SELECT last_sequence, revoked_at FROM hosts WHERE id = $1")
-        .bind(host_id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let revoked = row.try_get::<Option<i64>, _>("revoked_at")?.is_some();
-    Ok(Some(SequenceState {
-        last_sequence: row.try_get("last_sequence")?,
-        revoked,
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        revoked_at: Option<i64>,
+        last_sequence: i64,
+    }
+    let row =
+        sqlx::query_as::<_, Stored>("SELECT last_sequence, revoked_at FROM hosts WHERE id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map(|r| SequenceState {
+        last_sequence: r.last_sequence,
+        revoked: r.revoked_at.is_some(),
     }))
 }

@@ -2,8 +2,6 @@
 //! fix each CVE (`cve_package_fixes`) and what advisories say about it (`cve_facts`), each
 //! with the time the server learnt it. Append-only.
 
-use sqlx::Row;
-
 use klive_format::evidence::Rating;
 
 use crate::error::{Error, on_unique};
@@ -48,7 +46,7 @@ pub struct NewFact<'a> {
 }
 
 /// A stored package fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PackageFixRow {
     pub version: String,
     pub cve: String,
@@ -129,53 +127,54 @@ pub async fn package_fixes(
     package: &str,
     as_of: i64,
 ) -> Result<Vec<PackageFixRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, PackageFixRow>(
         "SELECT version, cve, known_at, released_at FROM cve_package_fixes WHERE package = $1 AND known_at <= $2",
     )
     .bind(package)
     .bind(as_of)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(PackageFixRow {
-                version: r.try_get("version")?,
-                cve: r.try_get("cve")?,
-                known_at: r.try_get("known_at")?,
-                released_at: r.try_get("released_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// The facts known at or before `as_of`, in the order they were learnt (then by import).
 pub async fn facts(db: &Db, as_of: i64) -> Result<Vec<FactRow>, Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, StoredFact>(
         "SELECT cve, source, known_at, severity, cvss, published_at, kev_due_at FROM cve_facts WHERE known_at <= $1 ORDER BY known_at, import_id",
     )
     .bind(as_of)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let severity: Option<String> = r.try_get("severity")?;
-            Ok(FactRow {
-                cve: r.try_get("cve")?,
-                source: r.try_get("source")?,
-                known_at: r.try_get("known_at")?,
-                severity: severity.as_deref().and_then(Rating::parse),
-                cvss: r.try_get("cvss")?,
-                published_at: r.try_get("published_at")?,
-                kev_due_at: r.try_get("kev_due_at")?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|r| FactRow {
+            cve: r.cve,
+            source: r.source,
+            known_at: r.known_at,
+            severity: r.severity.as_deref().and_then(Rating::parse),
+            cvss: r.cvss,
+            published_at: r.published_at,
+            kev_due_at: r.kev_due_at,
         })
-        .collect()
+        .collect())
+}
+
+/// A fact as stored: [`FactRow`] with the severity's text.
+#[derive(sqlx::FromRow)]
+struct StoredFact {
+    severity: Option<String>,
+    cve: String,
+    source: String,
+    known_at: i64,
+    cvss: Option<f64>,
+    published_at: Option<i64>,
+    kev_due_at: Option<i64>,
 }
 
 /// A CVE feed import as recorded (times in unix ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportRow {
     pub source: String,
+    #[sqlx(rename = "file_name")]
     pub file: String,
     pub sha256: String,
     pub imported_at: i64,
@@ -185,22 +184,10 @@ pub struct ImportRow {
 
 /// The imports made at or before `until`, oldest first.
 pub async fn imports_until(db: &Db, until: i64) -> Result<Vec<ImportRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, ImportRow>(
         "SELECT source, file_name, sha256, imported_at, imported_by, records FROM cve_imports WHERE imported_at <= $1 ORDER BY imported_at, id",
     )
     .bind(until)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ImportRow {
-                source: r.try_get("source")?,
-                file: r.try_get("file_name")?,
-                sha256: r.try_get("sha256")?,
-                imported_at: r.try_get("imported_at")?,
-                imported_by: r.try_get("imported_by")?,
-                records: r.try_get("records")?,
-            })
-        })
-        .collect()
+    .await?)
 }

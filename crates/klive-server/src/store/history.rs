@@ -4,8 +4,6 @@
 //! that checked in. Every "as of date D" question about hosts is answered from these rows.
 
 use klive_format::status::KernelInfo;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
@@ -13,7 +11,7 @@ use crate::store::db::{Db, Tx};
 pub const DAY_MS: i64 = 86_400_000;
 
 /// What a host reported at one state change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostState {
     pub host_id: String,
     pub sequence: i64,
@@ -120,64 +118,45 @@ pub async fn count_daily(tx: &mut Tx, day: i64, hosts: i64) -> Result<(), Error>
     Ok(())
 }
 
-pub(crate) fn state_row(row: &AnyRow) -> Result<HostState, Error> {
-    Ok(HostState {
-        host_id: row.try_get("host_id")?,
-        sequence: row.try_get("sequence")?,
-        at: row.try_get("at")?,
-        events: row.try_get("events")?,
-        kernel_release: row.try_get("kernel_release")?,
-        package_version: row.try_get("package_version")?,
-        build_id: row.try_get("build_id")?,
-        applied_level: row.try_get("applied_level")?,
-        applied_state: row.try_get("applied_state")?,
-        boot_id: row.try_get("boot_id")?,
-        uptime_secs: row.try_get("uptime_secs")?,
-        taint: row.try_get("taint")?,
-        error: row.try_get("error")?,
-    })
-}
-
 const COLUMNS: &str = "host_id, sequence, at, events, kernel_release, package_version, build_id, applied_level, applied_state, boot_id, uptime_secs, taint, error";
 
 /// One host's history up to `until` (inclusive), oldest first.
 pub async fn host_timeline(db: &Db, host_id: &str, until: i64) -> Result<Vec<HostState>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as::<_, HostState>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM host_history WHERE host_id = $1 AND at <= $2 ORDER BY sequence"
     )))
     .bind(host_id)
     .bind(until)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter().map(state_row).collect()
+    .await?)
 }
 
 /// Every host's history up to `until`, grouped by host (ordered by host id, then sequence).
 pub async fn fleet_timelines(db: &Db, until: i64) -> Result<Vec<HostState>, Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as::<_, HostState>(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM host_history WHERE at <= $1 ORDER BY host_id, sequence"
     )))
     .bind(until)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter().map(state_row).collect()
+    .await?)
 }
 
 /// Hosts that checked in per UTC day in `[from, to]`: (day start ms, hosts).
 pub async fn daily_coverage(db: &Db, from: i64, to: i64) -> Result<Vec<(i64, i64)>, Error> {
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct Daily {
+        day: i64,
+        hosts: i64,
+    }
+    let rows = sqlx::query_as::<_, Daily>(
         "SELECT day, hosts FROM checkin_daily WHERE day >= $1 AND day <= $2 ORDER BY day",
     )
     .bind(from.div_euclid(DAY_MS))
     .bind(to.div_euclid(DAY_MS))
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<i64, _>("day")? * DAY_MS,
-                r.try_get::<i64, _>("hosts")?,
-            ))
-        })
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.day * DAY_MS, r.hosts))
+        .collect())
 }

@@ -1,7 +1,7 @@
 //! The dashboard's host list: one page of hosts in id order, narrowed by the filters a user
 //! chose. The query is put together with [`sqlx::QueryBuilder`]; every value is bound.
 
-use sqlx::{Any, Execute, QueryBuilder, Row};
+use sqlx::{Any, Execute, QueryBuilder};
 
 use crate::error::Error;
 use crate::store::db::Db;
@@ -44,7 +44,7 @@ pub struct HostFilter {
 }
 
 /// One host of the list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostListRow {
     pub id: String,
     pub hostname: String,
@@ -113,24 +113,11 @@ pub async fn page(db: &Db, f: &HostFilter) -> Result<Vec<HostListRow>, Error> {
         .take_arguments()
         .map_err(|e| Error::Corrupt(format!("binding the host list's filters: {e}")))?
         .unwrap_or_default();
-    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments)
-        .fetch_all(&db.pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(HostListRow {
-                id: r.try_get("id")?,
-                hostname: r.try_get("hostname")?,
-                channel: r.try_get("channel")?,
-                kernel_release: r.try_get("kernel_release")?,
-                applied_level: r.try_get("applied_level")?,
-                applied_state: r.try_get("applied_state")?,
-                last_checkin_at: r.try_get("last_checkin_at")?,
-                uptime_secs: r.try_get("uptime_secs")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .collect()
+    Ok(
+        sqlx::query_as_with::<_, HostListRow, _>(sqlx::AssertSqlSafe(sql), arguments)
+            .fetch_all(&db.pool)
+            .await?,
+    )
 }
 
 /// `QueryBuilder<Any>` spells every bind placeholder `?` (the backend is chosen only when the

@@ -1,8 +1,5 @@
 //! The host registry: hosts, their credentials (as hashes), policy and reported state.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::api::{FleetGroup, HostInfo};
 use klive_format::status::PatchState;
 
@@ -12,7 +9,7 @@ use crate::store::db::{Db, Tx};
 use crate::store::releases::level_from_db;
 
 /// An authenticated host, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthHost {
     pub id: String,
     pub channel: String,
@@ -53,37 +50,50 @@ fn parse_state(s: &str) -> Option<PatchState> {
     })
 }
 
-fn host_row(row: &AnyRow) -> Result<HostInfo, Error> {
-    let build_id: Option<String> = row.try_get("build_id")?;
-    let state: Option<String> = row.try_get("applied_state")?;
-    Ok(HostInfo {
-        id: row.try_get("id")?,
-        hostname: row.try_get("hostname")?,
-        channel: row.try_get("channel")?,
-        pinned_level: row
-            .try_get::<Option<i64>, _>("pinned_level")?
-            .map(level_from_db)
-            .transpose()?,
-        update_delay_secs: row.try_get::<i64, _>("update_delay_secs")?.max(0) as u64,
-        registered_at: rfc3339(row.try_get("registered_at")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(rfc3339),
-        last_checkin_at: row
-            .try_get::<Option<i64>, _>("last_checkin_at")?
-            .map(rfc3339),
-        kernel_release: row.try_get("kernel_release")?,
-        build_id: build_id.and_then(|b| b.parse().ok()),
-        applied_level: row
-            .try_get::<Option<i64>, _>("applied_level")?
-            .map(level_from_db)
-            .transpose()?,
-        applied_state: state.as_deref().and_then(parse_state),
-        boot_id: row.try_get("boot_id")?,
-        uptime_secs: row
-            .try_get::<Option<i64>, _>("uptime_secs")?
-            .map(|v| v.max(0) as u64),
-        agent_version: row.try_get("agent_version")?,
-        last_error: row.try_get("last_error")?,
-    })
+/// The columns of a host row that [`HostInfo`] shows, as stored.
+#[derive(sqlx::FromRow)]
+struct StoredHost {
+    build_id: Option<String>,
+    applied_state: Option<String>,
+    id: String,
+    hostname: String,
+    channel: String,
+    pinned_level: Option<i64>,
+    update_delay_secs: i64,
+    registered_at: i64,
+    revoked_at: Option<i64>,
+    last_checkin_at: Option<i64>,
+    kernel_release: Option<String>,
+    applied_level: Option<i64>,
+    boot_id: Option<String>,
+    uptime_secs: Option<i64>,
+    agent_version: Option<String>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<StoredHost> for HostInfo {
+    type Error = Error;
+
+    fn try_from(h: StoredHost) -> Result<HostInfo, Error> {
+        Ok(HostInfo {
+            id: h.id,
+            hostname: h.hostname,
+            channel: h.channel,
+            pinned_level: h.pinned_level.map(level_from_db).transpose()?,
+            update_delay_secs: h.update_delay_secs.max(0) as u64,
+            registered_at: rfc3339(h.registered_at),
+            revoked_at: h.revoked_at.map(rfc3339),
+            last_checkin_at: h.last_checkin_at.map(rfc3339),
+            kernel_release: h.kernel_release,
+            build_id: h.build_id.and_then(|b| b.parse().ok()),
+            applied_level: h.applied_level.map(level_from_db).transpose()?,
+            applied_state: h.applied_state.as_deref().and_then(parse_state),
+            boot_id: h.boot_id,
+            uptime_secs: h.uptime_secs.map(|v| v.max(0) as u64),
+            agent_version: h.agent_version,
+            last_error: h.last_error,
+        })
+    }
 }
 
 pub async fn insert(tx: &mut Tx, h: &NewHost<'_>) -> Result<(), Error> {
@@ -105,31 +115,12 @@ pub async fn insert(tx: &mut Tx, h: &NewHost<'_>) -> Result<(), Error> {
 
 /// The host holding the credential with this hash, unless revoked (one indexed read).
 pub async fn by_credential(db: &Db, credential_hash: &str) -> Result<Option<AuthHost>, Error> {
-    let Some(row) = sqlx::query(
+    Ok(sqlx::query_as::<_, AuthHost>(
         "SELECT id, channel, pinned_level, update_delay_secs, last_sequence, build_id, applied_level, applied_state, boot_id, last_error, taint, last_checkin_at, kernel_release, agent_version FROM hosts WHERE credential_hash = $1 AND revoked_at IS NULL",
     )
     .bind(credential_hash)
     .fetch_optional(&db.pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(AuthHost {
-        id: row.try_get("id")?,
-        channel: row.try_get("channel")?,
-        pinned_level: row.try_get("pinned_level")?,
-        update_delay_secs: row.try_get("update_delay_secs")?,
-        last_sequence: row.try_get("last_sequence")?,
-        build_id: row.try_get("build_id")?,
-        applied_level: row.try_get("applied_level")?,
-        applied_state: row.try_get("applied_state")?,
-        boot_id: row.try_get("boot_id")?,
-        last_error: row.try_get("last_error")?,
-        taint: row.try_get("taint")?,
-        last_checkin_at: row.try_get("last_checkin_at")?,
-        kernel_release: row.try_get("kernel_release")?,
-        agent_version: row.try_get("agent_version")?,
-    }))
+    .await?)
 }
 
 /// Whether any host, revoked or not, holds the credential with this hash.
@@ -143,23 +134,25 @@ pub async fn credential_known(db: &Db, credential_hash: &str) -> Result<bool, Er
 
 /// Hosts not revoked, counted per channel, applied level and state (one indexed aggregate).
 pub async fn fleet_groups(db: &Db) -> Result<Vec<FleetGroup>, Error> {
-    let rows = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct Group {
+        n: i64,
+        applied_state: Option<String>,
+        channel: String,
+        applied_level: Option<i64>,
+    }
+    let rows = sqlx::query_as::<_, Group>(
         "SELECT channel, applied_level, applied_state, COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL GROUP BY channel, applied_level, applied_state ORDER BY channel, applied_level",
     )
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-            let state: Option<String> = row.try_get("applied_state")?;
+    rows.into_iter()
+        .map(|g| {
             Ok(FleetGroup {
-                channel: row.try_get("channel")?,
-                level: row
-                    .try_get::<Option<i64>, _>("applied_level")?
-                    .map(level_from_db)
-                    .transpose()?,
-                state: state.as_deref().and_then(parse_state),
-                hosts: n,
+                channel: g.channel,
+                level: g.applied_level.map(level_from_db).transpose()?,
+                state: g.applied_state.as_deref().and_then(parse_state),
+                hosts: g.n.max(0) as u64,
             })
         })
         .collect()
@@ -177,21 +170,22 @@ pub async fn stale_count(db: &Db, before: i64) -> Result<i64, Error> {
 
 /// Up to `limit` hosts with ids after `after`, by id.
 pub async fn list(db: &Db, after: &str, limit: i64) -> Result<Vec<HostInfo>, Error> {
-    let rows = sqlx::query("SELECT * FROM hosts WHERE id > $1 ORDER BY id LIMIT $2")
+    sqlx::query_as::<_, StoredHost>("SELECT * FROM hosts WHERE id > $1 ORDER BY id LIMIT $2")
         .bind(after)
         .bind(limit)
         .fetch_all(&db.pool)
-        .await?;
-    rows.iter().map(host_row).collect()
+        .await?
+        .into_iter()
+        .map(HostInfo::try_from)
+        .collect()
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<HostInfo>, Error> {
-    sqlx::query("SELECT * FROM hosts WHERE id = $1")
+    sqlx::query_as::<_, StoredHost>("SELECT * FROM hosts WHERE id = $1")
         .bind(id)
         .fetch_optional(&db.pool)
         .await?
-        .as_ref()
-        .map(host_row)
+        .map(HostInfo::try_from)
         .transpose()
 }
 

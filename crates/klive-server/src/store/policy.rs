@@ -1,9 +1,6 @@
 //! The SLA policy versions (`sla_policies`, append-only) and the SLA exceptions
 //! (`sla_exceptions`).
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::evidence::ClockStart;
 
 use crate::error::Error;
@@ -43,7 +40,7 @@ pub struct NewPolicy<'a> {
 }
 
 /// One stored exception, times in unix ms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ExceptionRow {
     pub id: String,
     pub cve: String,
@@ -54,37 +51,58 @@ pub struct ExceptionRow {
     pub expires_at: i64,
 }
 
-fn days(row: &AnyRow, col: &str) -> Result<u32, Error> {
-    let v: i64 = row.try_get(col)?;
+/// A policy version as stored: numbers as the database holds them, the clock start as text.
+#[derive(sqlx::FromRow)]
+struct StoredPolicy {
+    effective_at: i64,
+    clock_start: String,
+    version: i64,
+    created_by: String,
+    critical_days: i64,
+    high_days: i64,
+    medium_days: i64,
+    low_days: i64,
+    unrated_days: i64,
+    kev_shortens: i64,
+    kev_floor_days: i64,
+    note: String,
+}
+
+fn days(v: i64, col: &str) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::Corrupt(format!("stored {col} {v} is out of range")))
 }
 
-fn policy_row(row: &AnyRow) -> Result<PolicyRow, Error> {
-    let effective_at: i64 = row.try_get("effective_at")?;
-    let clock: String = row.try_get("clock_start")?;
-    Ok(PolicyRow {
-        version: days(row, "version")?,
-        effective_at,
-        created_by: row.try_get("created_by")?,
-        critical_days: days(row, "critical_days")?,
-        high_days: days(row, "high_days")?,
-        medium_days: days(row, "medium_days")?,
-        low_days: days(row, "low_days")?,
-        unrated_days: days(row, "unrated_days")?,
-        kev_shortens: row.try_get::<i64, _>("kev_shortens")? != 0,
-        kev_floor_days: days(row, "kev_floor_days")?,
-        clock_start: ClockStart::parse(&clock)
-            .ok_or_else(|| Error::Corrupt(format!("unknown stored clock start {clock:?}")))?,
-        note: row.try_get("note")?,
-    })
+impl TryFrom<StoredPolicy> for PolicyRow {
+    type Error = Error;
+
+    fn try_from(p: StoredPolicy) -> Result<PolicyRow, Error> {
+        let clock = p.clock_start;
+        Ok(PolicyRow {
+            version: days(p.version, "version")?,
+            effective_at: p.effective_at,
+            created_by: p.created_by,
+            critical_days: days(p.critical_days, "critical_days")?,
+            high_days: days(p.high_days, "high_days")?,
+            medium_days: days(p.medium_days, "medium_days")?,
+            low_days: days(p.low_days, "low_days")?,
+            unrated_days: days(p.unrated_days, "unrated_days")?,
+            kev_shortens: p.kev_shortens != 0,
+            kev_floor_days: days(p.kev_floor_days, "kev_floor_days")?,
+            clock_start: ClockStart::parse(&clock)
+                .ok_or_else(|| Error::Corrupt(format!("unknown stored clock start {clock:?}")))?,
+            note: p.note,
+        })
+    }
 }
 
 /// Every policy version, oldest first.
 pub async fn policies(db: &Db) -> Result<Vec<PolicyRow>, Error> {
-    let rows = sqlx::query("SELECT * FROM sla_policies ORDER BY version")
+    sqlx::query_as::<_, StoredPolicy>("SELECT * FROM sla_policies ORDER BY version")
         .fetch_all(&db.pool)
-        .await?;
-    rows.iter().map(policy_row).collect()
+        .await?
+        .into_iter()
+        .map(PolicyRow::try_from)
+        .collect()
 }
 
 /// Appends `p` as the next policy version inside the caller's audited transaction; returns
@@ -141,23 +159,10 @@ pub async fn insert_exception(tx: &mut Tx, e: &ExceptionRow) -> Result<(), Error
 
 /// Exceptions created at or before `until`, ordered by creation time, then id.
 pub async fn exceptions(db: &Db, until: i64) -> Result<Vec<ExceptionRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, ExceptionRow>(
         "SELECT id, cve, host_id, reason, created_by, created_at, expires_at FROM sla_exceptions WHERE created_at <= $1 ORDER BY created_at, id",
     )
     .bind(until)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ExceptionRow {
-                id: r.try_get("id")?,
-                cve: r.try_get("cve")?,
-                host_id: r.try_get("host_id")?,
-                reason: r.try_get("reason")?,
-                created_by: r.try_get("created_by")?,
-                created_at: r.try_get("created_at")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }

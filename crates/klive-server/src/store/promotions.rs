@@ -1,8 +1,5 @@
 //! Promotion requests of releases into channels and their approval.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::api::{Promotion, PromotionStatus};
 
 use crate::clock::rfc3339;
@@ -19,36 +16,54 @@ fn status_name(s: PromotionStatus) -> &'static str {
     }
 }
 
-fn promotion_row(row: &AnyRow) -> Result<Promotion, Error> {
-    let status: String = row.try_get("status")?;
-    let status = match status.as_str() {
-        "pending" => PromotionStatus::Pending,
-        "approved" => PromotionStatus::Approved,
-        "emergency_unapproved" => PromotionStatus::EmergencyUnapproved,
-        "emergency_approved" => PromotionStatus::EmergencyApproved,
-        // A pending request overtaken by an effective promotion reads as approved by that one.
-        "superseded" => PromotionStatus::Approved,
-        other => {
-            return Err(Error::Corrupt(format!(
-                "unknown promotion status {other:?}"
-            )));
-        }
-    };
-    let build_id: String = row.try_get("build_id")?;
-    Ok(Promotion {
-        id: row.try_get("id")?,
-        build_id: build_id
-            .parse()
-            .map_err(|_| Error::Corrupt(format!("stored build-id {build_id:?}")))?,
-        level: level_from_db(row.try_get("level")?)?,
-        to: row.try_get("to_channel")?,
-        requested_by: row.try_get("requested_by")?,
-        requested_at: rfc3339(row.try_get("requested_at")?),
-        reason: row.try_get("reason")?,
-        status,
-        approved_by: row.try_get("approved_by")?,
-        approved_at: row.try_get::<Option<i64>, _>("approved_at")?.map(rfc3339),
-    })
+/// A promotion as stored, with its release's build-id and level.
+#[derive(sqlx::FromRow)]
+struct StoredPromotion {
+    status: String,
+    build_id: String,
+    id: String,
+    level: i64,
+    to_channel: String,
+    requested_by: String,
+    requested_at: i64,
+    reason: Option<String>,
+    approved_by: Option<String>,
+    approved_at: Option<i64>,
+}
+
+impl TryFrom<StoredPromotion> for Promotion {
+    type Error = Error;
+
+    fn try_from(p: StoredPromotion) -> Result<Promotion, Error> {
+        let status = match p.status.as_str() {
+            "pending" => PromotionStatus::Pending,
+            "approved" => PromotionStatus::Approved,
+            "emergency_unapproved" => PromotionStatus::EmergencyUnapproved,
+            "emergency_approved" => PromotionStatus::EmergencyApproved,
+            // A pending request overtaken by an effective promotion reads as approved by that one.
+            "superseded" => PromotionStatus::Approved,
+            other => {
+                return Err(Error::Corrupt(format!(
+                    "unknown promotion status {other:?}"
+                )));
+            }
+        };
+        let build_id = p.build_id;
+        Ok(Promotion {
+            id: p.id,
+            build_id: build_id
+                .parse()
+                .map_err(|_| Error::Corrupt(format!("stored build-id {build_id:?}")))?,
+            level: level_from_db(p.level)?,
+            to: p.to_channel,
+            requested_by: p.requested_by,
+            requested_at: rfc3339(p.requested_at),
+            reason: p.reason,
+            status,
+            approved_by: p.approved_by,
+            approved_at: p.approved_at.map(rfc3339),
+        })
+    }
 }
 
 /// A promotion to write.
@@ -66,7 +81,7 @@ pub struct NewPromotion<'a> {
 }
 
 /// A promotion with what approving it depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApprovalRow {
     pub release_id: String,
     pub to_channel: String,
@@ -78,7 +93,7 @@ pub struct ApprovalRow {
 }
 
 /// The channel before another one, and since when a release is in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PreviousChannel {
     pub name: String,
     pub since: Option<i64>,
@@ -146,40 +161,22 @@ pub async fn channel_at(
     release_id: &str,
     position: i64,
 ) -> Result<Option<PreviousChannel>, Error> {
-    let Some(row) = sqlx::query(
+    Ok(sqlx::query_as::<_, PreviousChannel>(
         "SELECT c.name AS name, rc.since AS since FROM channels c LEFT JOIN release_channels rc ON rc.channel = c.name AND rc.release_id = $1 WHERE c.position = $2",
     )
     .bind(release_id)
     .bind(position)
     .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(PreviousChannel {
-        name: row.try_get("name")?,
-        since: row.try_get("since")?,
-    }))
+    .await?)
 }
 
 pub async fn for_approval(tx: &mut Tx, id: &str) -> Result<Option<ApprovalRow>, Error> {
-    let Some(row) = sqlx::query(
+    Ok(sqlx::query_as::<_, ApprovalRow>(
         "SELECT p.release_id AS release_id, p.to_channel AS to_channel, p.requested_by AS requested_by, p.status AS status, r.published_by AS published_by, r.withdrawn_at AS withdrawn_at FROM promotions p JOIN releases r ON r.id = p.release_id WHERE p.id = $1",
     )
     .bind(id)
     .fetch_optional(&mut **tx)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ApprovalRow {
-        release_id: row.try_get("release_id")?,
-        to_channel: row.try_get("to_channel")?,
-        requested_by: row.try_get("requested_by")?,
-        status: row.try_get("status")?,
-        published_by: row.try_get("published_by")?,
-        withdrawn_at: row.try_get("withdrawn_at")?,
-    }))
+    .await?)
 }
 
 /// Clears the awaiting-approval flag of an emergency entry of `release_id` in `channel`.
@@ -214,23 +211,24 @@ pub async fn set_approved(
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<Promotion>, Error> {
-    sqlx::query(
+    sqlx::query_as::<_, StoredPromotion>(
         "SELECT p.*, r.build_id AS build_id, r.level AS level FROM promotions p JOIN releases r ON r.id = p.release_id WHERE p.id = $1",
     )
     .bind(id)
     .fetch_optional(&db.pool)
     .await?
-    .as_ref()
-    .map(promotion_row)
+    .map(Promotion::try_from)
     .transpose()
 }
 
 /// All promotions, newest first.
 pub async fn list(db: &Db) -> Result<Vec<Promotion>, Error> {
-    let rows = sqlx::query(
+    sqlx::query_as::<_, StoredPromotion>(
         "SELECT p.*, r.build_id AS build_id, r.level AS level FROM promotions p JOIN releases r ON r.id = p.release_id ORDER BY p.requested_at DESC, p.id",
     )
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter().map(promotion_row).collect()
+    .await?
+    .into_iter()
+    .map(Promotion::try_from)
+    .collect()
 }

@@ -1,8 +1,5 @@
 //! Releases (one per kernel build and level) and the channels each one is in.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::PatchLevel;
 use klive_format::api::{ChannelEntry, ReleaseInfo, Withdrawal};
 use klive_format::release::ReleaseManifest;
@@ -27,7 +24,7 @@ pub struct ReleaseStatus {
 }
 
 /// What a host downloads of a release: its manifest and its module's digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HostRelease {
     pub manifest: String,
     pub sha256: String,
@@ -109,68 +106,79 @@ pub async fn enter_channel_flagged(
     Ok(())
 }
 
+/// The columns of a release row that [`ReleaseInfo`] shows, as stored.
+#[derive(sqlx::FromRow)]
+struct StoredRelease {
+    id: String,
+    manifest: String,
+    withdrawn_at: Option<i64>,
+    withdrawn_by: Option<String>,
+    withdraw_reason: Option<String>,
+    published_by: String,
+    published_at: i64,
+}
+
+/// A release's entry in a channel, as stored.
+#[derive(sqlx::FromRow)]
+struct StoredEntry {
+    channel: String,
+    since: i64,
+    emergency: i64,
+    awaiting: i64,
+}
+
 /// Every release, by build and level.
 pub async fn list(db: &Db) -> Result<Vec<ReleaseInfo>, Error> {
-    let rows = sqlx::query("SELECT * FROM releases ORDER BY build_id, level")
-        .fetch_all(&db.pool)
-        .await?;
+    let rows =
+        sqlx::query_as::<_, StoredRelease>("SELECT * FROM releases ORDER BY build_id, level")
+            .fetch_all(&db.pool)
+            .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         out.push(release_info(db, row).await?);
     }
     Ok(out)
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<ReleaseInfo>, Error> {
-    let row = sqlx::query("SELECT * FROM releases WHERE id = $1")
+    let row = sqlx::query_as::<_, StoredRelease>("SELECT * FROM releases WHERE id = $1")
         .bind(id)
         .fetch_optional(&db.pool)
         .await?;
     match row {
-        Some(row) => Ok(Some(release_info(db, &row).await?)),
+        Some(row) => Ok(Some(release_info(db, row).await?)),
         None => Ok(None),
     }
 }
 
-async fn release_info(db: &Db, row: &AnyRow) -> Result<ReleaseInfo, Error> {
-    let id: String = row.try_get("id")?;
-    let manifest: String = row.try_get("manifest")?;
-    let manifest: ReleaseManifest = serde_json::from_str(&manifest)
+async fn release_info(db: &Db, row: StoredRelease) -> Result<ReleaseInfo, Error> {
+    let id = row.id;
+    let manifest: ReleaseManifest = serde_json::from_str(&row.manifest)
         .map_err(|e| Error::Corrupt(format!("stored manifest of {id}: {e}")))?;
-    let entries = sqlx::query(
+    let entries = sqlx::query_as::<_, StoredEntry>(
         "SELECT rc.channel AS channel, rc.since AS since, rc.emergency AS emergency, rc.awaiting_approval AS awaiting FROM release_channels rc JOIN channels c ON c.name = rc.channel WHERE rc.release_id = $1 ORDER BY c.position",
     )
     .bind(&id)
     .fetch_all(&db.pool)
     .await?;
     let channels = entries
-        .iter()
-        .map(|e| {
-            Ok(ChannelEntry {
-                channel: e.try_get("channel")?,
-                since: rfc3339(e.try_get("since")?),
-                emergency: e.try_get::<i64, _>("emergency")? != 0,
-                awaiting_approval: e.try_get::<i64, _>("awaiting")? != 0,
-            })
+        .into_iter()
+        .map(|e| ChannelEntry {
+            channel: e.channel,
+            since: rfc3339(e.since),
+            emergency: e.emergency != 0,
+            awaiting_approval: e.awaiting != 0,
         })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let withdrawn_at: Option<i64> = row.try_get("withdrawn_at")?;
-    let withdrawn = match withdrawn_at {
-        Some(at) => Some(Withdrawal {
-            at: rfc3339(at),
-            by: row
-                .try_get::<Option<String>, _>("withdrawn_by")?
-                .unwrap_or_default(),
-            reason: row
-                .try_get::<Option<String>, _>("withdraw_reason")?
-                .unwrap_or_default(),
-        }),
-        None => None,
-    };
+        .collect();
+    let withdrawn = row.withdrawn_at.map(|at| Withdrawal {
+        at: rfc3339(at),
+        by: row.withdrawn_by.unwrap_or_default(),
+        reason: row.withdraw_reason.unwrap_or_default(),
+    });
     Ok(ReleaseInfo {
         manifest,
-        published_by: row.try_get("published_by")?,
-        published_at: rfc3339(row.try_get("published_at")?),
+        published_by: row.published_by,
+        published_at: rfc3339(row.published_at),
         channels,
         withdrawn,
     })
@@ -178,16 +186,20 @@ async fn release_info(db: &Db, row: &AnyRow) -> Result<ReleaseInfo, Error> {
 
 /// Publisher and withdrawn flag of release `id`, if it exists.
 pub async fn status(tx: &mut Tx, id: &str) -> Result<Option<ReleaseStatus>, Error> {
-    let Some(row) = sqlx::query("SELECT published_by, withdrawn_at FROM releases WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(ReleaseStatus {
-        published_by: row.try_get("published_by")?,
-        withdrawn: row.try_get::<Option<i64>, _>("withdrawn_at")?.is_some(),
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        published_by: String,
+        withdrawn_at: Option<i64>,
+    }
+    let row = sqlx::query_as::<_, Stored>(
+        "SELECT published_by, withdrawn_at FROM releases WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| ReleaseStatus {
+        published_by: r.published_by,
+        withdrawn: r.withdrawn_at.is_some(),
     }))
 }
 
@@ -220,18 +232,11 @@ pub async fn channels(tx: &mut Tx, id: &str) -> Result<Vec<String>, Error> {
 
 /// Release `id` if it is in `channel` and not withdrawn.
 pub async fn in_channel(db: &Db, id: &str, channel: &str) -> Result<Option<HostRelease>, Error> {
-    let Some(row) = sqlx::query(
+    Ok(sqlx::query_as::<_, HostRelease>(
         "SELECT r.manifest AS manifest, r.module_sha256 AS sha256 FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE r.id = $1 AND rc.channel = $2 AND r.withdrawn_at IS NULL",
     )
     .bind(id)
     .bind(channel)
     .fetch_optional(&db.pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(HostRelease {
-        manifest: row.try_get("manifest")?,
-        sha256: row.try_get("sha256")?,
-    }))
+    .await?)
 }

@@ -1,13 +1,12 @@
 //! Dashboard sign-in sessions. Only the SHA-256 of a session id is stored, beside the user,
 //! the session's CSRF token and its expiry.
 
-use sqlx::Row;
-
 use klive_format::api::Role;
 use klive_format::digest::sha256_hex;
 
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
+use crate::store::users::role_from_db;
 
 /// A live session: who it signs in and the CSRF token its forms carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +19,13 @@ pub struct LiveSession {
 /// The session whose id is `id`, when it has not expired at `now` and its user still holds an
 /// unrevoked API token (a user whose every token was revoked is signed out too).
 pub async fn find(db: &Db, id: &str, now: i64) -> Result<Option<LiveSession>, Error> {
-    let Some(row) = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        role: String,
+        name: String,
+        csrf: String,
+    }
+    let Some(row) = sqlx::query_as::<_, Stored>(
         "SELECT s.csrf AS csrf, u.name AS name, u.role AS role FROM dashboard_sessions s JOIN users u ON u.name = s.user_name WHERE s.id_hash = $1 AND s.expires_at > $2",
     )
     .bind(sha256_hex(id.as_bytes()))
@@ -30,12 +35,10 @@ pub async fn find(db: &Db, id: &str, now: i64) -> Result<Option<LiveSession>, Er
     else {
         return Ok(None);
     };
-    let role: String = row.try_get("role")?;
     let session = LiveSession {
-        user: row.try_get("name")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))?,
-        csrf: row.try_get("csrf")?,
+        user: row.name,
+        role: role_from_db(&row.role)?,
+        csrf: row.csrf,
     };
     let active: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM api_tokens WHERE user_name = $1 AND revoked_at IS NULL",

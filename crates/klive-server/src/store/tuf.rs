@@ -1,12 +1,10 @@
 //! The signed TUF metadata of each channel, and what a channel's targets are made from.
 
-use sqlx::Row;
-
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
 
 /// A release in a channel, as its TUF targets describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TargetRow {
     pub build_id: String,
     pub level: i64,
@@ -28,24 +26,12 @@ pub async fn next_version(tx: &mut Tx, channel: &str) -> Result<i64, Error> {
 
 /// The releases in `channel` that are not withdrawn.
 pub async fn targets(tx: &mut Tx, channel: &str) -> Result<Vec<TargetRow>, Error> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as::<_, TargetRow>(
         "SELECT r.build_id AS build_id, r.level AS level, r.module_name AS module_name, r.module_sha256 AS sha256, r.module_size AS size, r.manifest AS manifest FROM releases r JOIN release_channels rc ON rc.release_id = r.id WHERE rc.channel = $1 AND r.withdrawn_at IS NULL",
     )
     .bind(channel)
     .fetch_all(&mut **tx)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(TargetRow {
-                build_id: row.try_get("build_id")?,
-                level: row.try_get("level")?,
-                module_name: row.try_get("module_name")?,
-                sha256: row.try_get("sha256")?,
-                size: row.try_get("size")?,
-                manifest: row.try_get("manifest")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// Stores (or replaces) metadata file `name` of `channel`.

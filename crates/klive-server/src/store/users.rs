@@ -1,8 +1,5 @@
 //! Admin users, their roles and API tokens (stored as hashes).
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
 use klive_format::api::{Role, User};
 
 use crate::clock::rfc3339;
@@ -16,17 +13,27 @@ pub struct UserRow {
     pub role: Role,
 }
 
-fn role(row: &AnyRow) -> Result<Role, Error> {
-    let role: String = row.try_get("role")?;
-    Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))
+/// A stored role, checked to be one.
+pub(crate) fn role_from_db(role: &str) -> Result<Role, Error> {
+    Role::parse(role).ok_or_else(|| Error::Corrupt(format!("unknown stored role {role:?}")))
 }
 
-fn user_row(row: &AnyRow) -> Result<UserRow, Error> {
-    let role = role(row)?;
-    Ok(UserRow {
-        name: row.try_get("name")?,
-        role,
-    })
+/// A user and their role, as stored.
+#[derive(sqlx::FromRow)]
+struct StoredUser {
+    name: String,
+    role: String,
+}
+
+impl TryFrom<StoredUser> for UserRow {
+    type Error = Error;
+
+    fn try_from(u: StoredUser) -> Result<UserRow, Error> {
+        Ok(UserRow {
+            role: role_from_db(&u.role)?,
+            name: u.name,
+        })
+    }
 }
 
 /// Adds a user; [`Error::UserExists`] when the name is taken.
@@ -43,41 +50,44 @@ pub async fn insert(tx: &mut Tx, name: &str, role: Role, now: i64) -> Result<(),
 
 /// Every user, by name.
 pub async fn list(db: &Db) -> Result<Vec<User>, Error> {
-    let rows = sqlx::query("SELECT name, role, created_at FROM users ORDER BY name")
+    #[derive(sqlx::FromRow)]
+    struct Listed {
+        #[sqlx(flatten)]
+        user: StoredUser,
+        created_at: i64,
+    }
+    sqlx::query_as::<_, Listed>("SELECT name, role, created_at FROM users ORDER BY name")
         .fetch_all(&db.pool)
-        .await?;
-    rows.iter()
+        .await?
+        .into_iter()
         .map(|r| {
-            let role = role(r)?;
             Ok(User {
-                name: r.try_get("name")?,
-                role,
-                created_at: rfc3339(r.try_get("created_at")?),
+                role: role_from_db(&r.user.role)?,
+                name: r.user.name,
+                created_at: rfc3339(r.created_at),
             })
         })
         .collect()
 }
 
 pub async fn by_name(db: &Db, name: &str) -> Result<Option<UserRow>, Error> {
-    sqlx::query("SELECT name, role FROM users WHERE name = $1")
+    sqlx::query_as::<_, StoredUser>("SELECT name, role FROM users WHERE name = $1")
         .bind(name)
         .fetch_optional(&db.pool)
         .await?
-        .as_ref()
-        .map(user_row)
+        .map(UserRow::try_from)
         .transpose()
 }
 
 /// The user holding the active API token with this hash.
 pub async fn by_token(db: &Db, token_hash: &str) -> Result<Option<UserRow>, Error> {
-    sqlx::query(
+    sqlx::query_as::<_, StoredUser>(
         "SELECT u.name AS name, u.role AS role FROM api_tokens t JOIN users u ON u.name = t.user_name WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(&db.pool)
     .await?
-    .as_ref()
-    .map(user_row)
+    .map(UserRow::try_from)
     .transpose()
 }
 
