@@ -1,5 +1,5 @@
 //! `cargo xtask bench dashboard`: 100,000 hosts with a year of history (see
-//! `crates/klive-server/tests/bench_dashboard.rs` for how it is seeded), every dashboard page
+//! `crates/klive-server/tests/it/bench_dashboard.rs` for how it is seeded), every dashboard page
 //! timed through the real router (release build, in process, median and worst of 5 after the
 //! snapshot is warm), and the SOC 2 pack for the whole year. Targets: each page at most
 //! 300 ms, the pack at most 30 s. The Markdown section is appended to BENCHMARKS.md.
@@ -21,7 +21,8 @@ pub fn run(root: &Path) -> Result<()> {
         "-p",
         "klive-server",
         "--test",
-        "bench_dashboard",
+        "it",
+        "bench_dashboard::",
         "--",
         "--ignored",
         "--nocapture",

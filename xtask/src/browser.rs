@@ -1,7 +1,7 @@
 //! The dashboard's browser test: installs Debian's `chromium` and playwright-core (npm, into
 //! `target/browser-test/`, no browser download), then runs the ignored test
-//! `klive-server --test browser`, which seeds a fleet, serves the dashboard on 127.0.0.1 and
-//! drives it with `crates/klive-server/tests/browser/dashboard.mjs`. Screenshots and the
+//! `browser::dashboard_in_a_real_browser` of `klive-server --test it`, which seeds a fleet, serves the dashboard on 127.0.0.1 and
+//! drives it with `crates/klive-server/tests/it/browser/dashboard.mjs`. Screenshots and the
 //! downloaded evidence pack stay in `target/browser-artefacts/`.
 
 use std::path::Path;
@@ -41,7 +41,8 @@ pub fn test(root: &Path) -> Result<()> {
         "-p",
         "klive-server",
         "--test",
-        "browser",
+        "it",
+        "browser::",
         "--",
         "--ignored",
         "--nocapture",
