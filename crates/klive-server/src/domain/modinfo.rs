@@ -32,37 +32,24 @@ pub fn get<'a>(info: &'a [(String, String)], tag: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use object::write;
 
     use super::*;
 
-    /// A relocatable x86-64 ELF with the given `.modinfo` entries, as a kernel module has.
-    pub(crate) fn module_with_modinfo(entries: &[&str]) -> Vec<u8> {
-        let mut obj = write::Object::new(
-            object::BinaryFormat::Elf,
-            object::Architecture::X86_64,
-            object::Endianness::Little,
-        );
-        let text = obj.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
-        obj.append_section_data(text, &[0xc3], 1);
-        let modinfo = obj.add_section(
-            Vec::new(),
-            b".modinfo".to_vec(),
-            object::SectionKind::ReadOnlyData,
-        );
-        let mut data = Vec::new();
-        for e in entries {
-            data.extend_from_slice(e.as_bytes());
-            data.push(0);
-        }
-        obj.append_section_data(modinfo, &data, 1);
-        obj.write().expect("writing a test ELF")
+    /// A module with the given `.modinfo` tags (klive-testkit's builder, as every suite uses).
+    fn module_with_modinfo(tags: &[(&str, &str)]) -> Vec<u8> {
+        tags.iter()
+            .fold(klive_testkit::elf::ModuleBuilder::empty(), |m, (k, v)| {
+                m.tag(k, v)
+            })
+            .build()
     }
 
     #[test]
     fn reads_tags_from_a_module() {
-        let ko = module_with_modinfo(&["license=GPL", "klive_level=3", "livepatch=Y"]);
+        let ko =
+            module_with_modinfo(&[("license", "GPL"), ("klive_level", "3"), ("livepatch", "Y")]);
         let info = read(&ko).unwrap();
         assert_eq!(get(&info, "klive_level"), Some("3"));
         assert_eq!(get(&info, "license"), Some("GPL"));
@@ -72,7 +59,7 @@ pub(crate) mod tests {
     #[test]
     fn refuses_garbage_truncation_and_missing_section() {
         assert!(matches!(read(b"not an elf"), Err(Error::InvalidModule(_))));
-        let ko = module_with_modinfo(&["klive_level=3"]);
+        let ko = module_with_modinfo(&[("klive_level", "3")]);
         for cut in [0, 10, 64, ko.len() / 2, ko.len() - 1] {
             // must not panic; a cut file is refused or, if the section survives, read
             let _ = read(&ko[..cut]);
