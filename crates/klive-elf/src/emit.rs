@@ -53,8 +53,13 @@ pub fn emit(
     let selection = collect(a);
     let mut b = read_builder(patched, "patched object")?;
     let ids = SymbolIds::of(&b);
-    let relocated = relocate(&selection, &mut b, &ids, resolver, &tu)?;
-    let funcs = alias_changed_functions(&selection.analysis, &mut b, &ids, resolver, &tu, tag)?;
+    let look = Lookup {
+        ids: &ids,
+        resolver,
+        tu: &tu,
+    };
+    let relocated = relocate(&selection, &mut b, look)?;
+    let funcs = alias_changed_functions(&selection.analysis, &mut b, look, tag)?;
     let object = write(b, &ids, &selection, relocated.relocs, &relocated.undefined)?;
     let p = &selection.analysis.patched;
     let special_entries = selection
@@ -171,6 +176,15 @@ impl SymbolIds {
     }
 }
 
+/// Where the symbols a relocation or alias names are found: the patched object's own
+/// (`ids`), the kernel's (`resolver`) and the translation unit's local ones (`tu`).
+#[derive(Clone, Copy)]
+struct Lookup<'r> {
+    ids: &'r SymbolIds,
+    resolver: &'r Resolver<'r>,
+    tu: &'r TuSymbols,
+}
+
 /// What [`relocate`] gives: the new relocations and the undefined symbols it added.
 #[derive(Debug, Default)]
 struct Relocated {
@@ -190,15 +204,11 @@ struct Relocated {
 fn relocate(
     selection: &Selection,
     b: &mut Builder<'_>,
-    ids: &SymbolIds,
-    resolver: &Resolver<'_>,
-    tu: &TuSymbols,
+    look: Lookup<'_>,
 ) -> Result<Relocated, ElfError> {
     let mut r = Relocator {
         a: &selection.analysis,
-        ids,
-        resolver,
-        tu,
+        look,
         changed_secs: selection.analysis.changed_funcs.keys().copied().collect(),
         resolutions: HashMap::new(),
         out: Relocated::default(),
@@ -218,9 +228,7 @@ fn relocate(
 /// added once per name.
 struct Relocator<'r> {
     a: &'r Analysis,
-    ids: &'r SymbolIds,
-    resolver: &'r Resolver<'r>,
-    tu: &'r TuSymbols,
+    look: Lookup<'r>,
     /// Sections of changed functions.
     changed_secs: BTreeSet<usize>,
     /// (name, defined in this unit) → how references to it are written.
@@ -284,7 +292,7 @@ impl Relocator<'_> {
             && addend == 0
             && sec.name.starts_with(".text");
         if in_patch && !address_of_changed {
-            return Ok(self.ids.get(t));
+            return Ok(self.look.ids.get(t));
         }
         self.external(b, sec, r, t, addend).map(Some)
     }
@@ -327,7 +335,7 @@ impl Relocator<'_> {
         };
         let res = self.resolution(&name, defined_here, class, &sec.name)?;
         if let Resolution::Klp { object, .. } = &res
-            && self.resolver.object != "vmlinux"
+            && self.look.resolver.object != "vmlinux"
             && special_entry_size(&sec.name).is_some()
         {
             return Err(ElfError::Symbol {
@@ -359,8 +367,9 @@ impl Relocator<'_> {
             class,
         };
         let res = self
+            .look
             .resolver
-            .resolve(&wanted, self.tu)
+            .resolve(&wanted, self.look.tu)
             .map_err(|reason| ElfError::Symbol {
                 symbol: name.to_owned(),
                 section: section.to_owned(),
@@ -427,11 +436,10 @@ fn kept_offset(sec: &Section, keep: Option<&[u64]>, offset: u64) -> Option<u64> 
 fn alias_changed_functions(
     a: &Analysis,
     b: &mut Builder<'_>,
-    ids: &SymbolIds,
-    resolver: &Resolver<'_>,
-    tu: &TuSymbols,
+    look: Lookup<'_>,
     tag: &str,
 ) -> Result<Vec<PatchFunc>, ElfError> {
+    let Lookup { ids, resolver, tu } = look;
     let mut funcs = Vec::new();
     for (n, (&si, f)) in a.changed_funcs.iter().enumerate() {
         let Some(id) = ids.get(f.patched_sym) else {

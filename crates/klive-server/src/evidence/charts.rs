@@ -11,6 +11,9 @@ const LEFT: f64 = 48.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 36.0;
+/// The plot area inside the margins.
+const PW: f64 = W - LEFT - RIGHT;
+const PH: f64 = H - TOP - BOTTOM;
 
 pub fn color(r: Rating) -> &'static str {
     match r {
@@ -68,11 +71,11 @@ fn nice_max(v: f64) -> f64 {
     10.0 * mag
 }
 
-fn axes(out: &mut String, x_max: f64, y_max: f64, x_label: &str, y_label: &str, y_percent: bool) {
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
+/// A chart body holding the axes, ticks and labels, for the marks to be appended to.
+fn axes(x_max: f64, y_max: f64, x_label: &str, y_label: &str, y_percent: bool) -> String {
+    let mut out = String::new();
     for i in 0..=4 {
-        let y = TOP + ph - ph * f64::from(i) / 4.0;
+        let y = TOP + PH - PH * f64::from(i) / 4.0;
         let v = y_max * f64::from(i) / 4.0;
         let label = if y_percent {
             format!("{:.0}%", v * 100.0)
@@ -82,34 +85,35 @@ fn axes(out: &mut String, x_max: f64, y_max: f64, x_label: &str, y_label: &str, 
         let _ = write!(
             out,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end" fill="#444">{label}</text>"##,
-            LEFT + pw,
+            LEFT + PW,
             LEFT - 4.0,
             y + 3.0
         );
     }
     for i in 0..=5 {
-        let x = LEFT + pw * f64::from(i) / 5.0;
+        let x = LEFT + PW * f64::from(i) / 5.0;
         let v = x_max * f64::from(i) / 5.0;
         let _ = write!(
             out,
             r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#444">{v:.0}</text>"##,
-            TOP + ph + 14.0
+            TOP + PH + 14.0
         );
     }
     let _ = write!(
         out,
         r##"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/><line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#222">{}</text><text x="12" y="{:.1}" font-size="11" text-anchor="middle" fill="#222" transform="rotate(-90 12 {:.1})">{}</text>"##,
-        TOP + ph,
-        LEFT + pw,
-        TOP + ph,
-        TOP + ph,
-        LEFT + pw / 2.0,
+        TOP + PH,
+        LEFT + PW,
+        TOP + PH,
+        TOP + PH,
+        LEFT + PW / 2.0,
         H - 4.0,
         escape(x_label),
-        TOP + ph / 2.0,
-        TOP + ph / 2.0,
+        TOP + PH / 2.0,
+        TOP + PH / 2.0,
         escape(y_label)
     );
+    out
 }
 
 /// One severity's time-to-patch values (seconds, any order) and its SLA in days.
@@ -138,35 +142,25 @@ pub fn time_to_patch(series: &[TtpSeries]) -> String {
         })
         .fold(1.0, f64::max);
     let x_max = nice_max(max_days * 1.05);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let mut out = String::new();
-    axes(
-        &mut out,
-        x_max,
-        1.0,
-        "days from clock start to fix",
-        "fixed",
-        true,
-    );
+    let mut out = axes(x_max, 1.0, "days from clock start to fix", "fixed", true);
     for (n, s) in series.iter().enumerate() {
         let mut values: Vec<f64> = s.ttp_secs.iter().map(|t| *t as f64 / 86400.0).collect();
         values.sort_by(f64::total_cmp);
         let total = values.len() as f64;
-        let mut points = format!("{LEFT:.1},{:.1}", TOP + ph);
+        let mut points = format!("{LEFT:.1},{:.1}", TOP + PH);
         for (i, v) in values.iter().enumerate() {
-            let x = LEFT + pw * v / x_max;
-            let y_before = TOP + ph - ph * (i as f64) / total;
-            let y_after = TOP + ph - ph * ((i + 1) as f64) / total;
+            let x = LEFT + PW * v / x_max;
+            let y_before = TOP + PH - PH * (i as f64) / total;
+            let y_after = TOP + PH - PH * ((i + 1) as f64) / total;
             let _ = write!(points, " {x:.1},{y_before:.1} {x:.1},{y_after:.1}");
         }
-        let _ = write!(points, " {:.1},{:.1}", LEFT + pw, TOP);
+        let _ = write!(points, " {:.1},{:.1}", LEFT + PW, TOP);
         let c = color(s.rating);
-        let sla_x = LEFT + pw * f64::from(s.sla_days) / x_max;
+        let sla_x = LEFT + PW * f64::from(s.sla_days) / x_max;
         let _ = write!(
             out,
             r##"<polyline fill="none" stroke="{c}" stroke-width="2" points="{points}"/><line x1="{sla_x:.1}" y1="{TOP}" x2="{sla_x:.1}" y2="{:.1}" stroke="{c}" stroke-dasharray="5,4"/><text x="{:.1}" y="{:.1}" font-size="11" fill="{c}">{} (n={}, SLA {} d)</text>"##,
-            TOP + ph,
+            TOP + PH,
             LEFT + 10.0,
             TOP + 14.0 + 14.0 * n as f64,
             s.rating.as_str(),
@@ -190,11 +184,7 @@ pub fn open_over_time(days: &[i64], counts: &[(Rating, Vec<u64>)]) -> String {
     }
     let y_max = nice_max(max as f64);
     let x_max = days.len().saturating_sub(1).max(1) as f64;
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let mut out = String::new();
-    axes(
-        &mut out,
+    let mut out = axes(
         x_max,
         y_max,
         "days since period start",
@@ -205,15 +195,15 @@ pub fn open_over_time(days: &[i64], counts: &[(Rating, Vec<u64>)]) -> String {
         let c = color(*rating);
         let mut points = String::new();
         for (i, v) in values.iter().enumerate() {
-            let x = LEFT + pw * i as f64 / x_max;
-            let y = TOP + ph - ph * (*v as f64) / y_max;
+            let x = LEFT + PW * i as f64 / x_max;
+            let y = TOP + PH - PH * (*v as f64) / y_max;
             let _ = write!(points, "{x:.1},{y:.1} ");
         }
         let _ = write!(
             out,
             r##"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/><text x="{:.1}" y="{:.1}" font-size="11" fill="{c}" text-anchor="end">{}</text>"##,
             points.trim_end(),
-            LEFT + pw - 4.0,
+            LEFT + PW - 4.0,
             TOP + 14.0 + 14.0 * n as f64,
             rating.as_str()
         );
@@ -234,25 +224,21 @@ pub fn coverage(days: &[(i64, i64)], expected: u64) -> String {
         .unwrap_or(0)
         .max(expected as i64);
     let y_max = nice_max(max as f64);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let mut out = String::new();
-    axes(
-        &mut out,
+    let mut out = axes(
         days.len() as f64,
         y_max,
         "days since period start",
         "hosts",
         false,
     );
-    let bw = pw / days.len() as f64;
+    let bw = PW / days.len() as f64;
     for (i, (_, n)) in days.iter().enumerate() {
-        let h = ph * (*n as f64) / y_max;
+        let h = PH * (*n as f64) / y_max;
         let _ = write!(
             out,
             r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#5b8def"/>"##,
             LEFT + bw * i as f64,
-            TOP + ph - h,
+            TOP + PH - h,
             (bw - 0.5).max(0.5)
         );
     }

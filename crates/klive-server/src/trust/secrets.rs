@@ -19,6 +19,27 @@ pub fn new_id() -> Result<String, Error> {
     Ok(hex(&raw))
 }
 
+/// Writes a new secret file (a private key): created exclusively, mode 0600, synced to disk.
+pub fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| Error::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

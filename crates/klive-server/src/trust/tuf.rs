@@ -29,7 +29,7 @@ use klive_format::api::{tuf_manifest_target, tuf_module_target};
 use crate::error::Error;
 use crate::store::db::Tx;
 use crate::store::tuf::TargetRow;
-use crate::trust::secrets::sha256_hex;
+use crate::trust::secrets::{sha256_hex, write_secret};
 
 const SPEC_VERSION: &str = "1.0.0";
 const ONLINE_ROLES: [(&str, RoleType); 3] = [
@@ -147,19 +147,6 @@ pub struct Initialised {
     pub offline_dir: PathBuf,
     pub root_keys: usize,
     pub threshold: usize,
-}
-
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
-    f.write_all(bytes)
-        .map_err(io(format!("writing {}", path.display())))
 }
 
 fn new_key(path: &Path) -> Result<Box<dyn Sign>, Error> {

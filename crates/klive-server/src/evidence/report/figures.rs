@@ -33,6 +33,18 @@ pub struct CveRow {
     pub overdue: u64,
 }
 
+/// The order of a CVE table, on (overdue, severity, open, id): the most overdue first, then
+/// the most severe, the most open, then by id (the report's and the dashboard's).
+pub fn worst_cve_first(
+    x: (u64, Rating, u64, &str),
+    y: (u64, Rating, u64, &str),
+) -> std::cmp::Ordering {
+    y.0.cmp(&x.0)
+        .then(y.1.cmp(&x.1))
+        .then(y.2.cmp(&x.2))
+        .then(x.3.cmp(y.3))
+}
+
 /// Everything a report shows, computed once.
 #[derive(Debug)]
 pub struct Figures {
@@ -146,11 +158,10 @@ pub async fn figures(service: &Service, from: i64, to: i64) -> Result<Figures, E
     }
     let mut cves: Vec<CveRow> = per_cve.into_values().collect();
     cves.sort_by(|x, y| {
-        y.overdue
-            .cmp(&x.overdue)
-            .then(y.severity.cmp(&x.severity))
-            .then(y.open.cmp(&x.open))
-            .then(x.cve.cmp(&y.cve))
+        worst_cve_first(
+            (x.overdue, x.severity, x.open, &x.cve),
+            (y.overdue, y.severity, y.open, &y.cve),
+        )
     });
 
     let at_start = a

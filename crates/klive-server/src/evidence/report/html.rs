@@ -2,7 +2,7 @@
 
 use askama::Template;
 
-use klive_format::evidence::{Finding, HostRecord, ReportSummary, Verdict};
+use klive_format::evidence::{Finding, HostRecord, ReportSummary, SeverityFigures, Verdict};
 
 use super::figures::{CveRow, Figures};
 use super::{FOREIGN_TAINT, SILENT_AFTER_MS};
@@ -44,24 +44,24 @@ pub fn share_text(v: Option<f64>) -> String {
 }
 
 fn severity_rows(s: &ReportSummary) -> Vec<[String; 11]> {
-    s.severities
-        .iter()
-        .map(|x| {
-            [
-                x.severity.as_str().to_owned(),
-                x.sla_days.to_string(),
-                x.fixed.to_string(),
-                x.fixed_by_livepatch.to_string(),
-                x.fixed_by_kernel.to_string(),
-                share_text(x.on_time_share),
-                days_text(x.p50_secs),
-                days_text(x.p95_secs),
-                x.open_at_end.to_string(),
-                x.overdue_at_end.to_string(),
-                x.excepted.to_string(),
-            ]
-        })
-        .collect()
+    s.severities.iter().map(severity_row).collect()
+}
+
+/// One severity's row of the remediation table (the report's and the dashboard's).
+pub fn severity_row(x: &SeverityFigures) -> [String; 11] {
+    [
+        x.severity.as_str().to_owned(),
+        x.sla_days.to_string(),
+        x.fixed.to_string(),
+        x.fixed_by_livepatch.to_string(),
+        x.fixed_by_kernel.to_string(),
+        share_text(x.on_time_share),
+        days_text(x.p50_secs),
+        days_text(x.p95_secs),
+        x.open_at_end.to_string(),
+        x.overdue_at_end.to_string(),
+        x.excepted.to_string(),
+    ]
 }
 
 /// Renders the printable report.

@@ -8,6 +8,7 @@ use klive_format::digest::hex;
 
 use super::io;
 use crate::error::Error;
+use crate::trust::secrets::write_secret;
 
 /// The server's Ed25519 evidence key, `DATA/keys/evidence.pk8` (PKCS#8, mode 0600), created on
 /// first use.
@@ -31,7 +32,7 @@ impl EvidenceKey {
                 .map_err(|_| Error::Random("generating the evidence key".into()))?;
             let dir = path.parent().unwrap_or(data);
             std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-            write_private(&path, doc.as_ref())?;
+            write_secret(&path, doc.as_ref())?;
             doc.as_ref().to_vec()
         };
         let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| {
@@ -47,18 +48,4 @@ impl EvidenceKey {
     pub fn sign(&self, message: &[u8]) -> String {
         hex(self.pair.sign(message).as_ref())
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io(format!("writing {}", path.display())))
 }

@@ -21,13 +21,13 @@ mod series;
 mod tar;
 mod verify;
 
-pub use figures::{CveRow, Figures, figures};
+pub use figures::{CveRow, Figures, figures, worst_cve_first};
 pub use files::{
     AUDIT_COLUMNS, CHANGE_COLUMNS, EXCEPTION_COLUMNS, FINDING_COLUMNS, HOST_COLUMNS, PackFile, csv,
     finding_csv_line, findings_csv, write_csv, write_json_records,
 };
 pub use grc::{drata_export, vanta_export};
-pub use html::{REPORT_CSS, days_text, render_html, share_text};
+pub use html::{REPORT_CSS, days_text, render_html, severity_row, share_text};
 pub use key::EvidenceKey;
 pub use pack::{PackDir, PackOutcome, Timings, generate_pack, reproduce_command};
 pub use pdf::{PdfJob, find_chromium, print_pdf, start_pdf};

@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use klive_format::api::Role;
 use klive_format::digest::sha256_hex;
 use klive_format::evidence::{
@@ -148,8 +150,8 @@ fn write_files(
     // each renders the findings record by record as it goes.
     let shared: &PackDir = dir;
     let (csv, json) = std::thread::scope(|scope| {
-        let json = scope.spawn(|| write_json_files(shared, f));
-        let csv = write_csv_files(shared, f);
+        let json = scope.spawn(|| write_population_files::<Json>(shared, f));
+        let csv = write_population_files::<Csv>(shared, f);
         let json = json
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -170,79 +172,100 @@ fn write_files(
     Ok((pdf_note, steps))
 }
 
-fn write_csv_files(dir: &PackDir, f: &Figures) -> Result<Vec<ManifestFile>, Error> {
-    let mut files = Vec::new();
-    let mut small =
-        |name: &str, rows: usize, write: &dyn Fn(&mut PackFile) -> std::io::Result<()>| {
-            let mut file = dir.open_file(name)?;
-            write(&mut file).map_err(io(format!("writing {name}")))?;
-            files.push(file.finish(Some(rows as u64))?);
-            Ok::<(), Error>(())
-        };
-    small("hosts.csv", f.hosts.len(), &|w| {
-        write_csv(w, &f.hosts, HOST_COLUMNS)
-    })?;
-    small("changes.csv", f.changes.len(), &|w| {
-        write_csv(w, &f.changes, CHANGE_COLUMNS)
-    })?;
-    small("exceptions.csv", f.exceptions.len(), &|w| {
-        write_csv(w, &f.exceptions, EXCEPTION_COLUMNS)
-    })?;
-    small("audit.csv", f.audit.len(), &|w| {
-        write_csv(w, &f.audit, AUDIT_COLUMNS)
-    })?;
-    let mut file = dir.open_file("findings.csv")?;
-    let mut record = empty_finding();
-    let mut rows = 0u64;
-    (|| -> std::io::Result<()> {
-        let mut csv = CsvOut::new(&mut file);
+/// One of the two formats every population is written in.
+trait Population {
+    const EXT: &'static str;
+    /// Writes `records`, with these `columns` where the format names them.
+    fn records<T: Serialize>(
+        w: &mut PackFile,
+        records: &[T],
+        columns: &[&str],
+    ) -> std::io::Result<()>;
+    /// Writes every finding, rendered record by record; returns how many.
+    fn findings(w: &mut PackFile, f: &Figures) -> std::io::Result<u64>;
+}
+
+struct Csv;
+struct Json;
+
+impl Population for Csv {
+    const EXT: &'static str = "csv";
+
+    fn records<T: Serialize>(
+        w: &mut PackFile,
+        records: &[T],
+        columns: &[&str],
+    ) -> std::io::Result<()> {
+        write_csv(w, records, columns)
+    }
+
+    fn findings(w: &mut PackFile, f: &Figures) -> std::io::Result<u64> {
+        let mut record = empty_finding();
+        let mut rows = 0u64;
+        let mut csv = CsvOut::new(w);
         csv.header(FINDING_COLUMNS)?;
         for x in f.findings() {
             f.assessment.fill_record(x, &mut record);
             csv.finding(&record)?;
             rows += 1;
         }
-        csv.finish().map(drop)
-    })()
-    .map_err(io("writing findings.csv".into()))?;
-    files.push(file.finish(Some(rows))?);
-    Ok(files)
+        csv.finish()?;
+        Ok(rows)
+    }
 }
 
-fn write_json_files(dir: &PackDir, f: &Figures) -> Result<Vec<ManifestFile>, Error> {
-    let mut files = Vec::new();
-    let mut small =
-        |name: &str, rows: usize, write: &dyn Fn(&mut PackFile) -> std::io::Result<()>| {
-            let mut file = dir.open_file(name)?;
-            write(&mut file).map_err(io(format!("writing {name}")))?;
-            files.push(file.finish(Some(rows as u64))?);
-            Ok::<(), Error>(())
-        };
-    small("hosts.json", f.hosts.len(), &|w| {
-        write_json_records(w, &f.hosts)
-    })?;
-    small("changes.json", f.changes.len(), &|w| {
-        write_json_records(w, &f.changes)
-    })?;
-    small("exceptions.json", f.exceptions.len(), &|w| {
-        write_json_records(w, &f.exceptions)
-    })?;
-    small("audit.json", f.audit.len(), &|w| {
-        write_json_records(w, &f.audit)
-    })?;
-    let mut file = dir.open_file("findings.json")?;
-    let mut record = empty_finding();
-    let mut json = JsonLines::default();
-    let mut rows = 0u64;
-    (|| -> std::io::Result<()> {
+impl Population for Json {
+    const EXT: &'static str = "json";
+
+    fn records<T: Serialize>(
+        w: &mut PackFile,
+        records: &[T],
+        _columns: &[&str],
+    ) -> std::io::Result<()> {
+        write_json_records(w, records)
+    }
+
+    fn findings(w: &mut PackFile, f: &Figures) -> std::io::Result<u64> {
+        let mut record = empty_finding();
+        let mut rows = 0u64;
+        let mut json = JsonLines::default();
         for x in f.findings() {
             f.assessment.fill_record(x, &mut record);
-            json.push(&mut file, &record)?;
+            json.push(w, &record)?;
             rows += 1;
         }
-        json.finish(&mut file)
-    })()
-    .map_err(io("writing findings.json".into()))?;
+        json.finish(w)?;
+        Ok(rows)
+    }
+}
+
+/// Writes the population `name` of `records` in format `P`.
+fn population<P: Population, T: Serialize>(
+    dir: &PackDir,
+    name: &str,
+    records: &[T],
+    columns: &[&str],
+) -> Result<ManifestFile, Error> {
+    let name = format!("{name}.{}", P::EXT);
+    let mut file = dir.open_file(&name)?;
+    P::records(&mut file, records, columns).map_err(io(format!("writing {name}")))?;
+    file.finish(Some(records.len() as u64))
+}
+
+/// Every population file in format `P`: hosts, changes, exceptions, audit, then findings.
+fn write_population_files<P: Population>(
+    dir: &PackDir,
+    f: &Figures,
+) -> Result<Vec<ManifestFile>, Error> {
+    let mut files = vec![
+        population::<P, _>(dir, "hosts", &f.hosts, HOST_COLUMNS)?,
+        population::<P, _>(dir, "changes", &f.changes, CHANGE_COLUMNS)?,
+        population::<P, _>(dir, "exceptions", &f.exceptions, EXCEPTION_COLUMNS)?,
+        population::<P, _>(dir, "audit", &f.audit, AUDIT_COLUMNS)?,
+    ];
+    let name = format!("findings.{}", P::EXT);
+    let mut file = dir.open_file(&name)?;
+    let rows = P::findings(&mut file, f).map_err(io(format!("writing {name}")))?;
     files.push(file.finish(Some(rows))?);
     Ok(files)
 }

@@ -10,7 +10,7 @@ use super::series::{in_period, is_livepatch_apply};
 use crate::clock::rfc3339;
 use crate::domain::Service;
 use crate::error::Error;
-use crate::evidence::findings::Assessment;
+use crate::evidence::findings::{Assessment, ReleaseRow};
 use crate::store::audit;
 use crate::store::history::DAY_MS;
 
@@ -89,6 +89,35 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// A release's own change (its publication or withdrawal) at `at`, made by `made_by`: no
+/// approval step, so segregation of duties holds.
+fn release_change(
+    r: &ReleaseRow,
+    kind: &str,
+    channel: Option<String>,
+    made_by: String,
+    at: i64,
+    note: String,
+) -> (i64, ChangeRecord) {
+    (
+        at,
+        ChangeRecord {
+            kind: kind.into(),
+            release: r.id.clone(),
+            channel,
+            made_by,
+            made_at: rfc3339(at),
+            published_by: r.published_by.clone(),
+            approved_by: None,
+            approved_at: None,
+            emergency: false,
+            reason: None,
+            segregation_ok: true,
+            note,
+        },
+    )
+}
+
 pub(super) async fn changes(
     service: &Service,
     a: &Assessment,
@@ -104,41 +133,23 @@ pub(super) async fn changes(
     for r in a.knowledge.release_rows() {
         if in_period(r.published_at, from, a.as_of) {
             let fixes = a.knowledge.release_fixes(r);
-            out.push((
+            out.push(release_change(
+                r,
+                "publish",
+                r.channels.iter().min_by_key(|c| c.1).map(|c| c.0.clone()),
+                r.published_by.clone(),
                 r.published_at,
-                ChangeRecord {
-                    kind: "publish".into(),
-                    release: r.id.clone(),
-                    channel: r.channels.iter().min_by_key(|c| c.1).map(|c| c.0.clone()),
-                    made_by: r.published_by.clone(),
-                    made_at: rfc3339(r.published_at),
-                    published_by: r.published_by.clone(),
-                    approved_by: None,
-                    approved_at: None,
-                    emergency: false,
-                    reason: None,
-                    segregation_ok: true,
-                    note: format!("fixes: {}", fixes.join(" ")),
-                },
+                format!("fixes: {}", fixes.join(" ")),
             ));
         }
         if let Some(w) = r.withdrawn_at.filter(|w| in_period(*w, from, a.as_of)) {
-            out.push((
+            out.push(release_change(
+                r,
+                "withdraw",
+                None,
+                String::new(),
                 w,
-                ChangeRecord {
-                    kind: "withdraw".into(),
-                    release: r.id.clone(),
-                    channel: None,
-                    made_by: String::new(),
-                    made_at: rfc3339(w),
-                    published_by: r.published_by.clone(),
-                    approved_by: None,
-                    approved_at: None,
-                    emergency: false,
-                    reason: None,
-                    segregation_ok: true,
-                    note: "withdrawn from every channel".into(),
-                },
+                "withdrawn from every channel".into(),
             ));
         }
     }

@@ -94,21 +94,7 @@ impl OverviewFigures {
             .collect();
         f.severities = report::severity_figures(a, since)
             .iter()
-            .map(|x| {
-                [
-                    x.severity.as_str().to_owned(),
-                    x.sla_days.to_string(),
-                    x.fixed.to_string(),
-                    x.fixed_by_livepatch.to_string(),
-                    x.fixed_by_kernel.to_string(),
-                    report::share_text(x.on_time_share),
-                    report::days_text(x.p50_secs),
-                    report::days_text(x.p95_secs),
-                    x.open_at_end.to_string(),
-                    x.overdue_at_end.to_string(),
-                    x.excepted.to_string(),
-                ]
-            })
+            .map(report::severity_row)
             .collect();
         let (days, open) = report::open_series(a, since);
         f.ttp_chart = crate::evidence::charts::time_to_patch(&report::ttp_series(a, since));
@@ -181,11 +167,10 @@ impl Snapshot {
         }
         let mut cves: Vec<CveAgg> = cves.into_values().collect();
         cves.sort_by(|x, y| {
-            y.overdue
-                .cmp(&x.overdue)
-                .then(y.severity.cmp(&x.severity))
-                .then(y.open.cmp(&x.open))
-                .then(x.cve.cmp(&y.cve))
+            report::worst_cve_first(
+                (x.overdue, x.severity, x.open, &x.cve),
+                (y.overdue, y.severity, y.open, &y.cve),
+            )
         });
         let overview = OverviewFigures::new(&a);
         Snapshot {
