@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bytes::Bytes;
-use klive_format::api::PromoteRequest;
 use klive_format::release::{Fix, Severity};
 use klive_server::clock::Clock;
 use klive_server::evidence::cve::Source;
 use klive_server::store::history::DAY_MS;
 use tower::ServiceExt;
 
-use crate::common::{self, Fixture, manifest_for, module};
+use crate::common::{Fixture, manifest_for, module, promote_as_bob};
 
 /// `KLIVE_BENCH_HOSTS` overrides it for a quick run.
 fn hosts() -> usize {
@@ -101,19 +100,7 @@ async fn seed(fx: &Fixture, t0: i64) -> String {
         }
         s.clock().advance_secs(3 * 86400);
         for (build, _) in KERNELS {
-            s.promotions()
-                .promote(
-                    &fx.bob,
-                    &common::build(build),
-                    common::level(level),
-                    &PromoteRequest {
-                        to: "stable".into(),
-                        emergency: false,
-                        reason: None,
-                    },
-                )
-                .await
-                .unwrap();
+            promote_as_bob(fx, build, level, "stable").await;
         }
         publish_times.push(at);
     }

@@ -7,13 +7,11 @@
 
 use std::path::PathBuf;
 
-use klive_format::api::{
-    Action, AppliedReport, CheckIn, EnrollTokenRequest, PromoteRequest, RegisterRequest,
-};
+use klive_format::api::{Action, AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
 use klive_format::status::PatchState;
 use klive_server::evidence::cve::Source;
 
-use crate::common::{BUILD, Fixture, build, kernel, level, release};
+use crate::common::{BUILD, Fixture, kernel, promote_as_bob, publish};
 
 const HOSTS: usize = 60;
 
@@ -28,24 +26,8 @@ const CHANGELOG: &str = "linux (6.1.194-1) bookworm-security; urgency=high
 
 async fn seed(fx: &Fixture) {
     let s = &fx.service;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
-    s.promotions()
-        .promote(
-            &fx.bob,
-            &build(BUILD),
-            level(1),
-            &PromoteRequest {
-                to: "stable".into(),
-                emergency: false,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    publish(fx, BUILD, 1).await;
+    promote_as_bob(fx, BUILD, 1, "stable").await;
     klive_server::evidence::cve::Cves::new(s)
         .import(
             &fx.bob,

@@ -7,17 +7,24 @@
     reason = "test fixtures used by several test modules"
 )]
 
+use axum::body::Body;
+use axum::http::{Request, header};
+use axum::response::Response;
 use bytes::Bytes;
-use klive_format::api::Role;
+use klive_format::api::{
+    EnrollTokenRequest, PromoteRequest, Promotion, RegisterRequest, RegisterResponse, Role,
+};
 use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
 use klive_format::status::KernelInfo;
 use klive_format::{BuildId, PatchLevel, modinfo};
 use klive_server::Service;
-use klive_server::domain::AuthUser;
+use klive_server::domain::{AuthHost, AuthUser};
+use klive_server::evidence::cve::{Cves, ImportSummary, Source};
 use klive_server::store::blobs::Blobs;
 use klive_server::store::db::Db;
 use klive_server::trust::secrets::{new_id, sha256_hex};
 use klive_testkit::elf::ModuleBuilder;
+use tower::ServiceExt;
 
 pub const BUILD: &str = "3e0c8f6a1b2c4d5e";
 pub const OTHER_BUILD: &str = "aaaabbbbccccdddd";
@@ -240,4 +247,174 @@ pub fn level(n: u32) -> PatchLevel {
 
 pub fn build(b: &str) -> BuildId {
     b.parse().unwrap()
+}
+
+/// A request to promote into `channel`: not an emergency, no reason.
+pub fn promote_to(channel: &str) -> PromoteRequest {
+    PromoteRequest {
+        to: channel.into(),
+        emergency: false,
+        reason: None,
+    }
+}
+
+/// Publishes [`release`]`(build, level)` as `by`; returns that manifest and module.
+pub async fn publish_as(
+    fx: &Fixture,
+    by: &AuthUser,
+    build: &str,
+    level: u32,
+) -> (ReleaseManifest, Bytes) {
+    let (m, ko) = release(build, level);
+    fx.service
+        .releases()
+        .publish_with_module(by, m.clone(), ko.clone())
+        .await
+        .unwrap();
+    (m, ko)
+}
+
+/// Publishes [`release`]`(build, level)` as alice (the publisher); returns that manifest and
+/// module.
+pub async fn publish(fx: &Fixture, build: &str, level: u32) -> (ReleaseManifest, Bytes) {
+    publish_as(fx, &fx.alice, build, level).await
+}
+
+/// bob (an approver) promotes `build` at `level` into `channel`.
+pub async fn promote_as_bob(fx: &Fixture, build: &str, level: u32, channel: &str) -> Promotion {
+    fx.service
+        .promotions()
+        .promote(
+            &fx.bob,
+            &self::build(build),
+            self::level(level),
+            &promote_to(channel),
+        )
+        .await
+        .unwrap()
+}
+
+/// An enrollment token into `channel` created by the admin.
+pub async fn enroll_token(
+    fx: &Fixture,
+    channel: &str,
+    expires_in_secs: u64,
+    max_uses: u32,
+) -> String {
+    fx.service
+        .enrollment()
+        .create_enroll_token(
+            &fx.admin,
+            &EnrollTokenRequest {
+                channel: channel.into(),
+                expires_in_secs,
+                max_uses,
+            },
+        )
+        .await
+        .unwrap()
+        .token
+}
+
+/// Registers a host named `hostname` running `kernel` with `token`.
+pub async fn register(
+    s: &Service,
+    token: &str,
+    hostname: &str,
+    kernel: KernelInfo,
+    agent_version: &str,
+) -> RegisterResponse {
+    s.enrollment()
+        .register(&RegisterRequest {
+            enrollment_token: token.to_owned(),
+            hostname: hostname.to_owned(),
+            kernel,
+            agent_version: agent_version.into(),
+        })
+        .await
+        .unwrap()
+}
+
+/// Registers a host (see [`register`]) and authenticates it with its new credential.
+pub async fn register_and_authenticate(
+    s: &Service,
+    token: &str,
+    hostname: &str,
+    kernel: KernelInfo,
+    agent_version: &str,
+) -> (RegisterResponse, AuthHost) {
+    let r = register(s, token, hostname, kernel, agent_version).await;
+    let auth = s
+        .enrollment()
+        .authenticate_host(&r.credential)
+        .await
+        .unwrap();
+    (r, auth)
+}
+
+/// Imports a Debian changelog (`changelog`) as bob.
+pub async fn import_changelog(fx: &Fixture, changelog: &str) -> ImportSummary {
+    import_feed(
+        fx,
+        Source::DebianChangelog,
+        "changelog",
+        changelog.as_bytes(),
+    )
+    .await
+}
+
+/// Imports a CVE feed file as bob.
+pub async fn import_feed(fx: &Fixture, source: Source, name: &str, bytes: &[u8]) -> ImportSummary {
+    Cves::new(&fx.service)
+        .import(&fx.bob, source, name, bytes)
+        .await
+        .unwrap()
+}
+
+/// A new API token of the user `name`, created by the system.
+pub async fn user_token(fx: &Fixture, name: &str) -> String {
+    fx.service
+        .users()
+        .create_token(None, name)
+        .await
+        .unwrap()
+        .token
+}
+
+/// `GET path` on the dashboard `router`, sending `cookie` (none when `None`).
+pub async fn get_page(router: &axum::Router, path: &str, cookie: Option<&str>) -> Response {
+    let mut request = Request::get(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A form `POST path` on the dashboard `router`: `cookie` and the url-encoded `form`.
+pub async fn post_form(router: &axum::Router, path: &str, cookie: &str, form: String) -> Response {
+    router
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header(header::COOKIE, cookie)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// The whole `Set-Cookie` header of `r`.
+pub fn set_cookie(r: &Response) -> String {
+    r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned()
+}
+
+/// The `name=value` part of a `Set-Cookie` header: what a browser sends back.
+pub fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
 }

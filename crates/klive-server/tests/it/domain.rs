@@ -13,7 +13,8 @@ use klive_server::store::audit::{self, Verdict};
 use klive_testkit::elf::ModuleBuilder;
 
 use crate::common::{
-    self, BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, release,
+    self, BUILD, Fixture, OTHER_BUILD, build, kernel, level, manifest_for, promote_as_bob,
+    promote_to, publish, publish_as, release,
 };
 
 backend_tests!(
@@ -176,21 +177,9 @@ async fn publish_checks_the_module_against_its_manifest(fx: Fixture) {
 
 async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     let s = &fx.service;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
-    let to_stable = PromoteRequest {
-        to: "stable".into(),
-        emergency: false,
-        reason: None,
-    };
-    let to_canary = PromoteRequest {
-        to: "canary".into(),
-        emergency: false,
-        reason: None,
-    };
+    publish(&fx, BUILD, 1).await;
+    let to_stable = promote_to("stable");
+    let to_canary = promote_to("canary");
 
     let err = s
         .promotions()
@@ -252,11 +241,7 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
     );
 
     // An approver who published cannot approve their own release; one who did not promotes at once.
-    let (m2, ko2) = release(BUILD, 2);
-    s.releases()
-        .publish_with_module(&fx.carol, m2, ko2)
-        .await
-        .unwrap();
+    publish_as(&fx, &fx.carol, BUILD, 2).await;
     s.clock().advance_secs(3601);
     let p2 = s
         .promotions()
@@ -294,16 +279,8 @@ async fn promotion_needs_a_second_person_and_soak_time(fx: Fixture) {
         )
         .await
         .unwrap();
-    let (m3, ko3) = release(BUILD, 3);
-    s.releases()
-        .publish_with_module(&fx.alice, m3, ko3)
-        .await
-        .unwrap();
-    let to_late = PromoteRequest {
-        to: "late".into(),
-        emergency: false,
-        reason: None,
-    };
+    publish(&fx, BUILD, 3).await;
+    let to_late = promote_to("late");
     let err = s
         .promotions()
         .promote(&fx.bob, &build(BUILD), level(3), &to_late)
@@ -330,11 +307,7 @@ async fn emergency_promotion_is_flagged_until_approved(fx: Fixture) {
         .set_channel_soak(&fx.admin, "stable", 86400)
         .await
         .unwrap();
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.bob, m, ko)
-        .await
-        .unwrap();
+    publish_as(&fx, &fx.bob, BUILD, 1).await;
     let mut req = PromoteRequest {
         to: "stable".into(),
         emergency: true,
@@ -587,11 +560,7 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
         "nothing published yet"
     );
 
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(1)));
     assert_eq!(
         canary.cycle(&fx).await,
@@ -604,22 +573,10 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
         "not promoted yet"
     );
 
-    let to_stable = PromoteRequest {
-        to: "stable".into(),
-        emergency: false,
-        reason: None,
-    };
-    s.promotions()
-        .promote(&fx.bob, &build(BUILD), level(1), &to_stable)
-        .await
-        .unwrap();
+    promote_as_bob(&fx, BUILD, 1, "stable").await;
     assert_eq!(stable.cycle(&fx).await, (Action::Apply, Some(1)));
 
-    let (m2, ko2) = release(BUILD, 2);
-    s.releases()
-        .publish_with_module(&fx.alice, m2, ko2)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 2).await;
     assert_eq!(canary.cycle(&fx).await, (Action::Apply, Some(2)));
 
     // Withdrawal: back to the newest level still allowed, then revert when none is left.
@@ -637,11 +594,7 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
 
     // Pin and update delay.
     for n in [3, 4] {
-        let (m, ko) = release(BUILD, n);
-        s.releases()
-            .publish_with_module(&fx.alice, m, ko)
-            .await
-            .unwrap();
+        publish(&fx, BUILD, n).await;
     }
     let policy = HostPolicy {
         channel: "canary".into(),
@@ -767,11 +720,7 @@ async fn host_reads_only_its_channels_releases(fx: Fixture) {
     let s = &fx.service;
     let stable = Agent::register(&fx, "stable").await;
     let canary = Agent::register(&fx, "canary").await;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m.clone(), ko.clone())
-        .await
-        .unwrap();
+    let (m, ko) = publish(&fx, BUILD, 1).await;
     let got = s
         .delivery()
         .host_module(&canary.host, &build(BUILD), level(1))
@@ -813,11 +762,7 @@ async fn host_reads_only_its_channels_releases(fx: Fixture) {
 
 async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
     let s = &fx.service;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     s.releases()
         .withdraw(&fx.alice, &build(BUILD), level(1), "bad")
         .await
@@ -863,11 +808,7 @@ async fn audit_verify_finds_the_first_altered_record(fx: Fixture) {
 
 async fn concurrent_checkins_and_admin_writes_all_succeed(fx: Fixture) {
     let s = fx.service.clone();
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     let mut agents = Vec::new();
     for _ in 0..8 {
         agents.push(Agent::register(&fx, "canary").await);

@@ -9,7 +9,7 @@ use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
 use klive_server::store::db::Backend;
 
-use crate::common::{self, BUILD, Fixture, kernel, level, release};
+use crate::common::{self, BUILD, Fixture, kernel, level, publish};
 
 backend_tests!(
     concurrent_checkins_of_many_hosts_share_transactions,
@@ -111,11 +111,7 @@ async fn all_at_once(
 
 async fn concurrent_checkins_of_many_hosts_share_transactions(fx: Fixture) {
     let s = &fx.service;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     let hosts = hosts(&fx, HOSTS).await;
     let before = chain_records(&fx).await;
     let (batches_before, checkins_before) = s.checkins().checkin_batches();
@@ -286,11 +282,7 @@ async fn decisions_follow_changes_at_once_here_and_within_a_second_from_elsewher
         .clone()
         .with_clock(klive_server::clock::Clock::frozen(now));
     let s = &fx.service;
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     let hosts = hosts(&fx, 1).await;
     let host = &hosts[0];
     let mut seq = 0;
@@ -309,11 +301,7 @@ async fn decisions_follow_changes_at_once_here_and_within_a_second_from_elsewher
         r.target.map(|t| t.level.get())
     };
     assert_eq!(target().await, Some(1));
-    let (m, ko) = release(BUILD, 2);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 2).await;
     assert_eq!(target().await, Some(2), "a publish here shows at once");
     s.releases()
         .withdraw(&fx.alice, &common::build(BUILD), level(2), "bad")

@@ -10,7 +10,10 @@ use tower::ServiceExt;
 use klive_format::api::{Action, CheckInResponse, ErrorBody, RegisterResponse};
 use klive_server::http::api::{self, JSON_LIMIT, OPENAPI, ROUTES};
 
-use crate::common::{BUILD, Fixture, kernel, release};
+use crate::common::{
+    BUILD, Fixture, cookie_pair, enroll_token, get_page, kernel, post_form, publish, register,
+    release, set_cookie, user_token,
+};
 
 backend_tests!(
     agent_path_over_http,
@@ -81,19 +84,10 @@ impl Client {
     }
 }
 
-async fn token(fx: &Fixture, user: &str) -> String {
-    fx.service
-        .users()
-        .create_token(None, user)
-        .await
-        .unwrap()
-        .token
-}
-
 async fn agent_path_over_http(fx: Fixture) {
     let c = Client::new(&fx);
-    let alice = token(&fx, "alice").await;
-    let admin = token(&fx, "admin").await;
+    let alice = user_token(&fx, "alice").await;
+    let admin = user_token(&fx, "admin").await;
     let (manifest, ko) = release(BUILD, 1);
 
     // Publish: module first, then the manifest that names it.
@@ -220,7 +214,7 @@ async fn agent_path_over_http(fx: Fixture) {
 
 async fn errors_are_json_with_stable_codes(fx: Fixture) {
     let c = Client::new(&fx);
-    let alice = token(&fx, "alice").await;
+    let alice = user_token(&fx, "alice").await;
 
     let r = c.get("/api/v1/health", None).await;
     assert_eq!(r.json()["status"], "ok");
@@ -305,36 +299,9 @@ async fn errors_are_json_with_stable_codes(fx: Fixture) {
     );
 
     // A module tampered with on the server's disk is refused, without internals in the message.
-    let (manifest, ko) = release(BUILD, 2);
-    fx.service
-        .releases()
-        .publish_with_module(&fx.alice, manifest.clone(), ko)
-        .await
-        .unwrap();
-    let t = fx
-        .service
-        .enrollment()
-        .create_enroll_token(
-            &fx.admin,
-            &klive_format::api::EnrollTokenRequest {
-                channel: "canary".into(),
-                expires_in_secs: 60,
-                max_uses: 1,
-            },
-        )
-        .await
-        .unwrap();
-    let reg = fx
-        .service
-        .enrollment()
-        .register(&klive_format::api::RegisterRequest {
-            enrollment_token: t.token,
-            hostname: "h".into(),
-            kernel: kernel(Some(BUILD)),
-            agent_version: "0".into(),
-        })
-        .await
-        .unwrap();
+    let (manifest, _) = publish(&fx, BUILD, 2).await;
+    let t = enroll_token(&fx, "canary", 60, 1).await;
+    let reg = register(&fx.service, &t, "h", kernel(Some(BUILD)), "0").await;
     if let Some(dir) = fx.blob_dir() {
         let sha = &manifest.module.sha256;
         let path = dir.join("sha256").join(&sha[..2]).join(sha);
@@ -361,8 +328,8 @@ async fn errors_are_json_with_stable_codes(fx: Fixture) {
 
 async fn roles_are_enforced_over_http(fx: Fixture) {
     let c = Client::new(&fx);
-    let vic = token(&fx, "vic").await;
-    let alice = token(&fx, "alice").await;
+    let vic = user_token(&fx, "vic").await;
+    let alice = user_token(&fx, "alice").await;
     let r = c
         .send(Method::POST, "/api/v1/blobs", Some(&vic), Body::from("x"))
         .await;
@@ -391,21 +358,21 @@ async fn roles_are_enforced_over_http(fx: Fixture) {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Revoked tokens stop working at once.
-    let admin = token(&fx, "admin").await;
+    let admin = user_token(&fx, "admin").await;
     let r = c
         .post("/api/v1/users/vic/tokens/revoke", Some(&alice), json!({}))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = c.get("/api/v1/fleet", Some(&vic)).await;
     assert_eq!(r.json()["hosts"], 0);
-    let vic2 = token(&fx, "vic").await;
+    let vic2 = user_token(&fx, "vic").await;
     let r = c
         .post("/api/v1/users/vic/tokens/revoke", Some(&admin), json!({}))
         .await;
     assert_eq!(r.json()["revoked"], 2);
     let r = c.get("/api/v1/fleet", Some(&vic2)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let vic = token(&fx, "vic").await;
+    let vic = user_token(&fx, "vic").await;
     let r = c.get("/api/v1/audit", Some(&vic)).await;
     assert_eq!(r.status, StatusCode::OK);
     let entries = r.json();
@@ -480,55 +447,29 @@ async fn every_listed_route_is_served() {
 #[tokio::test]
 async fn dashboard_cookies_are_secure_over_https() {
     let fx = Fixture::sqlite().await;
-    let token = fx
-        .service
-        .users()
-        .create_token(None, "vic")
-        .await
-        .unwrap()
-        .token;
+    let token = user_token(&fx, "vic").await;
     let data = fx.dir().unwrap().to_path_buf();
     for https in [true, false] {
         let dash = klive_server::http::dashboard::Dashboard::new(fx.service.clone(), data.clone())
             .over_https(https);
         let router = klive_server::http::dashboard::dashboard_router(dash);
-        let set_cookie = |r: &axum::response::Response| {
-            r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned()
-        };
-        let form = router
-            .clone()
-            .oneshot(Request::get("/ui/login").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let form = get_page(&router, "/ui/login", None).await;
         let login_cookie = set_cookie(&form);
-        let csrf_cookie = login_cookie.split(';').next().unwrap().to_owned();
+        let csrf_cookie = cookie_pair(&login_cookie);
         let csrf = csrf_cookie.split_once('=').unwrap().1.to_owned();
-        let signed_in = router
-            .clone()
-            .oneshot(
-                Request::post("/ui/login")
-                    .header(header::COOKIE, &csrf_cookie)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("token={token}&csrf={csrf}")))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let signed_in = post_form(
+            &router,
+            "/ui/login",
+            &csrf_cookie,
+            format!("token={token}&csrf={csrf}"),
+        )
+        .await;
         assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
         let session_cookie = set_cookie(&signed_in);
         assert!(session_cookie.starts_with("klive_session=kls_"));
-        let session = session_cookie.split(';').next().unwrap().to_owned();
+        let session = cookie_pair(&session_cookie);
         // The session's CSRF token is in the page's forms.
-        let page = router
-            .clone()
-            .oneshot(
-                Request::get("/ui/")
-                    .header(header::COOKIE, &session)
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let page = get_page(&router, "/ui/", Some(&session)).await;
         assert_eq!(page.status(), StatusCode::OK);
         let body = axum::body::to_bytes(page.into_body(), usize::MAX)
             .await
@@ -540,17 +481,7 @@ async fn dashboard_cookies_are_secure_over_https() {
             .and_then(|rest| rest.split('"').next())
             .expect("a form with the CSRF token")
             .to_owned();
-        let signed_out = router
-            .clone()
-            .oneshot(
-                Request::post("/ui/logout")
-                    .header(header::COOKIE, &session)
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!("csrf={csrf}")))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let signed_out = post_form(&router, "/ui/logout", &session, format!("csrf={csrf}")).await;
         let logout_cookie = set_cookie(&signed_out);
         assert!(logout_cookie.contains("Max-Age=0"), "{logout_cookie}");
         for c in [&login_cookie, &session_cookie, &logout_cookie] {

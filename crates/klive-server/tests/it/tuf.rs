@@ -15,13 +15,14 @@ use tough::{
 use tower::ServiceExt;
 use url::Url;
 
-use klive_format::api::{
-    EnrollTokenRequest, RegisterRequest, tuf_manifest_target, tuf_module_target,
-};
+use klive_format::api::{tuf_manifest_target, tuf_module_target};
 use klive_server::Service;
 use klive_server::trust::tuf::{Signer, init_keys, rotate};
 
-use crate::common::{BUILD, Fixture, OTHER_BUILD, build, kernel, level, release};
+use crate::common::{
+    BUILD, Fixture, OTHER_BUILD, build, enroll_token, kernel, level, promote_as_bob, publish,
+    register,
+};
 
 backend_tests!(
     agent_reads_verified_releases_of_its_channel,
@@ -108,28 +109,8 @@ async fn with_keys(fx: &mut Fixture, keys: &Path) {
 }
 
 async fn host(s: &Service, fx: &Fixture, channel: &str) -> Host {
-    let t = s
-        .enrollment()
-        .create_enroll_token(
-            &fx.admin,
-            &EnrollTokenRequest {
-                channel: channel.into(),
-                expires_in_secs: 60,
-                max_uses: 1,
-            },
-        )
-        .await
-        .unwrap();
-    let r = s
-        .enrollment()
-        .register(&RegisterRequest {
-            enrollment_token: t.token,
-            hostname: "h".into(),
-            kernel: kernel(Some(BUILD)),
-            agent_version: "0".into(),
-        })
-        .await
-        .unwrap();
+    let t = enroll_token(fx, channel, 60, 1).await;
+    let r = register(s, &t, "h", kernel(Some(BUILD)), "0").await;
     Host {
         credential: r.credential,
         channel: r.channel,
@@ -181,11 +162,7 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
     let root = s.delivery().tuf_root().unwrap();
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m.clone(), ko.clone())
-        .await
-        .unwrap();
+    let (m, ko) = publish(&fx, BUILD, 1).await;
     let canary = host(&s, &fx, "canary").await;
     let stable = host(&s, &fx, "stable").await;
 
@@ -228,15 +205,7 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     );
 
     // Promotion adds the target to stable; withdrawal removes it everywhere.
-    let to = klive_format::api::PromoteRequest {
-        to: "stable".into(),
-        emergency: false,
-        reason: None,
-    };
-    s.promotions()
-        .promote(&fx.bob, &build(BUILD), level(1), &to)
-        .await
-        .unwrap();
+    promote_as_bob(&fx, BUILD, 1, "stable").await;
     let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
         .await
         .unwrap();
@@ -261,16 +230,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
 
     // Mix-and-match: a release for another build is listed under its own name only, and its
     // module served under this build's name fails verification.
-    let (m_other, ko_other) = release(OTHER_BUILD, 2);
-    s.releases()
-        .publish_with_module(&fx.alice, m_other, ko_other.clone())
-        .await
-        .unwrap();
-    let (m2, ko2) = release(BUILD, 2);
-    s.releases()
-        .publish_with_module(&fx.alice, m2, ko2)
-        .await
-        .unwrap();
+    let (_, ko_other) = publish(&fx, OTHER_BUILD, 2).await;
+    publish(&fx, BUILD, 2).await;
     let repo = load(&s, &canary, &root, &store(dir.path(), "c"), Mangle::None)
         .await
         .unwrap();
@@ -293,11 +254,7 @@ async fn tampered_bytes_and_unknown_keys_are_refused(mut fx: Fixture) {
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
     let root = s.delivery().tuf_root().unwrap();
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     let h = host(&s, &fx, "canary").await;
 
     let repo = load(
@@ -351,11 +308,7 @@ async fn rollback_and_freeze_are_refused(mut fx: Fixture) {
             .await
             .unwrap(),
     );
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko)
-        .await
-        .unwrap();
+    publish(&fx, BUILD, 1).await;
     load(&s, &h, &root, &datastore, Mangle::None).await.unwrap();
     let r = load(
         &s,
@@ -386,11 +339,7 @@ async fn root_rotation_is_followed_and_retired_keys_are_refused(mut fx: Fixture)
     with_keys(&mut fx, dir.path()).await;
     let s = fx.service.clone();
     let pinned = s.delivery().tuf_root().unwrap();
-    let (m, ko) = release(BUILD, 1);
-    s.releases()
-        .publish_with_module(&fx.alice, m, ko.clone())
-        .await
-        .unwrap();
+    let (_, ko) = publish(&fx, BUILD, 1).await;
     let canary = host(&s, &fx, "canary").await;
     let datastore = store(dir.path(), "c");
     let repo = load(&s, &canary, &pinned, &datastore, Mangle::None)
