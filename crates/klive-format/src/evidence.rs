@@ -100,13 +100,9 @@ impl ClockStart {
     }
 }
 
-/// One version of the SLA policy. The version in force when a finding was detected judges it.
+/// The deadlines and rules of an SLA policy version (what a new version sets).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlaPolicy {
-    pub version: u32,
-    /// From when this version applies.
-    pub effective_at: String,
-    pub created_by: String,
+pub struct SlaRules {
     pub critical_days: u32,
     pub high_days: u32,
     pub medium_days: u32,
@@ -122,7 +118,7 @@ pub struct SlaPolicy {
     pub note: String,
 }
 
-impl SlaPolicy {
+impl SlaRules {
     pub fn days(&self, rating: Rating) -> u32 {
         match rating {
             Rating::Critical => self.critical_days,
@@ -131,6 +127,27 @@ impl SlaPolicy {
             Rating::Low => self.low_days,
             Rating::Unrated => self.unrated_days,
         }
+    }
+}
+
+/// One version of the SLA policy. The version in force when a finding was detected judges it.
+/// Its rules are written inline, after the version's own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaPolicy {
+    pub version: u32,
+    /// From when this version applies.
+    pub effective_at: String,
+    pub created_by: String,
+    #[serde(flatten)]
+    pub rules: SlaRules,
+}
+
+/// A version reads as its rules (`p.critical_days`, `p.days(rating)`).
+impl std::ops::Deref for SlaPolicy {
+    type Target = SlaRules;
+
+    fn deref(&self) -> &SlaRules {
+        &self.rules
     }
 }
 

@@ -222,19 +222,20 @@ async fn show_policies(ctx: &Ctx) -> Result<()> {
     );
     for v in Policies::new(&ctx.service).sla_policies().await? {
         let p = v.policy;
+        let r = &p.rules;
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             p.version,
             p.effective_at,
             p.created_by,
-            p.critical_days,
-            p.high_days,
-            p.medium_days,
-            p.low_days,
-            p.unrated_days,
-            if p.kev_shortens { "yes" } else { "no" },
-            p.clock_start.as_str(),
-            p.note
+            r.critical_days,
+            r.high_days,
+            r.medium_days,
+            r.low_days,
+            r.unrated_days,
+            if r.kev_shortens { "yes" } else { "no" },
+            r.clock_start.as_str(),
+            r.note
         );
     }
     Ok(())

@@ -707,7 +707,7 @@ fn judge(
     let (severity, _cvss, source) = k.rating(cve, detected);
     let policy = in_force(&a.policies, detected).map(|p| &p.policy);
     let ended = fixed.as_ref().map_or(a.as_of, |f| f.at);
-    let (clock_start_at, basis) = match policy.map(|p| p.clock_start) {
+    let (clock_start_at, basis) = match policy.map(|p| p.rules.clock_start) {
         Some(ClockStart::Published) => match k.published(cve) {
             Some(p) => (p, ClockStart::Published),
             None => (detected, ClockStart::Detected),
@@ -725,10 +725,10 @@ fn judge(
         None => i64::MAX,
     };
     if let Some(p) = policy
-        && p.kev_shortens
+        && p.rules.kev_shortens
         && let Some(kev_due) = k.kev_due(cve, ended)
     {
-        due_at = due_at.min(kev_due.max(detected + i64::from(p.kev_floor_days) * DAY_MS));
+        due_at = due_at.min(kev_due.max(detected + i64::from(p.rules.kev_floor_days) * DAY_MS));
     }
     let mut verdict = match &fixed {
         Some(c) if c.method == FixMethod::HostRevoked => Verdict::HostRetired,

@@ -4,56 +4,20 @@
 use serde_json::json;
 
 use klive_format::api::Role;
-use klive_format::evidence::{ClockStart, ExceptionRecord, SlaPolicy};
+use klive_format::evidence::{ExceptionRecord, SlaPolicy};
 
 use crate::clock::rfc3339;
 use crate::domain::{AuthUser, Service};
 use crate::error::Error;
 use crate::evidence::cve::{is_cve_id, require};
 use crate::store::audit::{self, Actor};
-use crate::store::policy::{self as store, ExceptionRow, NewPolicy, PolicyRow};
+use crate::store::policy::{self as store, ExceptionRow};
 use crate::trust::secrets::new_id;
 
 /// A policy version with its effective time in unix ms, as the findings engine uses it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyVersion {
-    pub effective_at: i64,
-    pub policy: SlaPolicy,
-}
-
+pub use crate::store::policy::PolicyVersion;
 /// The days and rules of a new policy version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyChange {
-    pub critical_days: u32,
-    pub high_days: u32,
-    pub medium_days: u32,
-    pub low_days: u32,
-    pub unrated_days: u32,
-    pub kev_shortens: bool,
-    pub kev_floor_days: u32,
-    pub clock_start: ClockStart,
-    pub note: String,
-}
-
-fn policy_version(row: PolicyRow) -> PolicyVersion {
-    PolicyVersion {
-        effective_at: row.effective_at,
-        policy: SlaPolicy {
-            version: row.version,
-            effective_at: rfc3339(row.effective_at),
-            created_by: row.created_by,
-            critical_days: row.critical_days,
-            high_days: row.high_days,
-            medium_days: row.medium_days,
-            low_days: row.low_days,
-            unrated_days: row.unrated_days,
-            kev_shortens: row.kev_shortens,
-            kev_floor_days: row.kev_floor_days,
-            clock_start: row.clock_start,
-            note: row.note,
-        },
-    }
-}
+pub use klive_format::evidence::SlaRules as PolicyChange;
 
 fn exception_record(row: ExceptionRow) -> (i64, i64, ExceptionRecord) {
     (
@@ -87,8 +51,7 @@ impl<'a> Policies<'a> {
 
     /// Every policy version, oldest first.
     pub async fn sla_policies(&self) -> Result<Vec<PolicyVersion>, Error> {
-        let rows = store::policies(self.0.db()).await?;
-        Ok(rows.into_iter().map(policy_version).collect())
+        store::policies(self.0.db()).await
     }
 
     /// Adds a policy version effective now (admin). Findings detected earlier keep theirs.
@@ -121,23 +84,7 @@ impl<'a> Policies<'a> {
         }
         let now = self.0.now();
         let mut tx = self.0.db().begin_audited().await?;
-        let version = store::append_policy(
-            &mut tx,
-            &NewPolicy {
-                effective_at: now,
-                created_by: &by.name,
-                critical_days: change.critical_days,
-                high_days: change.high_days,
-                medium_days: change.medium_days,
-                low_days: change.low_days,
-                unrated_days: change.unrated_days,
-                kev_shortens: change.kev_shortens,
-                kev_floor_days: change.kev_floor_days,
-                clock_start: change.clock_start,
-                note: &change.note,
-            },
-        )
-        .await?;
+        let version = store::append_policy(&mut tx, now, &by.name, change).await?;
         audit::append(
             &mut tx,
             now,

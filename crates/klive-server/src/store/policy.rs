@@ -1,42 +1,17 @@
 //! The SLA policy versions (`sla_policies`, append-only) and the SLA exceptions
 //! (`sla_exceptions`).
 
-use klive_format::evidence::ClockStart;
+use klive_format::evidence::{ClockStart, SlaPolicy, SlaRules};
 
+use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::store::db::{Db, Tx};
 
-/// One stored policy version, times in unix ms.
+/// One stored policy version, with its effective time also in unix ms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRow {
-    pub version: u32,
+pub struct PolicyVersion {
     pub effective_at: i64,
-    pub created_by: String,
-    pub critical_days: u32,
-    pub high_days: u32,
-    pub medium_days: u32,
-    pub low_days: u32,
-    pub unrated_days: u32,
-    pub kev_shortens: bool,
-    pub kev_floor_days: u32,
-    pub clock_start: ClockStart,
-    pub note: String,
-}
-
-/// A policy version to append; its version number is the next free one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewPolicy<'a> {
-    pub effective_at: i64,
-    pub created_by: &'a str,
-    pub critical_days: u32,
-    pub high_days: u32,
-    pub medium_days: u32,
-    pub low_days: u32,
-    pub unrated_days: u32,
-    pub kev_shortens: bool,
-    pub kev_floor_days: u32,
-    pub clock_start: ClockStart,
-    pub note: &'a str,
+    pub policy: SlaPolicy,
 }
 
 /// One stored exception, times in unix ms.
@@ -72,42 +47,53 @@ fn days(v: i64, col: &str) -> Result<u32, Error> {
     u32::try_from(v).map_err(|_| Error::Corrupt(format!("stored {col} {v} is out of range")))
 }
 
-impl TryFrom<StoredPolicy> for PolicyRow {
+impl TryFrom<StoredPolicy> for PolicyVersion {
     type Error = Error;
 
-    fn try_from(p: StoredPolicy) -> Result<PolicyRow, Error> {
+    fn try_from(p: StoredPolicy) -> Result<PolicyVersion, Error> {
         let clock = p.clock_start;
-        Ok(PolicyRow {
-            version: days(p.version, "version")?,
+        Ok(PolicyVersion {
             effective_at: p.effective_at,
-            created_by: p.created_by,
-            critical_days: days(p.critical_days, "critical_days")?,
-            high_days: days(p.high_days, "high_days")?,
-            medium_days: days(p.medium_days, "medium_days")?,
-            low_days: days(p.low_days, "low_days")?,
-            unrated_days: days(p.unrated_days, "unrated_days")?,
-            kev_shortens: p.kev_shortens != 0,
-            kev_floor_days: days(p.kev_floor_days, "kev_floor_days")?,
-            clock_start: ClockStart::parse(&clock)
-                .ok_or_else(|| Error::Corrupt(format!("unknown stored clock start {clock:?}")))?,
-            note: p.note,
+            policy: SlaPolicy {
+                version: days(p.version, "version")?,
+                effective_at: rfc3339(p.effective_at),
+                created_by: p.created_by,
+                rules: SlaRules {
+                    critical_days: days(p.critical_days, "critical_days")?,
+                    high_days: days(p.high_days, "high_days")?,
+                    medium_days: days(p.medium_days, "medium_days")?,
+                    low_days: days(p.low_days, "low_days")?,
+                    unrated_days: days(p.unrated_days, "unrated_days")?,
+                    kev_shortens: p.kev_shortens != 0,
+                    kev_floor_days: days(p.kev_floor_days, "kev_floor_days")?,
+                    clock_start: ClockStart::parse(&clock).ok_or_else(|| {
+                        Error::Corrupt(format!("unknown stored clock start {clock:?}"))
+                    })?,
+                    note: p.note,
+                },
+            },
         })
     }
 }
 
 /// Every policy version, oldest first.
-pub async fn policies(db: &Db) -> Result<Vec<PolicyRow>, Error> {
+pub async fn policies(db: &Db) -> Result<Vec<PolicyVersion>, Error> {
     sqlx::query_as::<_, StoredPolicy>("SELECT * FROM sla_policies ORDER BY version")
         .fetch_all(&db.pool)
         .await?
         .into_iter()
-        .map(PolicyRow::try_from)
+        .map(PolicyVersion::try_from)
         .collect()
 }
 
-/// Appends `p` as the next policy version inside the caller's audited transaction; returns
-/// its version number.
-pub async fn append_policy(tx: &mut Tx, p: &NewPolicy<'_>) -> Result<i64, Error> {
+/// Appends `p` as the next policy version, effective at `effective_at` (unix ms) and made by
+/// `created_by`, inside the caller's audited transaction; returns its version number.
+pub async fn append_policy(
+    tx: &mut Tx,
+    effective_at: i64,
+    created_by: &str,
+    p: &SlaRules,
+) -> Result<i64, Error> {
     let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM sla_policies")
         .fetch_one(&mut **tx)
         .await?;
@@ -115,8 +101,8 @@ pub async fn append_policy(tx: &mut Tx, p: &NewPolicy<'_>) -> Result<i64, Error>
         "INSERT INTO sla_policies (version, effective_at, created_by, critical_days, high_days, medium_days, low_days, unrated_days, kev_shortens, kev_floor_days, clock_start, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(version)
-    .bind(p.effective_at)
-    .bind(p.created_by)
+    .bind(effective_at)
+    .bind(created_by)
     .bind(i64::from(p.critical_days))
     .bind(i64::from(p.high_days))
     .bind(i64::from(p.medium_days))
@@ -125,7 +111,7 @@ pub async fn append_policy(tx: &mut Tx, p: &NewPolicy<'_>) -> Result<i64, Error>
     .bind(i64::from(p.kev_shortens))
     .bind(i64::from(p.kev_floor_days))
     .bind(p.clock_start.as_str())
-    .bind(p.note)
+    .bind(&p.note)
     .execute(&mut **tx)
     .await?;
     Ok(version)
