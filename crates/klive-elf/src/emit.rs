@@ -185,6 +185,15 @@ struct Lookup<'r> {
     tu: &'r TuSymbols,
 }
 
+/// A relocation `r` of section `sec` to symbol `t` (patched index) with its `addend`.
+#[derive(Clone, Copy)]
+struct RelocTo<'s> {
+    sec: &'s Section,
+    r: &'s Reloc,
+    t: usize,
+    addend: i64,
+}
+
 /// What [`relocate`] gives: the new relocations and the undefined symbols it added.
 #[derive(Debug, Default)]
 struct Relocated {
@@ -259,7 +268,10 @@ impl Relocator<'_> {
                 });
             }
             let (symbol, addend) = match p.resolve_target(r) {
-                Some((t, addend)) => (self.target(b, sec, r, t, addend)?, addend),
+                Some((t, addend)) => {
+                    let at = RelocTo { sec, r, t, addend };
+                    (self.target(b, at)?, addend)
+                }
                 None => (None, r.addend),
             };
             out.push(Relocation {
@@ -277,11 +289,9 @@ impl Relocator<'_> {
     fn target(
         &mut self,
         b: &mut Builder<'_>,
-        sec: &Section,
-        r: &Reloc,
-        t: usize,
-        addend: i64,
+        at: RelocTo<'_>,
     ) -> Result<Option<SymbolId>, ElfError> {
+        let RelocTo { sec, r, t, addend } = at;
         let tsym = self.a.patched.sym(t).expect("resolved symbol exists");
         let in_patch = tsym.section.is_some_and(|s| self.a.included.contains(&s));
         // Code taking the address of a changed function keeps the original's address, so
@@ -294,19 +304,13 @@ impl Relocator<'_> {
         if in_patch && !address_of_changed {
             return Ok(self.look.ids.get(t));
         }
-        self.external(b, sec, r, t, addend).map(Some)
+        self.external(b, at).map(Some)
     }
 
     /// An undefined symbol for symbol `t` (patched index), which is outside the patch: its
     /// exported name or its `.klp.sym.*` placeholder, as the resolver decides.
-    fn external(
-        &mut self,
-        b: &mut Builder<'_>,
-        sec: &Section,
-        r: &Reloc,
-        t: usize,
-        addend: i64,
-    ) -> Result<SymbolId, ElfError> {
+    fn external(&mut self, b: &mut Builder<'_>, at: RelocTo<'_>) -> Result<SymbolId, ElfError> {
+        let RelocTo { sec, r, t, addend } = at;
         let (a, p) = (self.a, &self.a.patched);
         let tsym = p.sym(t).expect("resolved symbol exists");
         if tsym.is_section() {
