@@ -66,14 +66,9 @@ impl Server {
                 .await
                 .unwrap();
             let admin = s.users().user_by_name("admin").await.unwrap();
-            s.users()
-                .add_user(Some(&admin), "alice", Role::Publisher)
-                .await
-                .unwrap();
-            s.users()
-                .add_user(Some(&admin), "bob", Role::Approver)
-                .await
-                .unwrap();
+            for (name, role) in [("alice", Role::Publisher), ("bob", Role::Approver)] {
+                s.users().add_user(Some(&admin), name, role).await.unwrap();
+            }
             let alice = s.users().user_by_name("alice").await.unwrap();
             let bob = s.users().user_by_name("bob").await.unwrap();
             (s, admin, alice, bob)
@@ -150,61 +145,61 @@ impl Server {
         sha(&std::fs::read(self.root()).unwrap())
     }
 
+    /// Waits for one call into the service, which must succeed.
+    fn run<T, E: std::fmt::Debug>(&self, call: impl Future<Output = Result<T, E>>) -> T {
+        self.rt.block_on(call).unwrap()
+    }
+
     fn token(&self, channel: &str) -> String {
-        self.rt
-            .block_on(self.service.enrollment().create_enroll_token(
-                &self.admin,
-                &EnrollTokenRequest {
-                    channel: channel.into(),
-                    expires_in_secs: 600,
-                    max_uses: 5,
-                },
-            ))
-            .unwrap()
-            .token
+        let request = EnrollTokenRequest {
+            channel: channel.into(),
+            expires_in_secs: 600,
+            max_uses: 5,
+        };
+        self.run(
+            self.service
+                .enrollment()
+                .create_enroll_token(&self.admin, &request),
+        )
+        .token
     }
 
     fn publish(&self, level: u32, module: &[u8]) {
         let name = format!("klive_test_l{level}");
-        self.rt
-            .block_on(self.service.releases().publish_with_module(
-                &self.alice,
-                manifest(FAKE_BUILD_ID, level, &name, module),
-                Bytes::copy_from_slice(module),
-            ))
-            .unwrap();
+        let manifest = manifest(FAKE_BUILD_ID, level, &name, module);
+        let module = Bytes::copy_from_slice(module);
+        self.run(
+            self.service
+                .releases()
+                .publish_with_module(&self.alice, manifest, module),
+        );
     }
 
     fn promote(&self, level: u32) {
-        self.rt
-            .block_on(self.service.promotions().promote(
-                &self.bob,
-                &build(FAKE_BUILD_ID),
-                PatchLevel::new(level).unwrap(),
-                &PromoteRequest {
-                    to: "stable".into(),
-                    emergency: false,
-                    reason: None,
-                },
-            ))
-            .unwrap();
+        let to = PromoteRequest {
+            to: "stable".into(),
+            emergency: false,
+            reason: None,
+        };
+        let (build, level) = fake_release(level);
+        self.run(
+            self.service
+                .promotions()
+                .promote(&self.bob, &build, level, &to),
+        );
     }
 
     fn withdraw(&self, level: u32) {
-        self.rt
-            .block_on(self.service.releases().withdraw(
-                &self.alice,
-                &build(FAKE_BUILD_ID),
-                PatchLevel::new(level).unwrap(),
-                "regression",
-            ))
-            .unwrap();
+        let (build, level) = fake_release(level);
+        self.run(
+            self.service
+                .releases()
+                .withdraw(&self.alice, &build, level, "regression"),
+        );
     }
 
     fn host(&self, id: &str) -> klive_format::api::HostInfo {
-        self.rt
-            .block_on(self.service.hosts().get(&self.admin, id))
-            .unwrap()
+        self.run(self.service.hosts().get(&self.admin, id))
     }
 
     fn blob_path(&self, module: &[u8]) -> PathBuf {
@@ -215,6 +210,11 @@ impl Server {
 
 fn build(b: &str) -> BuildId {
     b.parse().unwrap()
+}
+
+/// The build and level of a release for the fake kernel.
+fn fake_release(level: u32) -> (BuildId, PatchLevel) {
+    (build(FAKE_BUILD_ID), PatchLevel::new(level).unwrap())
 }
 
 fn module_for(level: u32, build_id: &str, vermagic: &str) -> Vec<u8> {
@@ -459,7 +459,7 @@ fn channels_promotion_replace_withdrawal_and_revert() {
 
     // An admin moves the stable host to canary: it follows the new channel.
     let stable_id = s.host_ids().into_iter().find(|h| *h != canary_id).unwrap();
-    s.rt.block_on(s.service.hosts().set_host_policy(
+    s.run(s.service.hosts().set_host_policy(
         &s.admin,
         &stable_id,
         &HostPolicy {
@@ -467,8 +467,7 @@ fn channels_promotion_replace_withdrawal_and_revert() {
             pinned_level: None,
             update_delay_secs: 0,
         },
-    ))
-    .unwrap();
+    ));
     let l3 = module(3);
     s.publish(3, &l3);
     let (code, v) = stable.json(&["update"]);
@@ -577,11 +576,11 @@ fn tampering_rollback_freeze_and_other_builds_are_refused() {
     // Freeze: a timestamp that expired is refused.
     h.net.set(vec![]);
     s.service.clock().advance_secs(-3 * 86400);
-    s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
+    s.run(s.service.tuf_refresh(true));
     s.service.clock().advance_secs(3 * 86400);
     let err = assert_refused(&h, "expired timestamp", "expired");
     assert!(err.contains("stale"), "{err}");
-    s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
+    s.run(s.service.tuf_refresh(true));
     let (code, v) = h.json(&["update"]);
     assert_eq!((code, v["result"].as_str()), (0, Some("applied")), "{v}");
     assert_eq!(h.level(), Some(1));
@@ -678,8 +677,7 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
 
     // A registered host whose credential is revoked is told to register again.
     let id = h.register(&s, "canary");
-    s.rt.block_on(s.service.hosts().revoke_host(&s.admin, &id))
-        .unwrap();
+    s.run(s.service.hosts().revoke_host(&s.admin, &id));
     let (code, _, err) = h.klive(&["check"]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("register it again"), "{err}");
@@ -842,8 +840,7 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
 
     // A bundle signed under another root is refused.
     let other = tempfile::tempdir().unwrap();
-    s.rt.block_on(klive_server::trust::tuf::init_keys(other.path(), 1, 1, 365))
-        .unwrap();
+    s.run(klive_server::trust::tuf::init_keys(other.path(), 1, 1, 365));
     let (code, _, err) = offline.klive(&[
         "apply",
         bundle.to_str().unwrap(),
@@ -878,7 +875,7 @@ fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
     let restart = |s: &mut Server, signer| {
         s.stop();
         s.service = s.service.clone().with_signer(signer);
-        s.rt.block_on(s.service.tuf_refresh(true)).unwrap();
+        s.run(s.service.tuf_refresh(true));
         s.listen();
     };
     let current = klive_server::trust::tuf::Signer::load(&s.data).unwrap();

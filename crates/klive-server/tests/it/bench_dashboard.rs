@@ -16,11 +16,13 @@ use axum::http::{Request, StatusCode};
 use bytes::Bytes;
 use klive_format::release::{Fix, Severity};
 use klive_server::clock::Clock;
-use klive_server::evidence::cve::Source;
 use klive_server::store::history::DAY_MS;
 use tower::ServiceExt;
 
-use crate::common::{Fixture, manifest_for, module, promote_as_bob};
+use crate::common::{
+    Fixture, cookie_pair, get_page, import_changelog, manifest_for, module, post_form,
+    promote_as_bob, set_cookie, user_token,
+};
 
 /// `KLIVE_BENCH_HOSTS` overrides it for a quick run.
 fn hosts() -> usize {
@@ -68,15 +70,7 @@ fn severity(level: u32) -> Severity {
 
 async fn seed(fx: &Fixture, t0: i64) -> String {
     let s = &fx.service;
-    klive_server::evidence::cve::Cves::new(s)
-        .import(
-            &fx.bob,
-            Source::DebianChangelog,
-            "changelog",
-            CHANGELOG.as_bytes(),
-        )
-        .await
-        .unwrap();
+    import_changelog(fx, CHANGELOG).await;
     // Monthly levels for each kernel build, promoted to stable 3 days later.
     let mut publish_times = Vec::new();
     for level in 1..=LEVELS {
@@ -279,46 +273,21 @@ async fn dashboard_pages_and_pack_over_100k_hosts_and_a_year() {
     let data = fx.dir().unwrap().to_path_buf();
     let router = klive_server::http::dashboard::router(fx.service.clone(), data.clone());
     // sign in with a token
-    let token = fx
-        .service
-        .users()
-        .create_token(None, "vic")
-        .await
-        .unwrap()
-        .token;
-    let login = router
-        .clone()
-        .oneshot(Request::get("/ui/login").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let set = login.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let login_cookie = set.split(';').next().unwrap().to_owned();
+    let token = user_token(&fx, "vic").await;
+    let login = get_page(&router, "/ui/login", None).await;
+    let login_cookie = cookie_pair(&set_cookie(&login));
     let csrf = login_cookie.split_once('=').unwrap().1.to_owned();
-    let response = router
-        .clone()
-        .oneshot(
-            Request::post("/ui/login")
-                .header("cookie", &login_cookie)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(Body::from(format!("token={token}&csrf={csrf}")))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let session = response.headers()["set-cookie"].to_str().unwrap();
-    let cookie = session.split(';').next().unwrap().to_owned();
+    let response = post_form(
+        &router,
+        "/ui/login",
+        &login_cookie,
+        format!("token={token}&csrf={csrf}"),
+    )
+    .await;
+    let cookie = cookie_pair(&set_cookie(&response));
 
     let cold = Instant::now();
-    let first = router
-        .clone()
-        .oneshot(
-            Request::get("/ui/")
-                .header("cookie", &cookie)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let first = get_page(&router, "/ui/", Some(&cookie)).await;
     assert_eq!(first.status(), StatusCode::OK);
     println!("BENCH snapshot_cold_ms {}", cold.elapsed().as_millis());
 

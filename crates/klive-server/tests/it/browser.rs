@@ -7,11 +7,13 @@
 
 use std::path::PathBuf;
 
-use klive_format::api::{Action, AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
+use klive_format::api::{Action, AppliedReport, CheckIn};
 use klive_format::status::PatchState;
-use klive_server::evidence::cve::Source;
 
-use crate::common::{BUILD, Fixture, kernel, promote_as_bob, publish};
+use crate::common::{
+    BUILD, Fixture, enroll_token, import_changelog, kernel, promote_as_bob, publish,
+    register_and_authenticate,
+};
 
 const HOSTS: usize = 60;
 
@@ -28,44 +30,18 @@ async fn seed(fx: &Fixture) {
     let s = &fx.service;
     publish(fx, BUILD, 1).await;
     promote_as_bob(fx, BUILD, 1, "stable").await;
-    klive_server::evidence::cve::Cves::new(s)
-        .import(
-            &fx.bob,
-            Source::DebianChangelog,
-            "changelog",
-            CHANGELOG.as_bytes(),
-        )
-        .await
-        .unwrap();
+    import_changelog(fx, CHANGELOG).await;
     for (channel, n) in [("canary", 20), ("stable", HOSTS - 20)] {
-        let t = s
-            .enrollment()
-            .create_enroll_token(
-                &fx.admin,
-                &EnrollTokenRequest {
-                    channel: channel.into(),
-                    expires_in_secs: 600,
-                    max_uses: n as u32,
-                },
-            )
-            .await
-            .unwrap();
+        let t = enroll_token(fx, channel, 600, n as u32).await;
         for i in 0..n {
-            let r = s
-                .enrollment()
-                .register(&RegisterRequest {
-                    enrollment_token: t.token.clone(),
-                    hostname: format!("{channel}-web-{i:02}"),
-                    kernel: kernel(Some(BUILD)),
-                    agent_version: "0.1.0".into(),
-                })
-                .await
-                .unwrap();
-            let host = s
-                .enrollment()
-                .authenticate_host(&r.credential)
-                .await
-                .unwrap();
+            let (r, host) = register_and_authenticate(
+                s,
+                &t,
+                &format!("{channel}-web-{i:02}"),
+                kernel(Some(BUILD)),
+                "0.1.0",
+            )
+            .await;
             let mut c = CheckIn {
                 sequence: 1,
                 kernel: kernel(Some(BUILD)),

@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use klive_format::api::{
-    Action, AppliedReport, CheckIn, EnrollTokenRequest, PromoteRequest, RegisterRequest,
-};
+use klive_format::api::{Action, AppliedReport, CheckIn, PromoteRequest};
 use klive_format::evidence::{Rating, ReportSummary};
 use klive_format::release::{Fix, Severity};
 use klive_format::status::{KernelInfo, PatchState};
@@ -19,7 +17,10 @@ use klive_server::evidence::policy::PolicyChange;
 use klive_server::evidence::report::{self, EvidenceKey, VerifyError};
 use klive_server::store::history::DAY_MS;
 
-use crate::common::{self, Fixture, manifest_for, module};
+use crate::common::{
+    self, Fixture, enroll_token, import_changelog, import_feed, manifest_for, module, register,
+    register_and_authenticate,
+};
 
 const HOSTS: usize = 1000;
 const DAYS: i64 = 90;
@@ -385,36 +386,18 @@ async fn simulated_fleet_report_matches_an_independent_model() {
     // Day 0: 1,000 hosts enroll (100 canary, 900 stable), CVE knowledge arrives.
     let mut hosts = Vec::with_capacity(HOSTS);
     for (channel, n) in [("canary", CANARY), ("stable", HOSTS - CANARY)] {
-        let token = s
-            .enrollment()
-            .create_enroll_token(
-                &fx.admin,
-                &EnrollTokenRequest {
-                    channel: channel.into(),
-                    expires_in_secs: 3600,
-                    max_uses: n as u32,
-                },
-            )
-            .await
-            .unwrap();
+        let token = enroll_token(&fx, channel, 3600, n as u32).await;
         for _ in 0..n {
             let i = hosts.len();
             let kernel = i % 3;
-            let r = s
-                .enrollment()
-                .register(&RegisterRequest {
-                    enrollment_token: token.token.clone(),
-                    hostname: format!("web-{i:04}"),
-                    kernel: kernel_info(kernel),
-                    agent_version: "0.1.0".into(),
-                })
-                .await
-                .unwrap();
-            let auth = s
-                .enrollment()
-                .authenticate_host(&r.credential)
-                .await
-                .unwrap();
+            let (_, auth) = register_and_authenticate(
+                s,
+                &token,
+                &format!("web-{i:04}"),
+                kernel_info(kernel),
+                "0.1.0",
+            )
+            .await;
             hosts.push(SimHost {
                 auth,
                 seq: 0,
@@ -427,20 +410,9 @@ async fn simulated_fleet_report_matches_an_independent_model() {
             });
         }
     }
-    klive_server::evidence::cve::Cves::new(s)
-        .import(
-            &fx.bob,
-            Source::DebianChangelog,
-            "changelog",
-            CHANGELOG.as_bytes(),
-        )
-        .await
-        .unwrap();
+    import_changelog(&fx, CHANGELOG).await;
     model.debian_known_at = Some(s.clock().now_ms());
-    klive_server::evidence::cve::Cves::new(s)
-        .import(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
-        .await
-        .unwrap();
+    import_feed(&fx, Source::Osv, "osv.json", osv_sample().as_bytes()).await;
     model.osv_high.insert("CVE-2026-0001".into());
     // KEV: the level-2 high CVE must be fixed by day 20.
     let kev_date = date_of(t0 + 20 * DAY_MS);
@@ -449,10 +421,7 @@ async fn simulated_fleet_report_matches_an_independent_model() {
         "vulnerabilities":[{{"cveID":"CVE-2026-1021","vendorProject":"Linux","product":"Kernel","vulnerabilityName":"Linux Kernel simulated","dateAdded":"{}","shortDescription":"x","requiredAction":"patch","dueDate":"{kev_date}","knownRansomwareCampaignUse":"Unknown","notes":"","cwes":[]}}]}}"#,
         date_of(t0)
     );
-    klive_server::evidence::cve::Cves::new(s)
-        .import(&fx.bob, Source::Kev, "kev.json", kev.as_bytes())
-        .await
-        .unwrap();
+    import_feed(&fx, Source::Kev, "kev.json", kev.as_bytes()).await;
     let kev_due: jiff::civil::Date = kev_date.parse().unwrap();
     model.kev_due.insert(
         "CVE-2026-1021".into(),
@@ -887,10 +856,7 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
     // Independent count of the CVE ids in the file.
     let text = klive_server::evidence::cve::decompress("c", &bytes).unwrap();
     let ids = klive_server::evidence::cve::cve_ids(&text);
-    let summary = klive_server::evidence::cve::Cves::new(s)
-        .import(&fx.bob, Source::DebianChangelog, "changelog.gz", &bytes)
-        .await
-        .unwrap();
+    let summary = import_feed(&fx, Source::DebianChangelog, "changelog.gz", &bytes).await;
     assert_eq!(summary.cves, ids.len());
     assert!(
         summary.cves > 1000,
@@ -948,29 +914,10 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
         .flat_map(|e| e.cves.iter())
         .filter(|c| !fixed_upto.contains(c))
         .collect();
-    let token = s
-        .enrollment()
-        .create_enroll_token(
-            &fx.admin,
-            &EnrollTokenRequest {
-                channel: "stable".into(),
-                expires_in_secs: 60,
-                max_uses: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let token = enroll_token(&fx, "stable", 60, 1).await;
     let mut k = kernel_info(0);
     k.package_version = Some(host_version.into());
-    s.enrollment()
-        .register(&RegisterRequest {
-            enrollment_token: token.token,
-            hostname: "old".into(),
-            kernel: k,
-            agent_version: "0.1.0".into(),
-        })
-        .await
-        .unwrap();
+    register(s, &token, "old", k, "0.1.0").await;
     s.clock().advance_secs(60);
     let a = assess(s, s.clock().now_ms()).await.unwrap();
     assert_eq!(a.findings.len(), lacking.len());
@@ -983,51 +930,23 @@ backend_tests!(small_fleet_evidence_on_both_databases);
 /// PostgreSQL.
 async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     let s = &fx.service;
-    klive_server::evidence::cve::Cves::new(s)
-        .import(
-            &fx.bob,
-            Source::DebianChangelog,
-            "changelog",
-            CHANGELOG.as_bytes(),
-        )
-        .await
-        .unwrap();
-    klive_server::evidence::cve::Cves::new(s)
-        .import(&fx.bob, Source::Osv, "osv.json", osv_sample().as_bytes())
-        .await
-        .unwrap();
+    import_changelog(&fx, CHANGELOG).await;
+    import_feed(&fx, Source::Osv, "osv.json", osv_sample().as_bytes()).await;
     let mut model = Model::default();
     publish(&fx, &mut model, 0, 1).await;
-    let token = s
-        .enrollment()
-        .create_enroll_token(
-            &fx.admin,
-            &EnrollTokenRequest {
-                channel: "canary".into(),
-                expires_in_secs: 600,
-                max_uses: 3,
-            },
-        )
-        .await
-        .unwrap();
+    let token = enroll_token(&fx, "canary", 600, 3).await;
     let mut hosts = Vec::new();
     for kernel in 0..3 {
-        let r = s
-            .enrollment()
-            .register(&RegisterRequest {
-                enrollment_token: token.token.clone(),
-                hostname: format!("h{kernel}"),
-                kernel: kernel_info(kernel),
-                agent_version: "0.1.0".into(),
-            })
-            .await
-            .unwrap();
+        let (_, auth) = register_and_authenticate(
+            s,
+            &token,
+            &format!("h{kernel}"),
+            kernel_info(kernel),
+            "0.1.0",
+        )
+        .await;
         hosts.push(SimHost {
-            auth: s
-                .enrollment()
-                .authenticate_host(&r.credential)
-                .await
-                .unwrap(),
+            auth,
             seq: 0,
             boot: 1,
             kernel,

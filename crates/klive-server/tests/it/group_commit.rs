@@ -2,14 +2,16 @@
 //! gets its own verdict, on SQLite and PostgreSQL.
 
 use futures_util::future::join_all;
-use klive_format::api::{AppliedReport, CheckIn, EnrollTokenRequest, RegisterRequest};
+use klive_format::api::{AppliedReport, CheckIn};
 use klive_format::status::PatchState;
 use klive_server::Error;
 use klive_server::domain::AuthHost;
 use klive_server::store::audit::{self, Verdict};
 use klive_server::store::db::Backend;
 
-use crate::common::{self, BUILD, Fixture, kernel, level, publish};
+use crate::common::{
+    self, BUILD, Fixture, enroll_token, kernel, level, publish, register_and_authenticate,
+};
 
 backend_tests!(
     concurrent_checkins_of_many_hosts_share_transactions,
@@ -27,36 +29,17 @@ struct Host {
 }
 
 async fn hosts(fx: &Fixture, n: usize) -> Vec<Host> {
-    let s = &fx.service;
-    let t = s
-        .enrollment()
-        .create_enroll_token(
-            &fx.admin,
-            &EnrollTokenRequest {
-                channel: "canary".into(),
-                expires_in_secs: 600,
-                max_uses: u32::try_from(n).unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let t = enroll_token(fx, "canary", 600, u32::try_from(n).unwrap()).await;
     let mut out = Vec::new();
     for i in 0..n {
-        let r = s
-            .enrollment()
-            .register(&RegisterRequest {
-                enrollment_token: t.token.clone(),
-                hostname: format!("batch-{i}"),
-                kernel: kernel(Some(BUILD)),
-                agent_version: "0.1.0".into(),
-            })
-            .await
-            .unwrap();
-        let auth = s
-            .enrollment()
-            .authenticate_host(&r.credential)
-            .await
-            .unwrap();
+        let (r, auth) = register_and_authenticate(
+            &fx.service,
+            &t,
+            &format!("batch-{i}"),
+            kernel(Some(BUILD)),
+            "0.1.0",
+        )
+        .await;
         out.push(Host {
             credential: r.credential,
             auth,

@@ -13,7 +13,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use crate::common::{BUILD, build, kernel, level, release};
+use crate::common::{BUILD, build, kernel, level, register_and_authenticate, release};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -58,21 +58,8 @@ async fn s3_blobs_serve_releases_and_refuse_changed_objects() {
         )
         .await
         .unwrap();
-    let host = s
-        .enrollment()
-        .register(&klive_format::api::RegisterRequest {
-            enrollment_token: token.token,
-            hostname: "h".into(),
-            kernel: kernel(Some(BUILD)),
-            agent_version: "0".into(),
-        })
-        .await
-        .unwrap();
-    let host = s
-        .enrollment()
-        .authenticate_host(&host.credential)
-        .await
-        .unwrap();
+    let (_, host) =
+        register_and_authenticate(&s, &token.token, "h", kernel(Some(BUILD)), "0").await;
     let served = s
         .delivery()
         .host_module(&host, &build(BUILD), level(1))
