@@ -345,6 +345,16 @@ fn host() -> Host {
 /// What the fleet tests do with a host beyond the common harness.
 trait FleetHost {
     fn register(&self, s: &Server, channel: &str) -> String;
+
+    /// `klive register` with `token` at `s`, trusting the CA certificate `ca` and pinning the
+    /// TUF root with `pin` (`--root-sha256 HEX` or `--root FILE`).
+    fn register_with(
+        &self,
+        s: &Server,
+        token: &str,
+        ca: &std::path::Path,
+        pin: [&str; 2],
+    ) -> (i32, String, String);
 }
 
 impl FleetHost for Host {
@@ -364,6 +374,25 @@ impl FleetHost for Host {
         assert_eq!(v["channel"], channel);
         v["host_id"].as_str().unwrap().to_owned()
     }
+
+    fn register_with(
+        &self,
+        s: &Server,
+        token: &str,
+        ca: &std::path::Path,
+        pin: [&str; 2],
+    ) -> (i32, String, String) {
+        self.klive(&[
+            "register",
+            &s.url(),
+            "--token",
+            token,
+            "--ca",
+            ca.to_str().unwrap(),
+            pin[0],
+            pin[1],
+        ])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,16 +405,8 @@ fn channels_promotion_replace_withdrawal_and_revert() {
     let canary_id = canary.register(&s, "canary");
     // The second host pins the root by file instead of by digest.
     let token = stable_token(&s);
-    let (code, out, err) = stable.klive(&[
-        "register",
-        &s.url(),
-        "--token",
-        &token,
-        "--ca",
-        s.ca().to_str().unwrap(),
-        "--root",
-        s.root().to_str().unwrap(),
-    ]);
+    let (code, out, err) =
+        stable.register_with(&s, &token, &s.ca(), ["--root", s.root().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("channel stable"), "{out}");
 
@@ -631,30 +652,17 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
     let names = ["localhost".to_owned()];
     let files = klive_server::trust::tls::init(other.path(), &names, 30).unwrap();
     let token = s.token("canary");
-    let (code, _, err) = h.klive(&[
-        "register",
-        &s.url(),
-        "--token",
+    let (code, _, err) = h.register_with(
+        &s,
         &token,
-        "--ca",
-        files.ca_cert.to_str().unwrap(),
-        "--root-sha256",
-        &s.root_sha256(),
-    ]);
+        &files.ca_cert,
+        ["--root-sha256", &s.root_sha256()],
+    );
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("certificate"), "{err}");
     assert!(!h.state.join("fleet/registration.json").exists());
 
-    let (code, _, err) = h.klive(&[
-        "register",
-        &s.url(),
-        "--token",
-        &token,
-        "--ca",
-        s.ca().to_str().unwrap(),
-        "--root-sha256",
-        &"ab".repeat(32),
-    ]);
+    let (code, _, err) = h.register_with(&s, &token, &s.ca(), ["--root-sha256", &"ab".repeat(32)]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("fingerprint"), "{err}");
 

@@ -12,7 +12,7 @@ use klive_format::status::PatchState;
 
 use crate::common::{
     BUILD, Fixture, enroll_token, import_changelog, kernel, promote_as_bob, publish,
-    register_and_authenticate,
+    register_and_authenticate, utc_date,
 };
 
 const HOSTS: usize = 60;
@@ -69,14 +69,6 @@ async fn seed(fx: &Fixture) {
             }
         }
     }
-}
-
-fn day(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .unwrap()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,8 +131,8 @@ async fn dashboard_in_a_real_browser() {
         .env("FILTER", "web-1")
         // canary-web-10 .. canary-web-19
         .env("EXPECT_FILTERED", "10")
-        .env("FROM", day(now - 7 * 86_400_000))
-        .env("TO", day(now));
+        .env("FROM", utc_date(now - 7 * 86_400_000))
+        .env("TO", utc_date(now));
     let output = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()

@@ -418,3 +418,12 @@ pub fn set_cookie(r: &Response) -> String {
 pub fn cookie_pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_owned()
 }
+
+/// The UTC calendar date (`YYYY-MM-DD`) of a time in milliseconds since the epoch.
+pub fn utc_date(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
+}

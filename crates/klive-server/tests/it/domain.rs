@@ -550,6 +550,20 @@ impl Agent {
     }
 }
 
+/// The admin keeps host `id` on canary, pinned at `pinned` (if any), with an update delay.
+async fn set_canary_policy(fx: &Fixture, id: &str, pinned: Option<u32>, update_delay_secs: u64) {
+    let policy = HostPolicy {
+        channel: "canary".into(),
+        pinned_level: pinned.map(level),
+        update_delay_secs,
+    };
+    fx.service
+        .hosts()
+        .set_host_policy(&fx.admin, id, &policy)
+        .await
+        .unwrap();
+}
+
 async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     let s = &fx.service;
     let mut canary = Agent::register(&fx, "canary").await;
@@ -596,29 +610,13 @@ async fn checkin_answers_the_level_the_host_should_run(fx: Fixture) {
     for n in [3, 4] {
         publish(&fx, BUILD, n).await;
     }
-    let policy = HostPolicy {
-        channel: "canary".into(),
-        pinned_level: Some(level(3)),
-        update_delay_secs: 0,
-    };
-    s.hosts()
-        .set_host_policy(&fx.admin, &canary.host.id, &policy)
-        .await
-        .unwrap();
+    set_canary_policy(&fx, &canary.host.id, Some(3), 0).await;
     assert_eq!(
         canary.cycle(&fx).await,
         (Action::Apply, Some(3)),
         "pinned at 3 although 4 exists"
     );
-    let policy = HostPolicy {
-        channel: "canary".into(),
-        pinned_level: None,
-        update_delay_secs: 600,
-    };
-    s.hosts()
-        .set_host_policy(&fx.admin, &canary.host.id, &policy)
-        .await
-        .unwrap();
+    set_canary_policy(&fx, &canary.host.id, None, 600).await;
     assert_eq!(
         canary.cycle(&fx).await,
         (Action::Revert, None),

@@ -19,7 +19,7 @@ use klive_server::store::history::DAY_MS;
 
 use crate::common::{
     self, Fixture, enroll_token, import_changelog, import_feed, manifest_for, module, register,
-    register_and_authenticate,
+    register_and_authenticate, utc_date,
 };
 
 const HOSTS: usize = 1000;
@@ -115,6 +115,31 @@ struct SimHost {
     slow: bool,
     revoked: bool,
     taint: u64,
+}
+
+impl SimHost {
+    /// Registers and authenticates a host on `kernel` with `token`: first boot, no level yet.
+    async fn register(
+        s: &klive_server::Service,
+        token: &str,
+        hostname: &str,
+        kernel: usize,
+        slow: bool,
+        taint: u64,
+    ) -> SimHost {
+        let (_, auth) =
+            register_and_authenticate(s, token, hostname, kernel_info(kernel), "0.1.0").await;
+        SimHost {
+            auth,
+            seq: 0,
+            boot: 1,
+            kernel,
+            level: None,
+            slow,
+            revoked: false,
+            taint,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -361,14 +386,6 @@ fn promote_req(emergency: bool) -> PromoteRequest {
     }
 }
 
-fn date_of(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .unwrap()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_fleet_report_matches_an_independent_model() {
     let mut fx = Fixture::sqlite().await;
@@ -390,24 +407,9 @@ async fn simulated_fleet_report_matches_an_independent_model() {
         for _ in 0..n {
             let i = hosts.len();
             let kernel = i % 3;
-            let (_, auth) = register_and_authenticate(
-                s,
-                &token,
-                &format!("web-{i:04}"),
-                kernel_info(kernel),
-                "0.1.0",
-            )
-            .await;
-            hosts.push(SimHost {
-                auth,
-                seq: 0,
-                boot: 1,
-                kernel,
-                level: None,
-                slow: i % 5 == 0,
-                revoked: false,
-                taint: if i % 50 == 7 { 4096 } else { 0 },
-            });
+            let taint = if i % 50 == 7 { 4096 } else { 0 };
+            let host = format!("web-{i:04}");
+            hosts.push(SimHost::register(s, &token, &host, kernel, i % 5 == 0, taint).await);
         }
     }
     import_changelog(&fx, CHANGELOG).await;
@@ -415,11 +417,11 @@ async fn simulated_fleet_report_matches_an_independent_model() {
     import_feed(&fx, Source::Osv, "osv.json", osv_sample().as_bytes()).await;
     model.osv_high.insert("CVE-2026-0001".into());
     // KEV: the level-2 high CVE must be fixed by day 20.
-    let kev_date = date_of(t0 + 20 * DAY_MS);
+    let kev_date = utc_date(t0 + 20 * DAY_MS);
     let kev = format!(
         r#"{{"title":"CISA Catalog of Known Exploited Vulnerabilities","catalogVersion":"2026.11.22","dateReleased":"2026-11-22T00:00:00Z","count":1,
         "vulnerabilities":[{{"cveID":"CVE-2026-1021","vendorProject":"Linux","product":"Kernel","vulnerabilityName":"Linux Kernel simulated","dateAdded":"{}","shortDescription":"x","requiredAction":"patch","dueDate":"{kev_date}","knownRansomwareCampaignUse":"Unknown","notes":"","cwes":[]}}]}}"#,
-        date_of(t0)
+        utc_date(t0)
     );
     import_feed(&fx, Source::Kev, "kev.json", kev.as_bytes()).await;
     let kev_due: jiff::civil::Date = kev_date.parse().unwrap();
@@ -937,24 +939,7 @@ async fn small_fleet_evidence_on_both_databases(fx: Fixture) {
     let token = enroll_token(&fx, "canary", 600, 3).await;
     let mut hosts = Vec::new();
     for kernel in 0..3 {
-        let (_, auth) = register_and_authenticate(
-            s,
-            &token,
-            &format!("h{kernel}"),
-            kernel_info(kernel),
-            "0.1.0",
-        )
-        .await;
-        hosts.push(SimHost {
-            auth,
-            seq: 0,
-            boot: 1,
-            kernel,
-            level: None,
-            slow: false,
-            revoked: false,
-            taint: 0,
-        });
+        hosts.push(SimHost::register(s, &token, &format!("h{kernel}"), kernel, false, 0).await);
     }
     s.clock().advance_secs(3600);
     let answer = checkin(&fx, &mut hosts[0]).await;

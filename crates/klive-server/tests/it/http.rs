@@ -31,6 +31,17 @@ struct Reply {
 }
 
 impl Reply {
+    /// Asserts a 200 answer, showing the body otherwise.
+    #[track_caller]
+    fn assert_ok(&self) {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
@@ -78,6 +89,20 @@ impl Client {
         self.send(Method::GET, path, token, Body::empty()).await
     }
 
+    /// Publishes `manifest` with the API token `token`.
+    async fn post_manifest(
+        &self,
+        token: &str,
+        manifest: &klive_format::release::ReleaseManifest,
+    ) -> Reply {
+        self.post(
+            "/api/v1/releases",
+            Some(token),
+            serde_json::to_value(manifest).unwrap(),
+        )
+        .await
+    }
+
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.send(Method::POST, path, token, Body::from(body.to_string()))
             .await
@@ -99,26 +124,10 @@ async fn agent_path_over_http(fx: Fixture) {
             Body::from(ko.clone()),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_ok();
     assert_eq!(r.json()["sha256"], manifest.module.sha256);
-    let r = c
-        .post(
-            "/api/v1/releases",
-            Some(&alice),
-            serde_json::to_value(&manifest).unwrap(),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    let r = c.post_manifest(&alice, &manifest).await;
+    r.assert_ok();
     assert_eq!(r.json()["channels"][0]["channel"], "canary");
 
     // Enroll and register a host.
@@ -150,12 +159,7 @@ async fn agent_path_over_http(fx: Fixture) {
             checkin(1, Value::Null),
         )
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    r.assert_ok();
     let answer: CheckInResponse = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(answer.action, Action::Apply);
     let target = answer.target.unwrap();
@@ -286,13 +290,7 @@ async fn errors_are_json_with_stable_codes(fx: Fixture) {
     );
     let (mut manifest, _) = release(BUILD, 1);
     manifest.format = 99;
-    let r = c
-        .post(
-            "/api/v1/releases",
-            Some(&alice),
-            serde_json::to_value(&manifest).unwrap(),
-        )
-        .await;
+    let r = c.post_manifest(&alice, &manifest).await;
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (StatusCode::BAD_REQUEST, "invalid_manifest")

@@ -117,6 +117,19 @@ async fn host(s: &Service, fx: &Fixture, channel: &str) -> Host {
     }
 }
 
+/// The module of `BUILD` at `level` as the host reads it from a fresh load of its channel
+/// repository (`None` when the repository does not list it).
+async fn module_in(
+    s: &Service,
+    h: &Host,
+    root: &[u8],
+    datastore: &Path,
+    level: u32,
+) -> Option<Vec<u8>> {
+    let repo = load(s, h, root, datastore, Mangle::None).await.unwrap();
+    read(&repo, &tuf_module_target(BUILD, level)).await.unwrap()
+}
+
 /// Loads the host's channel repository as the agent would, pinning `root`.
 async fn load(
     s: &Service,
@@ -186,11 +199,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     );
 
     // The stable channel's repository does not list the canary release.
-    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
-        .await
-        .unwrap();
     assert_eq!(
-        read(&repo, &tuf_module_target(BUILD, 1)).await.unwrap(),
+        module_in(&s, &stable, &root, &store(dir.path(), "s"), 1).await,
         None
     );
     // A host cannot read another channel's repository.
@@ -206,13 +216,9 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
 
     // Promotion adds the target to stable; withdrawal removes it everywhere.
     promote_as_bob(&fx, BUILD, 1, "stable").await;
-    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
-        .await
-        .unwrap();
     assert_eq!(
-        read(&repo, &tuf_module_target(BUILD, 1))
+        module_in(&s, &stable, &root, &store(dir.path(), "s"), 1)
             .await
-            .unwrap()
             .unwrap(),
         ko.to_vec()
     );
@@ -220,11 +226,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
         .withdraw(&fx.alice, &build(BUILD), level(1), "regression")
         .await
         .unwrap();
-    let repo = load(&s, &stable, &root, &store(dir.path(), "s"), Mangle::None)
-        .await
-        .unwrap();
     assert_eq!(
-        read(&repo, &tuf_module_target(BUILD, 1)).await.unwrap(),
+        module_in(&s, &stable, &root, &store(dir.path(), "s"), 1).await,
         None
     );
 
@@ -232,11 +235,8 @@ async fn agent_reads_verified_releases_of_its_channel(mut fx: Fixture) {
     // module served under this build's name fails verification.
     let (_, ko_other) = publish(&fx, OTHER_BUILD, 2).await;
     publish(&fx, BUILD, 2).await;
-    let repo = load(&s, &canary, &root, &store(dir.path(), "c"), Mangle::None)
-        .await
-        .unwrap();
     assert_eq!(
-        read(&repo, &tuf_module_target(BUILD, 3)).await.unwrap(),
+        module_in(&s, &canary, &root, &store(dir.path(), "c"), 3).await,
         None
     );
     let swap = Mangle::Replace(".ko", Arc::new(ko_other.to_vec()));
