@@ -342,6 +342,14 @@ fn host() -> Host {
     Host::with_net(Net::default())
 }
 
+/// A started server and a new host registered on its canary channel, with the host's id.
+fn server_and_canary_host() -> (Server, Host, String) {
+    let s = Server::start();
+    let h = host();
+    let id = h.register(&s, "canary");
+    (s, h, id)
+}
+
 /// What the fleet tests do with a host beyond the common harness.
 trait FleetHost {
     fn register(&self, s: &Server, channel: &str) -> String;
@@ -535,9 +543,7 @@ fn assert_refused(h: &Host, what: &str, want_in_message: &str) -> String {
 
 #[test]
 fn tampering_rollback_freeze_and_other_builds_are_refused() {
-    let s = Server::start();
-    let h = host();
-    let id = h.register(&s, "canary");
+    let (s, h, id) = server_and_canary_host();
     let l1 = module(1);
     s.publish(1, &l1);
 
@@ -630,9 +636,7 @@ fn fetch_timestamp(s: &Server, h: &Host) -> Vec<u8> {
 
 #[test]
 fn a_module_for_another_kernel_release_is_refused_by_the_agent_core() {
-    let s = Server::start();
-    let h = host();
-    h.register(&s, "canary");
+    let (s, h, _) = server_and_canary_host();
     // Tagged for this build, but its vermagic names another kernel release: TUF verifies
     // it (it is what was published), the agent core refuses it before the kernel sees it.
     let ko = module_for(1, FAKE_BUILD_ID, "6.1.0-99-amd64 SMP preempt mod_unload ");
@@ -693,9 +697,7 @@ fn another_ca_and_a_wrong_root_are_refused_at_registration() {
 
 #[test]
 fn update_retries_while_the_server_restarts_and_an_interrupted_download() {
-    let mut s = Server::start();
-    let h = host();
-    h.register(&s, "canary");
+    let (mut s, h, _) = server_and_canary_host();
     let l1 = module(1);
     s.publish(1, &l1);
 
@@ -728,9 +730,7 @@ fn update_retries_while_the_server_restarts_and_an_interrupted_download() {
 
 #[test]
 fn daemon_backs_off_while_the_server_is_down_and_stops_on_request() {
-    let mut s = Server::start();
-    let h = host();
-    h.register(&s, "canary");
+    let (mut s, h, _) = server_and_canary_host();
     let l1 = module(1);
     s.publish(1, &l1);
     s.stop();
@@ -861,9 +861,7 @@ fn air_gapped_bundle_is_verified_against_the_pinned_root() {
 
 #[test]
 fn the_agent_follows_a_root_rotation_and_refuses_retired_keys() {
-    let mut s = Server::start();
-    let h = host();
-    h.register(&s, "canary");
+    let (mut s, h, _) = server_and_canary_host();
     let (l1, l2, l3) = (module(1), module(2), module(3));
     s.publish(1, &l1);
     assert_eq!(h.klive(&["update"]).0, 0);

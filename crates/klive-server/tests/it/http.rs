@@ -89,6 +89,11 @@ impl Client {
         self.send(Method::GET, path, token, Body::empty()).await
     }
 
+    /// A check-in `body` sent with the host credential `credential`.
+    async fn post_checkin(&self, credential: &str, body: Value) -> Reply {
+        self.post("/api/v1/checkin", Some(credential), body).await
+    }
+
     /// Publishes `manifest` with the API token `token`.
     async fn post_manifest(
         &self,
@@ -153,11 +158,7 @@ async fn agent_path_over_http(fx: Fixture) {
     // Check in: apply level 1, download and compare.
     let checkin = |seq: u64, applied: Value| json!({"sequence": seq, "kernel": kernel(Some(BUILD)), "applied": applied, "uptime_secs": 10, "boot_id": "b1", "agent_version": "0.1.0"});
     let r = c
-        .post(
-            "/api/v1/checkin",
-            Some(&host.credential),
-            checkin(1, Value::Null),
-        )
+        .post_checkin(&host.credential, checkin(1, Value::Null))
         .await;
     r.assert_ok();
     let answer: CheckInResponse = serde_json::from_slice(&r.body).unwrap();
@@ -173,17 +174,15 @@ async fn agent_path_over_http(fx: Fixture) {
     );
 
     let r = c
-        .post(
-            "/api/v1/checkin",
-            Some(&host.credential),
+        .post_checkin(
+            &host.credential,
             checkin(2, json!({"level": 1, "state": "applied"})),
         )
         .await;
     assert_eq!(r.json()["action"], "none");
     let r = c
-        .post(
-            "/api/v1/checkin",
-            Some(&host.credential),
+        .post_checkin(
+            &host.credential,
             checkin(2, json!({"level": 1, "state": "applied"})),
         )
         .await;
