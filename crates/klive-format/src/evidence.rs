@@ -142,15 +142,6 @@ pub struct SlaPolicy {
     pub rules: SlaRules,
 }
 
-/// A version reads as its rules (`p.critical_days`, `p.days(rating)`).
-impl std::ops::Deref for SlaPolicy {
-    type Target = SlaRules;
-
-    fn deref(&self) -> &SlaRules {
-        &self.rules
-    }
-}
-
 /// How a finding was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -721,7 +721,7 @@ fn judge(
         _ => (detected, ClockStart::Detected),
     };
     let mut due_at = match policy {
-        Some(p) => clock_start_at + i64::from(p.days(severity)) * DAY_MS,
+        Some(p) => clock_start_at + i64::from(p.rules.days(severity)) * DAY_MS,
         None => i64::MAX,
     };
     if let Some(p) = policy

@@ -27,7 +27,7 @@ pub fn severity_figures(a: &Assessment, from: i64) -> Vec<SeverityFigures> {
             let mut ttp = Vec::new();
             let mut fig = SeverityFigures {
                 severity: rating,
-                sla_days: policy_now.map_or(0, |p| p.days(rating)),
+                sla_days: policy_now.map_or(0, |p| p.rules.days(rating)),
                 fixed: 0,
                 fixed_on_time: 0,
                 fixed_by_livepatch: 0,
@@ -81,7 +81,7 @@ pub fn ttp_series(a: &Assessment, from: i64) -> Vec<TtpSeries> {
         .into_iter()
         .map(|rating| TtpSeries {
             rating,
-            sla_days: policy_now.map_or(0, |p| p.days(rating)),
+            sla_days: policy_now.map_or(0, |p| p.rules.days(rating)),
             ttp_secs: period_findings(a, from)
                 .filter(|f| f.severity == rating)
                 .filter(|f| f.fixed_at.is_some_and(|x| in_period(x, from, a.as_of)))
