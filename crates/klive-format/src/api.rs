@@ -335,6 +335,9 @@ pub enum PromotionStatus {
     EmergencyUnapproved,
     /// Emergency, approved afterwards.
     EmergencyApproved,
+    /// A pending request overtaken by a later effective (approved or emergency) promotion of
+    /// the same release to the same channel; nobody approved it.
+    Superseded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,14 +65,17 @@ impl Hosts<'_> {
         self.get(by, id).await
     }
 
-    /// Revokes a host's credential: its next request is refused.
+    /// Revokes a host's credential: its next request is refused. Revoking a revoked host
+    /// changes and audits nothing and answers the host as it is; an unknown id is not found.
     pub async fn revoke_host(self, by: &AuthUser, id: &str) -> Result<HostInfo, Error> {
         by.require(Role::Admin)?;
         let now = self.now();
         let mut tx = self.db.begin_audited().await?;
         let affected = store::hosts::revoke(&mut tx, id, now).await?;
         if affected == 0 {
-            return Err(Error::HostNotFound(id.to_owned()));
+            // Unknown, or revoked already: the read tells which (the transaction rolls back).
+            drop(tx);
+            return self.get(by, id).await;
         }
         audit::append(&mut tx, now, &by.actor(), "host.revoke", id, json!({})).await?;
         tx.commit().await?;

@@ -59,8 +59,17 @@ impl Promotions<'_> {
                     to.name
                 )));
             }
-            // Superseded by this effective promotion.
+            // Superseded by this effective promotion, in the same transaction as its record.
             store::promotions::supersede(&mut tx, &existing).await?;
+            audit::append(
+                &mut tx,
+                now,
+                &by.actor(),
+                "promotion.superseded",
+                &id,
+                json!({"promotion": existing, "superseded_by": promotion_id, "to": to.name}),
+            )
+            .await?;
         }
         if immediate {
             store::releases::enter_channel_flagged(&mut tx, &id, &to.name, now, req.emergency)

@@ -13,6 +13,7 @@ fn status_name(s: PromotionStatus) -> &'static str {
         PromotionStatus::Approved => "approved",
         PromotionStatus::EmergencyUnapproved => "emergency_unapproved",
         PromotionStatus::EmergencyApproved => "emergency_approved",
+        PromotionStatus::Superseded => "superseded",
     }
 }
 
@@ -40,8 +41,7 @@ impl TryFrom<StoredPromotion> for Promotion {
             "approved" => PromotionStatus::Approved,
             "emergency_unapproved" => PromotionStatus::EmergencyUnapproved,
             "emergency_approved" => PromotionStatus::EmergencyApproved,
-            // A pending request overtaken by an effective promotion reads as approved by that one.
-            "superseded" => PromotionStatus::Approved,
+            "superseded" => PromotionStatus::Superseded,
             other => {
                 return Err(Error::Corrupt(format!(
                     "unknown promotion status {other:?}"

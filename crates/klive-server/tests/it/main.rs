@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod abuse;
 mod bench_dashboard;
 mod browser;
 mod cli;
