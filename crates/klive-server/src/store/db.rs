@@ -185,3 +185,16 @@ fn migration_failed(e: sqlx::migrate::MigrateError) -> Error {
         "migrating the database failed: {e}; restore it from a backup or run the klive-server version that created it"
     ))
 }
+
+/// `text` as a literal inside a LIKE pattern written with `ESCAPE '\'`: its `\`, `%` and `_`
+/// match only themselves (a search box's `a_b` finds `a_b`, not `axb`).
+pub fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

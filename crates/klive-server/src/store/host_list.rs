@@ -4,7 +4,7 @@
 use sqlx::{Any, Execute, QueryBuilder};
 
 use crate::error::Error;
-use crate::store::db::Db;
+use crate::store::db::{Db, like_literal};
 
 /// Which applied level to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,11 +65,13 @@ pub async fn page(db: &Db, f: &HostFilter) -> Result<Vec<HostListRow>, Error> {
     qb.push_bind(f.after.clone());
     let search = f.search.trim().to_lowercase();
     if !search.is_empty() {
+        // `%` and `_` typed into the search box are literal characters, not wildcards.
+        let pattern = format!("%{}%", like_literal(&search));
         qb.push(" AND (LOWER(hostname) LIKE ")
-            .push_bind(format!("%{search}%"))
-            .push(" OR id LIKE ")
-            .push_bind(format!("%{search}%"))
-            .push(")");
+            .push_bind(pattern.clone())
+            .push(" ESCAPE '\\' OR id LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\')");
     }
     if !f.channel.is_empty() {
         qb.push(" AND channel = ").push_bind(f.channel.clone());

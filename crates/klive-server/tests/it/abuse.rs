@@ -17,6 +17,8 @@ use crate::common::{
 backend_tests!(
     superseded_promotion_reads_as_superseded_and_is_audited,
     revoking_a_revoked_host_is_idempotent,
+    search_wildcards_match_only_themselves,
+    negative_filters_are_refused,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
@@ -129,4 +131,116 @@ async fn revoking_a_revoked_host_is_idempotent(fx: Fixture) {
     );
     let (status, body) = call(&fx, Method::POST, "/api/v1/hosts/nosuchhost/revoke", &admin).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+async fn search_wildcards_match_only_themselves(fx: Fixture) {
+    use klive_server::store::{audit_search, host_list};
+    let token = enroll_token(&fx, "canary", 3600, 4).await;
+    for name in ["a_b", "axb", "a%b"] {
+        register(&fx.service, &token, name, kernel(None), "0.1.0").await;
+    }
+    let found = |search: &'static str| {
+        let fx = &fx;
+        async move {
+            let f = host_list::HostFilter {
+                search: search.into(),
+                limit: 100,
+                ..Default::default()
+            };
+            let mut names: Vec<String> = host_list::page(fx.service.db(), &f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.hostname)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(found("a_b").await, ["a_b"]);
+    assert_eq!(found("a%b").await, ["a%b"]);
+    assert_eq!(found("%").await, ["a%b"]);
+    assert_eq!(found("_").await, ["a_b"]);
+    assert_eq!(found("b").await, ["a%b", "a_b", "axb"]);
+
+    // Audit search by prefix: `host_` is not `host.`, `%` is not everything.
+    let admin = user_token(&fx, "admin").await;
+    let host = register(&fx.service, &token, "web-9", kernel(None), "0.1.0").await;
+    let path = format!("/api/v1/hosts/{}/revoke", host.host_id);
+    assert_eq!(
+        call(&fx, Method::POST, &path, &admin).await.0,
+        StatusCode::OK
+    );
+    let search = |actor: &'static str, action: &'static str| {
+        let fx = &fx;
+        async move {
+            audit_search::search(fx.service.db(), i64::MAX, actor, action, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.action)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        search("", "host.r").await[..2],
+        ["host.revoke", "host.register"]
+    );
+    assert_eq!(search("", "host_").await, Vec::<String>::new());
+    assert_eq!(search("", "%").await, Vec::<String>::new());
+    assert_eq!(search("_", "").await, Vec::<String>::new());
+}
+
+/// A dashboard router and the session cookie of `user` signed in to it.
+async fn dashboard_as(fx: &Fixture, user: &str) -> (axum::Router, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let router = klive_server::http::dashboard::router(fx.service.clone(), data.path().into());
+    let token = user_token(fx, user).await;
+    let login = get_page(&router, "/ui/login", None).await;
+    let login_cookie = cookie_pair(&set_cookie(&login));
+    let csrf = login_cookie.split_once('=').unwrap().1.to_owned();
+    let signed_in = post_form(
+        &router,
+        "/ui/login",
+        &login_cookie,
+        format!("token={token}&csrf={csrf}"),
+    )
+    .await;
+    let cookie = cookie_pair(&set_cookie(&signed_in));
+    (router, cookie, data)
+}
+
+async fn page_text(response: axum::response::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn negative_filters_are_refused(fx: Fixture) {
+    let (router, cookie, _data) = dashboard_as(&fx, "vic").await;
+    let (status, body) = page_text(get_page(&router, "/ui/hosts", Some(&cookie)).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (query, says) in [
+        ("uptime_days=-1", "0 or more"),
+        ("uptime_days=999999999999999999", "days"),
+        ("level=-3", "0 or more"),
+    ] {
+        let (status, body) =
+            page_text(get_page(&router, &format!("/ui/hosts?{query}"), Some(&cookie)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
+    let (status, body) =
+        page_text(get_page(&router, "/ui/audit?before=-5", Some(&cookie)).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("0 or more"), "{body}");
+    let (status, body) =
+        page_text(get_page(&router, "/ui/hosts?uptime_days=0&level=0", Some(&cookie)).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let vic = user_token(&fx, "vic").await;
+    let (status, body) = call(&fx, Method::GET, "/api/v1/hosts?limit=-1", &vic).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

@@ -39,6 +39,11 @@ pub(super) async fn audit_page(
     Query(q): Query<AuditQuery>,
     session: Session,
 ) -> Result<Response, Denied> {
+    if q.before.is_some_and(|b| b < 0) {
+        return Err(Denied::bad_request(
+            "before must be a record sequence number, 0 or more",
+        ));
+    }
     let rows = audit_search::search(
         d.service.db(),
         q.before.unwrap_or(i64::MAX),

@@ -68,9 +68,9 @@ fn store_filter(f: &HostFilter, stale_at: i64) -> Result<host_list::HostFilter, 
     } else if level.is_empty() || level == "any" {
         LevelFilter::Any
     } else {
-        LevelFilter::Is(level.parse().map_err(|_| {
+        LevelFilter::Is(level.parse().ok().filter(|l: &i64| *l >= 0).ok_or_else(|| {
             Denied::bad_request(format!(
-                "level {level:?} is not a number; use a level, none or leave it empty"
+                "level {level:?} is not a whole number 0 or more; use a level, none or leave it empty"
             ))
         })?)
     };
@@ -89,8 +89,14 @@ fn store_filter(f: &HostFilter, stale_at: i64) -> Result<host_list::HostFilter, 
         "" => None,
         days => Some(
             days.parse::<i64>()
-                .map_err(|_| Denied::bad_request("uptime must be a whole number of days"))?
-                * 86400,
+                .ok()
+                .filter(|d| *d >= 0)
+                .and_then(|d| d.checked_mul(86400))
+                .ok_or_else(|| {
+                    Denied::bad_request(format!(
+                        "uptime {days:?} is not a whole number of days 0 or more"
+                    ))
+                })?,
         ),
     };
     Ok(host_list::HostFilter {
