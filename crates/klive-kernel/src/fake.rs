@@ -9,4 +9,6 @@
 mod kernel;
 
 #[cfg(feature = "fake")]
-pub use kernel::{Call, FAKE_BUILD_ID, FAKE_RELEASE, FAKE_VERMAGIC, FakeKernel, TransitionPlan};
+pub use kernel::{
+    Call, FAKE_BUILD_ID, FAKE_RELEASE, FAKE_VERMAGIC, FakeKernel, FreePlan, TransitionPlan,
+};

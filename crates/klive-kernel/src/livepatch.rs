@@ -85,23 +85,39 @@ pub fn patches(root: &SysRoot) -> Result<Vec<Patch>, SysfsError> {
 }
 
 /// Whether the patch `name` is in transition (one sysfs read: what a waiting loop polls);
-/// `None` when the patch is gone (freed by the kernel after it was disabled).
+/// `None` when the patch is gone (freed by the kernel after it was disabled or replaced).
+///
+/// The kernel removes `/sys/kernel/livepatch/<name>/` when a disabled or replaced patch is
+/// freed, so the attribute vanishing (ENOENT, or ENODEV while the directory is being torn
+/// down) is the normal end of the transition, not an error.
 pub fn in_transition(root: &SysRoot, name: &str) -> Result<Option<bool>, SysfsError> {
     let path = format!("{LIVEPATCH_DIR}/{name}/transition");
-    match root.read_optional(&path)?.as_deref() {
-        None => Ok(None),
-        Some("0") => Ok(Some(false)),
-        Some("1") => Ok(Some(true)),
-        Some(other) => Err(SysfsError::Parse {
+    let content = match root.read_trimmed(&path) {
+        Ok(c) => c,
+        Err(e) if e.is_vanished() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match content.as_str() {
+        "0" => Ok(Some(false)),
+        "1" => Ok(Some(true)),
+        _ => Err(SysfsError::Parse {
             path: root.path(&path),
-            content: other.to_owned(),
+            content,
             expected: "0 or 1",
         }),
     }
 }
 
-/// Reads one patch; `None` when it is not loaded.
+/// Reads one patch; `None` when it is not loaded, including when its directory or one of
+/// its attributes vanishes while being read (the kernel freeing a disabled or replaced patch).
 pub fn patch(root: &SysRoot, name: &str) -> Result<Option<Patch>, SysfsError> {
+    match read_patch(root, name) {
+        Err(e) if e.is_vanished() => Ok(None),
+        other => other,
+    }
+}
+
+fn read_patch(root: &SysRoot, name: &str) -> Result<Option<Patch>, SysfsError> {
     let dir = format!("{LIVEPATCH_DIR}/{name}");
     if !root.is_dir(&dir) {
         return Ok(None);
@@ -132,6 +148,10 @@ pub fn patch(root: &SysRoot, name: &str) -> Result<Option<Patch>, SysfsError> {
         });
     }
     let module_version = root.read_optional(&format!("/sys/module/{name}/version"))?;
+    if !root.is_dir(&dir) {
+        // Freed while we read it: what was read may be partial.
+        return Ok(None);
+    }
     Ok(Some(Patch {
         name: name.to_owned(),
         enabled,

@@ -25,10 +25,38 @@ pub enum SysfsError {
     },
 }
 
+impl SysfsError {
+    /// Whether a read failed because the object is gone: ENOENT, or ENODEV, which sysfs
+    /// returns for an attribute of a kobject the kernel is removing while the directory may
+    /// still be listed.
+    pub fn is_vanished(&self) -> bool {
+        match self {
+            SysfsError::Read { source, .. } => {
+                source.kind() == io::ErrorKind::NotFound
+                    || source.raw_os_error() == Some(libc::ENODEV)
+            }
+            SysfsError::Write { .. } | SysfsError::Parse { .. } => false,
+        }
+    }
+}
+
+/// A test double's view of every read: given the path read (as passed to [`SysRoot`]), an
+/// error to return instead of reading, or `None` to read the file.
+#[cfg(feature = "fake")]
+pub(crate) type ReadHook = std::sync::Arc<dyn Fn(&str) -> Option<io::Error> + Send + Sync>;
+
 /// The directory `/sys` and `/proc` are found under: `/` on a host, a temp dir in tests.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SysRoot {
     root: PathBuf,
+    #[cfg(feature = "fake")]
+    hook: Option<ReadHook>,
+}
+
+impl std::fmt::Debug for SysRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SysRoot").field("root", &self.root).finish()
+    }
 }
 
 impl Default for SysRoot {
@@ -39,7 +67,31 @@ impl Default for SysRoot {
 
 impl SysRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            #[cfg(feature = "fake")]
+            hook: None,
+        }
+    }
+
+    /// The fake kernel's hook on every read and directory listing.
+    #[cfg(feature = "fake")]
+    pub(crate) fn with_hook(mut self, hook: ReadHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    #[cfg(feature = "fake")]
+    fn injected(&self, rel: &str) -> Result<(), io::Error> {
+        match self.hook.as_ref().and_then(|h| h(rel)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(feature = "fake"))]
+    fn injected(&self, _rel: &str) -> Result<(), io::Error> {
+        Ok(())
     }
 
     /// `rel` is an absolute-looking path such as `/sys/kernel/livepatch`.
@@ -53,7 +105,9 @@ impl SysRoot {
 
     pub fn read_bytes(&self, rel: &str) -> Result<Vec<u8>, SysfsError> {
         let path = self.path(rel);
-        fs::read(&path).map_err(|source| SysfsError::Read { path, source })
+        self.injected(rel)
+            .and_then(|()| fs::read(&path))
+            .map_err(|source| SysfsError::Read { path, source })
     }
 
     /// The file's text with trailing whitespace removed; invalid UTF-8 is replaced, never fatal.
@@ -98,7 +152,7 @@ impl SysRoot {
     /// Names of the entries of a directory, sorted; empty when it does not exist.
     pub fn list_dir(&self, rel: &str) -> Result<Vec<String>, SysfsError> {
         let path = self.path(rel);
-        let entries = match fs::read_dir(&path) {
+        let entries = match self.injected(rel).and_then(|()| fs::read_dir(&path)) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(SysfsError::Read { path, source }),
@@ -133,4 +187,24 @@ fn write_existing(path: &Path, value: &[u8]) -> io::Result<()> {
         .truncate(true)
         .open(path)?;
     f.write_all(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_error(errno: i32) -> SysfsError {
+        SysfsError::Read {
+            path: PathBuf::from("/sys/kernel/livepatch/klive_x/transition"),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    #[test]
+    fn only_enoent_and_enodev_mean_vanished() {
+        assert!(read_error(libc::ENOENT).is_vanished());
+        assert!(read_error(libc::ENODEV).is_vanished());
+        assert!(!read_error(libc::EACCES).is_vanished());
+        assert!(!read_error(libc::EIO).is_vanished());
+    }
 }

@@ -188,7 +188,21 @@ impl<K: Kernel> Agent<'_, K> {
         by_hand: bool,
     ) -> Result<Vec<String>, AgentError> {
         self.refuse_stacked(op, release.module)?;
-        let replaced = self.idle_klive_modules()?;
+        // The kernel frees the replaced patches after the transition, asynchronously: wait
+        // until their sysfs directories are gone, then unload their modules.
+        let freed: Vec<String> = self
+            .klive_patches()?
+            .into_iter()
+            .filter(|p| p.name != release.module && !p.enabled)
+            .map(|p| p.name)
+            .collect();
+        for name in &freed {
+            self.wait_gone(name, self.opts.unload_timeout)?;
+        }
+        let mut replaced = self.idle_klive_modules()?;
+        replaced.extend(freed);
+        replaced.sort();
+        replaced.dedup();
         for m in &replaced {
             self.unload(m)?;
         }
@@ -215,12 +229,13 @@ impl<K: Kernel> Agent<'_, K> {
     }
 
     /// A module built without `replace = true` stacks on the previous level instead of
-    /// replacing it: klive runs one patch at a time, so take it out again.
+    /// replacing it: klive runs one patch at a time, so take it out again. A replaced patch
+    /// the kernel has not freed yet shows disabled: that is not stacking.
     fn refuse_stacked(&self, op: &str, name: &str) -> Result<(), AgentError> {
         let stacked: Vec<String> = self
             .klive_patches()?
             .into_iter()
-            .filter(|p| p.name != name)
+            .filter(|p| p.name != name && p.enabled)
             .map(|p| p.name)
             .collect();
         if stacked.is_empty() {

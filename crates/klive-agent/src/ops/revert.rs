@@ -44,6 +44,9 @@ impl<K: Kernel> Agent<'_, K> {
         let mut modules = Vec::new();
         for p in patches.iter().filter(|p| p.enabled) {
             self.disable_for_revert(&op, p)?;
+            // The patch is gone from sysfs, but its directory may still be listed while the
+            // kernel tears it down: unload it by name rather than wait to see it idle.
+            self.unload(&p.name)?;
             modules.push(p.name.clone());
         }
         for m in self.idle_klive_modules()? {

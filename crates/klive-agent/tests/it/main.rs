@@ -3,3 +3,4 @@
 
 mod fake_kernel;
 mod fleet;
+mod free_race;

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::livepatch::LIVEPATCH_DIR;
 use crate::module;
@@ -37,6 +38,99 @@ pub enum TransitionPlan {
     },
 }
 
+/// How the kernel frees a patch that was disabled or replaced, which removes its
+/// `/sys/kernel/livepatch/<name>/` directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreePlan {
+    /// In the same call that ends the transition.
+    AtOnce,
+    /// Later, while whoever waits reads the patch's sysfs files. A disabled patch shows
+    /// `transition` 1 until the `done_after`-th read of a file in its directory (or a listing
+    /// of it), then 0; a replaced patch shows `enabled` 0 and `transition` 0. The
+    /// `gone_after`-th read is where the kernel frees it: that read fails with `errno` —
+    /// `ENOENT`: the directory was removed just before; `ENODEV`: sysfs is tearing the
+    /// directory down, so it is still listed until the next read of anything or
+    /// `delete_module`.
+    Deferred {
+        done_after: u32,
+        gone_after: u32,
+        errno: i32,
+    },
+}
+
+/// Patches being freed under [`FreePlan::Deferred`], shared with the read hook.
+#[derive(Debug)]
+struct Freeing {
+    base: SysRoot,
+    plan: FreePlan,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    name: String,
+    reads: u32,
+    /// The failing read happened; the directory goes on the next read or unload.
+    dying: bool,
+}
+
+impl Freeing {
+    fn remove(&self, name: &str) {
+        let _ = fs::remove_dir_all(self.base.path(&format!("{LIVEPATCH_DIR}/{name}")));
+    }
+
+    /// Finishes tearing down the directories whose failing read happened.
+    fn reap(&mut self) {
+        let dying: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|p| p.dying)
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &dying {
+            self.remove(name);
+        }
+        self.pending.retain(|p| !p.dying);
+    }
+
+    /// Called before every read through the fake's `SysRoot`.
+    fn on_read(&mut self, rel: &str) -> Option<std::io::Error> {
+        self.reap();
+        let FreePlan::Deferred {
+            done_after,
+            gone_after,
+            errno,
+        } = self.plan
+        else {
+            return None;
+        };
+        let i = self.pending.iter().position(|p| {
+            let dir = format!("{LIVEPATCH_DIR}/{}", p.name);
+            rel == dir || rel.starts_with(&format!("{dir}/"))
+        })?;
+        self.pending[i].reads += 1;
+        let reads = self.pending[i].reads;
+        let name = self.pending[i].name.clone();
+        if reads == done_after {
+            let _ = fs::write(
+                self.base
+                    .path(&format!("{LIVEPATCH_DIR}/{name}/transition")),
+                "0",
+            );
+        }
+        if reads < gone_after {
+            return None;
+        }
+        if errno == libc::ENOENT {
+            self.remove(&name);
+            self.pending.remove(i);
+            return None;
+        }
+        self.pending[i].dying = true;
+        Some(std::io::Error::from_raw_os_error(errno))
+    }
+}
+
 #[derive(Debug)]
 struct Behaviour {
     plan: TransitionPlan,
@@ -46,7 +140,11 @@ struct Behaviour {
 
 #[derive(Debug)]
 pub struct FakeKernel {
+    /// What callers read through: every read passes the [`FreePlan`] hook.
     root: SysRoot,
+    /// The fake's own view of its files, without the hook.
+    raw: SysRoot,
+    freeing: Arc<Mutex<Freeing>>,
     dir: PathBuf,
     behaviour: RefCell<Behaviour>,
     calls: RefCell<Vec<Call>>,
@@ -60,8 +158,21 @@ pub const FAKE_VERMAGIC: &str = "6.1.0-56-amd64 SMP preempt mod_unload modversio
 impl FakeKernel {
     /// A host with livepatch support, no patches and no taint, rooted at `dir`.
     pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let raw = SysRoot::new(dir);
+        let freeing = Arc::new(Mutex::new(Freeing {
+            base: raw.clone(),
+            plan: FreePlan::AtOnce,
+            pending: Vec::new(),
+        }));
+        let hook = Arc::clone(&freeing);
         let k = Self {
-            root: SysRoot::new(dir),
+            root: raw.clone().with_hook(Arc::new(move |rel: &str| {
+                hook.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .on_read(rel)
+            })),
+            raw,
+            freeing,
             dir: dir.to_owned(),
             behaviour: RefCell::new(Behaviour {
                 plan: TransitionPlan::Completes,
@@ -107,7 +218,7 @@ impl FakeKernel {
 
     /// Writes a pseudo-file of the fake host.
     pub fn put(&self, rel: &str, content: &str) -> std::io::Result<()> {
-        let p = self.root.path(rel);
+        let p = self.raw.path(rel);
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -120,6 +231,37 @@ impl FakeKernel {
 
     pub fn set_plan(&self, plan: TransitionPlan) {
         self.behaviour.borrow_mut().plan = plan;
+    }
+
+    /// How disabled and replaced patches are freed from now on.
+    pub fn set_free_plan(&self, plan: FreePlan) {
+        self.freeing().plan = plan;
+    }
+
+    fn freeing(&self) -> std::sync::MutexGuard<'_, Freeing> {
+        self.freeing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The kernel frees a disabled or replaced patch: at once, or later under
+    /// [`FreePlan::Deferred`].
+    fn free_patch(&self, name: &str, disabled: bool) -> std::io::Result<()> {
+        let dir = format!("{LIVEPATCH_DIR}/{name}");
+        let mut freeing = self.freeing();
+        if freeing.plan == FreePlan::AtOnce {
+            return fs::remove_dir_all(self.raw.path(&dir));
+        }
+        self.put(&format!("{dir}/enabled"), "0")?;
+        self.put(
+            &format!("{dir}/transition"),
+            if disabled { "1" } else { "0" },
+        )?;
+        freeing.pending.retain(|p| p.name != name);
+        freeing.pending.push(Pending {
+            name: name.to_owned(),
+            reads: 0,
+            dying: false,
+        });
+        Ok(())
     }
 
     /// The next module load fails with `errno`.
@@ -141,7 +283,7 @@ impl FakeKernel {
 
     /// Names of loaded modules (`/sys/module/*` with a `version` or livepatch).
     pub fn loaded_modules(&self) -> Vec<String> {
-        self.root
+        self.raw
             .list_dir("/sys/module")
             .unwrap_or_default()
             .into_iter()
@@ -159,7 +301,7 @@ impl FakeKernel {
 
     fn task_dirs(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for pid in self.root.list_dir("/proc").unwrap_or_default() {
+        for pid in self.raw.list_dir("/proc").unwrap_or_default() {
             if pid.parse::<u32>().is_err() {
                 continue;
             }
@@ -198,19 +340,19 @@ impl FakeKernel {
                 .unwrap_or_default()
                 == "1";
             if replace {
-                for other in self.root.list_dir(LIVEPATCH_DIR).unwrap_or_default() {
+                for other in self.raw.list_dir(LIVEPATCH_DIR).unwrap_or_default() {
                     if other != name {
-                        fs::remove_dir_all(self.root.path(&format!("{LIVEPATCH_DIR}/{other}")))?;
+                        self.free_patch(&other, false)?;
                     }
                 }
             }
-            for obj in self.root.list_dir(&dir).unwrap_or_default() {
-                if self.root.exists(&format!("{dir}/{obj}/patched")) {
+            for obj in self.raw.list_dir(&dir).unwrap_or_default() {
+                if self.raw.exists(&format!("{dir}/{obj}/patched")) {
                     self.put(&format!("{dir}/{obj}/patched"), "1")?;
                 }
             }
         } else {
-            fs::remove_dir_all(self.root.path(&dir))?;
+            self.free_patch(name, true)?;
         }
         Ok(())
     }
@@ -240,10 +382,10 @@ impl Kernel for FakeKernel {
         }
         let info = module::inspect_bytes(source, image)
             .map_err(|_| Self::err("init_module", &shown, libc::ENOEXEC))?;
-        if self.root.is_dir(&format!("/sys/module/{}", info.name)) {
+        if self.raw.is_dir(&format!("/sys/module/{}", info.name)) {
             return Err(Self::err("init_module", &shown, libc::EEXIST));
         }
-        let release = self.root.read_trimmed("/proc/sys/kernel/osrelease")?;
+        let release = self.raw.read_trimmed("/proc/sys/kernel/osrelease")?;
         if info.vermagic_release() != release {
             return Err(Self::err("init_module", &shown, libc::ENOEXEC));
         }
@@ -254,20 +396,20 @@ impl Kernel for FakeKernel {
             &info.klive_level.map(|l| l.to_string()).unwrap_or_default(),
         )
         .map_err(&io)?;
-        let mut taint: u64 = self.root.read_int("/proc/sys/kernel/tainted")?;
+        let mut taint: u64 = self.raw.read_int("/proc/sys/kernel/tainted")?;
         taint |= 1 << 12 | 1 << 13;
         if !info.livepatch {
             self.put("/proc/sys/kernel/tainted", &taint.to_string())
                 .map_err(&io)?;
             return Ok(());
         }
-        if self.root.list_dir(LIVEPATCH_DIR)?.iter().any(|p| {
-            self.root
+        if self.raw.list_dir(LIVEPATCH_DIR)?.iter().any(|p| {
+            self.raw
                 .read_trimmed(&format!("{LIVEPATCH_DIR}/{p}/transition"))
                 .unwrap_or_default()
                 == "1"
         }) {
-            fs::remove_dir_all(self.root.path(&format!("/sys/module/{name}"))).map_err(&io)?;
+            fs::remove_dir_all(self.raw.path(&format!("/sys/module/{name}"))).map_err(&io)?;
             return Err(Self::err("init_module", &shown, libc::EBUSY));
         }
         taint |= 1 << 15;
@@ -279,11 +421,8 @@ impl Kernel for FakeKernel {
         self.put(&format!("{dir}/replace"), "1").map_err(&io)?;
         self.put(&format!("{dir}/vmlinux/patched"), "0")
             .map_err(&io)?;
-        fs::create_dir_all(
-            self.root
-                .path(&format!("{dir}/vmlinux/cmdline_proc_show,1")),
-        )
-        .map_err(&io)?;
+        fs::create_dir_all(self.raw.path(&format!("{dir}/vmlinux/cmdline_proc_show,1")))
+            .map_err(&io)?;
         let plan = self.behaviour.borrow().plan.clone();
         match plan {
             TransitionPlan::Completes => self.finish_transition(&name).map_err(&io)?,
@@ -301,6 +440,7 @@ impl Kernel for FakeKernel {
 
     fn delete_module(&self, name: &str) -> Result<(), KernelError> {
         self.calls.borrow_mut().push(Call::Delete(name.to_owned()));
+        self.freeing().reap();
         if let Some((_, errno)) = self
             .behaviour
             .borrow()
@@ -310,13 +450,13 @@ impl Kernel for FakeKernel {
         {
             return Err(Self::err("delete_module", name, *errno));
         }
-        if !self.root.is_dir(&format!("/sys/module/{name}")) {
+        if !self.raw.is_dir(&format!("/sys/module/{name}")) {
             return Err(Self::err("delete_module", name, libc::ENOENT));
         }
-        if self.root.is_dir(&format!("{LIVEPATCH_DIR}/{name}")) {
+        if self.raw.is_dir(&format!("{LIVEPATCH_DIR}/{name}")) {
             return Err(Self::err("delete_module", name, libc::EBUSY));
         }
-        fs::remove_dir_all(self.root.path(&format!("/sys/module/{name}")))
+        fs::remove_dir_all(self.raw.path(&format!("/sys/module/{name}")))
             .map_err(Self::io("delete_module", name))
     }
 
@@ -327,13 +467,49 @@ impl Kernel for FakeKernel {
         let dir = format!("{LIVEPATCH_DIR}/{patch}");
         let attr = format!("{dir}/enabled");
         // The real attribute refuses a write of its current value with EINVAL.
-        let current = self.root.read_trimmed(&attr)? == "1";
+        let current = self.raw.read_trimmed(&attr)? == "1";
         if current == enabled {
             return Err(Self::err("write enabled", patch, libc::EINVAL));
         }
-        self.root.write(&attr, if enabled { "1" } else { "0" })?;
+        self.raw.write(&attr, if enabled { "1" } else { "0" })?;
         // Reversal or unpatching: the fake's tasks switch back at once.
         self.finish_transition(patch)
             .map_err(Self::io("write enabled", patch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::livepatch;
+
+    #[test]
+    fn a_patch_freed_while_polled_reads_as_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::new(dir.path()).unwrap();
+        let patch = format!("{LIVEPATCH_DIR}/klive_x");
+        k.put(&format!("{patch}/enabled"), "1").unwrap();
+        k.put(&format!("{patch}/transition"), "0").unwrap();
+        k.set_free_plan(FreePlan::Deferred {
+            done_after: 2,
+            gone_after: 3,
+            errno: libc::ENODEV,
+        });
+        k.free_patch("klive_x", true).unwrap();
+        let root = k.root();
+        assert_eq!(
+            livepatch::in_transition(root, "klive_x").unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            livepatch::in_transition(root, "klive_x").unwrap(),
+            Some(false)
+        );
+        // ENODEV while sysfs still lists the directory: gone all the same.
+        assert_eq!(livepatch::in_transition(root, "klive_x").unwrap(), None);
+        assert!(root.is_dir(&patch));
+        assert_eq!(livepatch::patch(root, "klive_x").unwrap(), None);
+        assert!(!root.is_dir(&patch));
+        assert!(livepatch::patches(root).unwrap().is_empty());
     }
 }
