@@ -1,7 +1,8 @@
 //! Failed sign-ins and unknown API tokens go to the audit log, at most one record per kind of
 //! presented token per minute so that guessing cannot flood the log: each record carries how
 //! many failures of that kind happened since the previous record (the last minute's are
-//! counted into the next record, when there is one).
+//! counted into the next record, when there is one). Refused privileged actions (a missing
+//! role, a maker-checker refusal) are limited the same way, per user and action.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,14 +18,14 @@ struct Window {
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FailedAuth {
-    kinds: Arc<Mutex<HashMap<&'static str, Window>>>,
+    kinds: Arc<Mutex<HashMap<String, Window>>>,
 }
 
 impl FailedAuth {
     /// Counts one failure of `kind` at `now`; `Some(failures)` when a record is due.
-    pub fn note(&self, kind: &'static str, now: i64) -> Option<u64> {
+    pub fn note(&self, kind: &str, now: i64) -> Option<u64> {
         let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
-        let w = kinds.entry(kind).or_default();
+        let w = kinds.entry(kind.to_owned()).or_default();
         w.pending += 1;
         if w.last_record.is_some_and(|t| now - t < WINDOW_MS) {
             return None;

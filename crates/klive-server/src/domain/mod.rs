@@ -118,6 +118,8 @@ pub struct Service {
     release_cache: ReleaseCache,
     /// Rate limit of the audit records of failed sign-ins.
     failed_auth: crate::domain::auth_failures::FailedAuth,
+    /// Rate limit of the records of refused privileged actions, per user and action.
+    refusals: crate::domain::auth_failures::FailedAuth,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -164,12 +166,56 @@ impl Service {
             checkins: crate::domain::checkin::group_commit::Writer::default(),
             release_cache: ReleaseCache::default(),
             failed_auth: crate::domain::auth_failures::FailedAuth::default(),
+            refusals: crate::domain::auth_failures::FailedAuth::default(),
         }
     }
 
     pub fn with_signer(mut self, signer: Option<Signer>) -> Service {
         self.signer = signer.map(Arc::new);
         self
+    }
+
+    /// Appends a `record` (`promotion.refused`, ...) of `by` being refused
+    /// `action` on `subject`, with the reason the caller was given and never a secret: at most
+    /// one per user and action a minute, carrying how many refusals it stands for (see
+    /// [`crate::domain::auth_failures`]). Call it with no transaction of this request open.
+    async fn audit_refusal(
+        &self,
+        by: &AuthUser,
+        record: &'static str,
+        action: &'static str,
+        subject: &str,
+        refusal: &Error,
+    ) {
+        let now = self.now();
+        let key = format!("{}\0{record}\0{action}", by.name);
+        let Some(refusals) = self.refusals.note(&key, now) else {
+            return;
+        };
+        let write = async {
+            let mut tx = self.db.begin_audited().await?;
+            audit::append(
+                &mut tx,
+                now,
+                &by.actor(),
+                record,
+                subject,
+                json!({
+                    "action": action,
+                    "code": refusal.code(),
+                    "reason": refusal.to_string(),
+                    "refusals": refusals,
+                    "window_secs": crate::domain::auth_failures::WINDOW_MS / 1000,
+                }),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = write.await {
+            // The caller is refused either way; the failure stays in the server's log.
+            tracing::warn!(record, action, refusals, "recording a refusal failed: {e}");
+        }
     }
 
     /// Re-signs the TUF metadata of `channels` inside `tx` (no-op before `keys init`).

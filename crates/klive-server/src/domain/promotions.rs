@@ -154,17 +154,32 @@ impl Promotions<'_> {
         } = store::promotions::for_approval(&mut tx, promotion_id)
             .await?
             .ok_or_else(|| Error::PromotionNotFound(promotion_id.to_owned()))?;
-        if by.name == published_by {
-            return Err(Error::MakerChecker(format!(
+        let maker_checker = if by.name == published_by {
+            Some(format!(
                 "{} published this release, so a different approver must approve its promotion",
                 by.name
-            )));
-        }
-        if by.name == requested_by {
-            return Err(Error::MakerChecker(format!(
+            ))
+        } else if by.name == requested_by {
+            Some(format!(
                 "{} asked for this promotion, so a different approver must approve it",
                 by.name
-            )));
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = maker_checker {
+            // Nothing changed: the refusal is recorded after this transaction rolls back.
+            drop(tx);
+            let refusal = Error::MakerChecker(reason);
+            self.audit_refusal(
+                by,
+                "promotion.refused",
+                "promotion.approve",
+                promotion_id,
+                &refusal,
+            )
+            .await;
+            return Err(refusal);
         }
         let new_status = match status.as_str() {
             "pending" => {

@@ -19,6 +19,7 @@ backend_tests!(
     revoking_a_revoked_host_is_idempotent,
     search_wildcards_match_only_themselves,
     negative_filters_are_refused,
+    maker_checker_refusals_are_audited_at_most_once_a_minute,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
@@ -243,4 +244,67 @@ async fn negative_filters_are_refused(fx: Fixture) {
     let vic = user_token(&fx, "vic").await;
     let (status, body) = call(&fx, Method::GET, "/api/v1/hosts?limit=-1", &vic).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+async fn maker_checker_refusals_are_audited_at_most_once_a_minute(fx: Fixture) {
+    // Approving your own promotion is refused and recorded, once a minute per user and action.
+    let s = &fx.service;
+    publish_as(&fx, &fx.carol, crate::common::BUILD, 1).await;
+    let pending = s
+        .promotions()
+        .promote(
+            &fx.carol,
+            &build(crate::common::BUILD),
+            level(1),
+            &promote_to("stable"),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let err = s
+            .promotions()
+            .approve(&fx.carol, &pending.id)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "maker_checker");
+    }
+    let refused = audit_actions(&fx, "promotion.refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "user:carol");
+    assert_eq!(refused[0].subject, pending.id);
+    let detail: Value = serde_json::from_str(&refused[0].detail).unwrap();
+    assert_eq!(detail["action"], "promotion.approve", "{detail}");
+    assert!(
+        detail["reason"]
+            .as_str()
+            .unwrap()
+            .contains("different approver"),
+        "{detail}"
+    );
+    assert_eq!(detail["refusals"], 1, "{detail}");
+    assert_eq!(detail["code"], "maker_checker", "{detail}");
+
+    s.clock().advance_secs(61);
+    let err = s
+        .promotions()
+        .approve(&fx.carol, &pending.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "maker_checker");
+    let refused = audit_actions(&fx, "promotion.refused").await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let detail: Value = serde_json::from_str(&refused[0].detail).unwrap();
+    assert_eq!(
+        detail["refusals"], 2,
+        "the one held back and this one: {detail}"
+    );
+    // The promotion itself is unchanged and a different approver can still approve it.
+    assert_eq!(
+        s.promotions().get(&pending.id).await.unwrap().status,
+        PromotionStatus::Pending
+    );
+    assert!(matches!(
+        audit::verify(s.db()).await.unwrap(),
+        audit::Verdict::Intact { .. }
+    ));
 }
