@@ -140,6 +140,42 @@ pub fn module_bytes(tags: &[(&str, &str)]) -> Vec<u8> {
     .build()
 }
 
+/// The release manifest of `ko` as a publisher writes it: level `level` of module `name` for
+/// the kernel build `build_id` (release `release`), with its digest and size and one fix.
+pub fn manifest(
+    build_id: &str,
+    release: &str,
+    level: u32,
+    name: &str,
+    ko: &[u8],
+) -> klive_format::release::ReleaseManifest {
+    use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
+    ReleaseManifest {
+        format: klive_format::release::MANIFEST_FORMAT,
+        module_name: name.to_owned(),
+        level: klive_format::PatchLevel::new(level).expect("a test level is 1 or more"),
+        kernel: TargetKernel {
+            build_id: build_id.parse().expect("a test build-id is hex"),
+            release: release.to_owned(),
+            version: None,
+            distro: None,
+            arch: "x86_64".into(),
+        },
+        module: ModuleDigest {
+            file: format!("{name}.ko"),
+            sha256: klive_format::digest::sha256_hex(ko),
+            size: ko.len() as u64,
+        },
+        fixes: vec![Fix {
+            cve: "CVE-2024-26581".into(),
+            severity: Severity::High,
+            cvss: Some(7.8),
+            summary: "netfilter: nft_set_rbtree: skip end interval element from gc".into(),
+            reference: None,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use klive_agent::transport::{
     Connector, Http, NetError, Request, Response, ServerTrust, UreqConnector,
 };
 use klive_format::api::{EnrollTokenRequest, HostPolicy, PromoteRequest, Role};
-use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
+use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 use klive_server::Service;
 use klive_server::domain::AuthUser;
@@ -229,30 +229,7 @@ fn module(level: u32) -> Vec<u8> {
 }
 
 fn manifest(build_id: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifest {
-    ReleaseManifest {
-        format: klive_format::release::MANIFEST_FORMAT,
-        module_name: name.to_owned(),
-        level: PatchLevel::new(level).unwrap(),
-        kernel: TargetKernel {
-            build_id: build(build_id),
-            release: FAKE_RELEASE.into(),
-            version: None,
-            distro: None,
-            arch: "x86_64".into(),
-        },
-        module: ModuleDigest {
-            file: format!("{name}.ko"),
-            sha256: sha(ko),
-            size: ko.len() as u64,
-        },
-        fixes: vec![Fix {
-            cve: "CVE-2024-26581".into(),
-            severity: Severity::High,
-            cvss: Some(7.8),
-            summary: "netfilter: nft_set_rbtree: skip end interval element from gc".into(),
-            reference: None,
-        }],
-    }
+    klive_testkit::elf::manifest(build_id, FAKE_RELEASE, level, name, ko)
 }
 
 // ---------------------------------------------------------------------------------------------

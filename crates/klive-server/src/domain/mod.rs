@@ -65,8 +65,9 @@ use crate::store::checkins::Candidate;
 use crate::store::db::{Db, Tx};
 pub use crate::store::hosts::AuthHost;
 use crate::store::releases::level_from_db;
-use crate::trust::secrets::{new_id, new_secret, sha256_hex};
+use crate::trust::secrets::{new_id, new_secret};
 use crate::trust::tuf::Signer;
+use klive_format::digest::sha256_hex;
 
 /// Longest accepted enrollment token lifetime: one year.
 pub const MAX_ENROLL_SECS: u64 = 366 * 24 * 3600;

@@ -17,7 +17,8 @@ use crate::error::Error;
 use crate::evidence::debver;
 use crate::store::audit::{self, Actor};
 use crate::store::cve::{self as store, NewFact, NewImport, NewPackageFix};
-use crate::trust::secrets::{new_id, sha256_hex};
+use crate::trust::secrets::new_id;
+use klive_format::digest::sha256_hex;
 
 /// The Debian source package of the kernel; host package versions are compared with its
 /// changelog versions.

@@ -2,8 +2,7 @@
 
 use crate::error::Error;
 
-// The one SHA-256 and hex of the workspace; re-exported for the callers that still name them here.
-pub use klive_format::digest::{hex, is_sha256_hex, sha256_hex};
+use klive_format::digest::hex;
 
 /// `prefix` followed by 256 random bits in hex. Only its SHA-256 is ever stored.
 pub fn new_secret(prefix: &str) -> Result<String, Error> {
@@ -43,6 +42,7 @@ pub fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use klive_format::digest::{is_sha256_hex, sha256_hex};
 
     #[test]
     fn sha256_matches_known_vector_and_secrets_differ() {

@@ -29,7 +29,8 @@ use klive_format::api::{tuf_manifest_target, tuf_module_target};
 use crate::error::Error;
 use crate::store::db::Tx;
 use crate::store::tuf::TargetRow;
-use crate::trust::secrets::{sha256_hex, write_secret};
+use crate::trust::secrets::write_secret;
+use klive_format::digest::sha256_hex;
 
 const SPEC_VERSION: &str = "1.0.0";
 const ONLINE_ROLES: [(&str, RoleType); 3] = [

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use klive_format::api::{PromoteRequest, PromotionStatus};
+use klive_format::api::{PromoteRequest, Promotion, PromotionStatus};
 use klive_server::http::api;
 use klive_server::store::audit;
 use serde_json::Value;
@@ -48,10 +48,10 @@ async fn audit_actions(fx: &Fixture, action: &str) -> Vec<klive_format::api::Aud
         .collect()
 }
 
-async fn superseded_promotion_reads_as_superseded_and_is_audited(fx: Fixture) {
-    let s = &fx.service;
-    publish_as(&fx, &fx.carol, crate::common::BUILD, 1).await;
-    let pending = s
+/// Carol publishes level 1 and asks for it in stable: a promotion pending a second approver.
+async fn carol_publishes_and_asks_for_stable(fx: &Fixture) -> Promotion {
+    publish_as(fx, &fx.carol, crate::common::BUILD, 1).await;
+    fx.service
         .promotions()
         .promote(
             &fx.carol,
@@ -60,7 +60,12 @@ async fn superseded_promotion_reads_as_superseded_and_is_audited(fx: Fixture) {
             &promote_to("stable"),
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn superseded_promotion_reads_as_superseded_and_is_audited(fx: Fixture) {
+    let s = &fx.service;
+    let pending = carol_publishes_and_asks_for_stable(&fx).await;
     assert_eq!(pending.status, PromotionStatus::Pending);
     let emergency = s
         .promotions()
@@ -249,17 +254,7 @@ async fn negative_filters_are_refused(fx: Fixture) {
 async fn maker_checker_refusals_are_audited_at_most_once_a_minute(fx: Fixture) {
     // Approving your own promotion is refused and recorded, once a minute per user and action.
     let s = &fx.service;
-    publish_as(&fx, &fx.carol, crate::common::BUILD, 1).await;
-    let pending = s
-        .promotions()
-        .promote(
-            &fx.carol,
-            &build(crate::common::BUILD),
-            level(1),
-            &promote_to("stable"),
-        )
-        .await
-        .unwrap();
+    let pending = carol_publishes_and_asks_for_stable(&fx).await;
     for _ in 0..2 {
         let err = s
             .promotions()

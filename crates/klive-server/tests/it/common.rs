@@ -14,7 +14,7 @@ use bytes::Bytes;
 use klive_format::api::{
     EnrollTokenRequest, PromoteRequest, Promotion, RegisterRequest, RegisterResponse, Role,
 };
-use klive_format::release::{Fix, ModuleDigest, ReleaseManifest, Severity, TargetKernel};
+use klive_format::release::ReleaseManifest;
 use klive_format::status::KernelInfo;
 use klive_format::{BuildId, PatchLevel, modinfo};
 use klive_server::Service;
@@ -22,7 +22,7 @@ use klive_server::domain::{AuthHost, AuthUser};
 use klive_server::evidence::cve::{Cves, ImportSummary, Source};
 use klive_server::store::blobs::Blobs;
 use klive_server::store::db::Db;
-use klive_server::trust::secrets::{new_id, sha256_hex};
+use klive_server::trust::secrets::new_id;
 use klive_testkit::elf::ModuleBuilder;
 use tower::ServiceExt;
 
@@ -204,30 +204,9 @@ pub fn release(build: &str, level: u32) -> (ReleaseManifest, Bytes) {
 }
 
 pub fn manifest_for(build: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifest {
-    ReleaseManifest {
-        format: klive_format::release::MANIFEST_FORMAT,
-        module_name: name.to_owned(),
-        level: PatchLevel::new(level).unwrap(),
-        kernel: TargetKernel {
-            build_id: build.parse().unwrap(),
-            release: "6.1.0-56-amd64".into(),
-            version: None,
-            distro: Some("debian".into()),
-            arch: "x86_64".into(),
-        },
-        module: ModuleDigest {
-            file: format!("{name}.ko"),
-            sha256: sha256_hex(ko),
-            size: ko.len() as u64,
-        },
-        fixes: vec![Fix {
-            cve: "CVE-2024-26581".into(),
-            severity: Severity::High,
-            cvss: Some(7.8),
-            summary: "netfilter: nft_set_rbtree: skip end interval element from gc".into(),
-            reference: None,
-        }],
-    }
+    let mut m = klive_testkit::elf::manifest(build, "6.1.0-56-amd64", level, name, ko);
+    m.kernel.distro = Some("debian".into());
+    m
 }
 
 pub fn kernel(build: Option<&str>) -> KernelInfo {

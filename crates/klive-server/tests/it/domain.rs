@@ -468,9 +468,7 @@ async fn enrollment_tokens_expire_and_run_out(fx: Fixture) {
         .unwrap();
     assert!(
         !stored.contains(&a.credential)
-            && stored.contains(&klive_server::trust::secrets::sha256_hex(
-                a.credential.as_bytes()
-            ))
+            && stored.contains(&klive_format::digest::sha256_hex(a.credential.as_bytes()))
     );
 }
 
