@@ -243,10 +243,30 @@ pub fn is_fresh_copy(sec: &Section, elf: &Elf) -> bool {
         || n == ".data.once"
         || n == ".data..once"
         || n == ".altinstr_aux"
+        || is_private_rodata(sec, elf)
         || sec
             .bundled
             .and_then(|b| elf.sym(b))
             .is_some_and(|s| is_special_static(&s.name))
+}
+
+/// Read-only data of this object alone and free of pointers: netlink extack messages
+/// (`__msg.N`), `static const` tables of numbers or strings. The patch takes its own copy, as
+/// it does of string literals, so nothing is looked up in the running kernel (such names
+/// exist dozens of times there) and a changed value travels with the code that reads it.
+/// Tables that hold pointers stay shared with the running kernel: code that stores their
+/// address (an ops table) must not end up pointing into the livepatch module.
+pub fn is_private_rodata(sec: &Section, elf: &Elf) -> bool {
+    let flags = object::elf::SHF_WRITE.0 | object::elf::SHF_EXECINSTR.0;
+    sec.is_alloc()
+        && sec.flags & flags == 0
+        && sec.sh_type == object::elf::SHT_PROGBITS.0
+        && sec.name.starts_with(".rodata.")
+        && sec.relocs.is_empty()
+        && sec
+            .bundled
+            .and_then(|b| elf.sym(b))
+            .is_some_and(|s| s.is_local() && s.is_object())
 }
 
 /// Compares two objects of one translation unit.
@@ -385,6 +405,9 @@ fn by_mangled_name<'i>(
 enum Target {
     Named(String, i64),
     Str(Vec<u8>),
+    /// Private read-only data ([`is_private_rodata`]): its bytes are its meaning, whatever
+    /// number the compiler gave its name.
+    Data(Vec<u8>, i64),
     Section(String, i64),
     Nothing,
 }
@@ -396,12 +419,24 @@ fn target_of(e: &Elf, r: &Reloc) -> Target {
     let Some(sym) = e.sym(si) else {
         return Target::Nothing;
     };
+    let Some(sec) = sym.section.and_then(|i| e.sec(i)) else {
+        return if sym.is_section() {
+            Target::Section(String::new(), addend)
+        } else {
+            Target::Named(mangled(&sym.name), addend)
+        };
+    };
+    if is_private_rodata(sec, e) {
+        let start = if sym.is_section() {
+            0
+        } else {
+            sym.value as i64
+        };
+        return Target::Data(sec.data.clone(), start.saturating_add(addend));
+    }
     if !sym.is_section() {
         return Target::Named(mangled(&sym.name), addend);
     }
-    let Some(sec) = sym.section.and_then(|i| e.sec(i)) else {
-        return Target::Section(String::new(), addend);
-    };
     if sec.is_strings() {
         let bias = if is_pc_relative(r.r_type) { 4 } else { 0 };
         let start = addend.saturating_add(bias);
@@ -660,7 +695,12 @@ fn classify(a: &mut Analysis) {
         let (Some(psym), Some(osym)) = (p.sym(ps), o.sym(os)) else {
             continue;
         };
-        if psym.is_object() && psym.size != osym.size {
+        // A private read-only copy may change size: every reader is patched with it.
+        let private = psym
+            .section
+            .and_then(|s| p.sec(s))
+            .is_some_and(|s| is_private_rodata(s, p));
+        if psym.is_object() && psym.size != osym.size && !private {
             report.refusals.push(Refusal {
                 kind: RefusalKind::DataLayout,
                 location: format!(

@@ -67,3 +67,131 @@ fn ambiguous_symbol_position_stops_the_emit() {
     let err = emit(&p, &a, &resolver, "t0").unwrap_err().to_string();
     assert!(err.contains("helper"), "{err}");
 }
+
+/// A netlink-style unit: every `NL_SET_ERR_MSG` makes a local `static const char __msg[]` in
+/// its own `.rodata.__msg.N` section, numbered per object.
+const EXTACK: &str = r#"
+struct extack { const char *msg; };
+#define NL_SET_ERR_MSG(e, m) do { static const char __msg[] = m; if (e) (e)->msg = __msg; } while (0)
+static const int weights[4] = {3, 5, 7, 11};
+int a(struct extack *e, int x) { if (x < 0) { NL_SET_ERR_MSG(e, "negative"); return -22; } return weights[x & 3]; }
+int b(struct extack *e, int x) { if (x > 10) { NL_SET_ERR_MSG(e, "too big"); return -22; } return x; }
+int c(struct extack *e, int x) { if (x == 5) { NL_SET_ERR_MSG(e, "five"); return -22; } return x; }
+"#;
+
+/// The running kernel has dozens of `__msg.N` and `weights` from other files; none of them
+/// may be chosen for the patch's own read-only data.
+const EXTACK_KALLSYMS: &str = "\
+ffffffff81100000 T a
+ffffffff81100040 T b
+ffffffff81100080 T c
+ffffffff82000000 d __msg.0
+ffffffff82000010 d __msg.1
+ffffffff82000020 d __msg.2
+ffffffff82100000 d __msg.0
+ffffffff82100010 d __msg.1
+ffffffff82100020 d __msg.2
+ffffffff82200000 r weights
+ffffffff82300000 r weights
+";
+
+fn object_holds(object: &[u8], needle: &[u8]) -> bool {
+    object.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn read_only_data_used_by_a_changed_function_travels_with_it() {
+    let patched = EXTACK.replace("if (x < 0)", "if (x < 1)");
+    let (o, p) = pair(EXTACK, &patched);
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(a.report.changed_functions, ["a"]);
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    let vmlinux = Vmlinux::new(EXTACK_KALLSYMS);
+    let e = emit(&p, &a, &vmlinux.resolver(), "t0").unwrap();
+    assert!(
+        e.klp_symbols.is_empty(),
+        "no lookup in the running kernel: {:?}",
+        e.klp_symbols
+    );
+    assert!(object_holds(&e.object, b"negative\0"));
+    assert!(object_holds(
+        &e.object,
+        &[3, 0, 0, 0, 5, 0, 0, 0, 7, 0, 0, 0, 11, 0, 0, 0]
+    ));
+}
+
+#[test]
+fn a_changed_message_patches_the_function_that_sets_it() {
+    let patched = EXTACK.replace("\"too big\"", "\"more than 10\"");
+    let (o, p) = pair(EXTACK, &patched);
+    let a = analyze(&o, &p).unwrap();
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    assert_eq!(a.report.changed_functions, ["b"]);
+    let vmlinux = Vmlinux::new(EXTACK_KALLSYMS);
+    let e = emit(&p, &a, &vmlinux.resolver(), "t0").unwrap();
+    assert!(object_holds(&e.object, b"more than 10\0"));
+}
+
+#[test]
+fn a_removed_message_renumbers_the_others_without_patching_them() {
+    // GCC numbers `__msg.N` per object: removing one message renumbers the others. Their
+    // text is the same, so only the function that lost its message changes, whichever it is.
+    for (func, msg) in [("a", "negative"), ("b", "too big"), ("c", "five")] {
+        let patched = EXTACK.replace(
+            &format!("{{ NL_SET_ERR_MSG(e, \"{msg}\"); return -22; }}"),
+            "{ return -22; }",
+        );
+        assert_ne!(patched, EXTACK);
+        let (o, p) = pair(EXTACK, &patched);
+        let a = analyze(&o, &p).unwrap();
+        assert!(
+            a.report.refusals.is_empty(),
+            "{func}: {}",
+            a.report.render()
+        );
+        assert_eq!(a.report.changed_functions, [func]);
+    }
+}
+
+#[test]
+fn a_changed_read_only_table_patches_every_function_that_reads_it() {
+    let src = format!("{EXTACK}\nint d(int x) {{ return weights[(x + 1) & 3]; }}\n");
+    let patched = src.replace("{3, 5, 7, 11}", "{3, 5, 7, 13}");
+    let (o, p) = pair(&src, &patched);
+    let a = analyze(&o, &p).unwrap();
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    assert_eq!(a.report.changed_functions, ["a", "d"]);
+}
+
+#[test]
+fn a_read_only_table_of_pointers_stays_the_running_kernels() {
+    // Code may store an ops table's address; it must not point into the livepatch module,
+    // which can be unloaded. Such a table is referenced, not copied.
+    let src = r#"
+struct ops { int (*run)(int); };
+static int twice(int x) { return 2 * x; }
+int thrice(int x) { return 3 * x; }
+static const struct ops my_ops = { .run = twice };
+const struct ops *current_ops;
+int install(int x) { current_ops = &my_ops; return x + 1; }
+"#;
+    let (o, p) = pair(src, &src.replace("return x + 1;", "return x + 2;"));
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(a.report.changed_functions, ["install"]);
+    let dump =
+        "ffffffff81100000 T install\nffffffff82000000 r my_ops\nffffffff82000100 B current_ops\n";
+    let vmlinux = Vmlinux::new(dump);
+    let e = emit(&p, &a, &vmlinux.resolver(), "t0").unwrap();
+    assert!(
+        e.klp_symbols.iter().any(|s| s.contains("my_ops")),
+        "{:?}",
+        e.klp_symbols
+    );
+    // Changing such a table is a data change a livepatch cannot carry.
+    let (o, p) = pair(src, &src.replace(".run = twice", ".run = thrice"));
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(
+        a.report.refusals[0].kind,
+        klive_elf::RefusalKind::ChangedData
+    );
+}
