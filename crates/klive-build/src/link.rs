@@ -121,6 +121,7 @@ mod tests {
         let plan = Plan {
             level: klive_format::PatchLevel::new(3).unwrap(),
             build_id: "0123456789abcdef0123456789abcdef01234567".parse().unwrap(),
+            series: crate::series::Series::default(),
             fixes: Vec::new(),
             tus: Vec::new(),
         };

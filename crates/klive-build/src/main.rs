@@ -11,6 +11,7 @@ mod link;
 mod manifest;
 mod patches;
 mod resolve;
+mod series;
 mod tree;
 mod units;
 
@@ -35,21 +36,34 @@ struct Cli {
     /// A /proc/kallsyms dump taken as root on a host running the target kernel.
     #[arg(long)]
     kallsyms: PathBuf,
-    /// Unified diffs (-p1), applied in order.
-    #[arg(long = "patch", required = true)]
+    /// Unified diffs (-p1 with a/ and b/ prefixes), applied in order after the series'.
+    #[arg(long = "patch", required_unless_present_any = ["series", "base"])]
     patches: Vec<PathBuf>,
+    /// A series file: one diff per line with its fix (PATCH CVE SEVERITY SUMMARY, or
+    /// PATCH - for none), in the order they apply; the level carries all of them.
+    #[arg(long)]
+    series: Option<PathBuf>,
+    /// The previous level's manifest.json: this level carries every fix of that level
+    /// (from the series record beside it) plus the new ones, as one replace-mode module.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Leaves out every diff of this fix (CVE id) that the base or series carries.
+    #[arg(long = "drop", value_name = "CVE")]
+    drops: Vec<String>,
     /// Module name (klive_...).
     #[arg(long)]
     name: String,
+    /// Patch level; defaults to the base level + 1 with --base, else 1.
     #[arg(long)]
-    level: u32,
+    level: Option<u32>,
     /// GNU build-id of the target kernel (hex).
     #[arg(long)]
     build_id: String,
     /// `uname -r` of the target.
     #[arg(long)]
     release: String,
-    /// Fixes as CVE-ID:severity:summary.
+    /// The fix the --patch diffs carry, as CVE-ID:severity:summary: one for all of them, or
+    /// one per --patch in the same order.
     #[arg(long = "fix")]
     fixes: Vec<String>,
     /// Output directory for the .ko, manifest.json and report.txt.
@@ -100,7 +114,7 @@ fn build(cli: &Cli) -> Result<()> {
     let start = Instant::now();
     let plan = resolve::resolve(cli)?;
     let work = tree::prepare(cli)?;
-    let compiled = compile::compile(&work, &plan.tus, &cli.patches)?;
+    let compiled = compile::compile(&work, &plan.tus, &plan.series.patches())?;
     let target = units::TargetSymbols::load(cli, &compiled.gate)?;
     let diff_start = Instant::now();
     let diffs = units::diff(&plan.tus, &work, &compiled.gate)?;

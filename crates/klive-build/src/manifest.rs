@@ -26,8 +26,8 @@ pub struct Timings {
     pub link: f64,
 }
 
-/// Takes the plan, the patch and the linked module; writes `manifest.json` (validated) and
-/// `report.txt` to the output directory and prints the report.
+/// Takes the plan, the patch and the linked module; writes the series record (the base of
+/// the next level), `manifest.json` (validated) and `report.txt` to the output directory and prints the report.
 pub fn write(
     cli: &Cli,
     plan: Plan,
@@ -54,6 +54,7 @@ pub fn write(
         fixes: plan.fixes,
     };
     manifest.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    plan.series.write_record(&cli.out)?;
     std::fs::write(
         cli.out.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)? + "\n",

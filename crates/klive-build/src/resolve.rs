@@ -2,9 +2,10 @@
 //! identity, fixes and the translation units the diffs touch.
 
 use anyhow::{Context, Result, bail};
-use klive_format::release::{Fix, Severity};
+use klive_format::release::Fix;
 use klive_format::{BuildId, PatchLevel};
 
+use crate::series::{self, Series};
 use crate::{Cli, patches};
 
 /// The checked inputs of one build.
@@ -12,6 +13,8 @@ use crate::{Cli, patches};
 pub struct Plan {
     pub level: PatchLevel,
     pub build_id: BuildId,
+    /// Every diff of the level, with its fix, in the order they apply.
+    pub series: Series,
     pub fixes: Vec<Fix>,
     /// Objects to compile (`fs/proc/cmdline.o`), sorted.
     pub tus: Vec<String>,
@@ -26,17 +29,12 @@ pub fn resolve(cli: &Cli) -> Result<Plan> {
             cli.name
         );
     }
-    let level = PatchLevel::new(cli.level).map_err(|e| anyhow::anyhow!("{e}"))?;
     let build_id: BuildId = cli.build_id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let fixes: Vec<Fix> = cli
-        .fixes
-        .iter()
-        .map(|f| parse_fix(f))
-        .collect::<Result<_>>()?;
+    let (series, level) = series_of(cli, &build_id)?;
     let mut files = Vec::new();
-    for p in &cli.patches {
+    for p in series.patches() {
         let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         files.extend(patches::touched_files(&text));
     }
     files.sort();
@@ -45,40 +43,66 @@ pub fn resolve(cli: &Cli) -> Result<Plan> {
     Ok(Plan {
         level,
         build_id,
-        fixes,
+        fixes: series.fixes(),
+        series,
         tus,
     })
 }
 
-fn parse_fix(s: &str) -> Result<Fix> {
-    let mut it = s.splitn(3, ':');
-    let (Some(cve), Some(sev), Some(summary)) = (it.next(), it.next(), it.next()) else {
-        bail!("--fix {s:?}: want CVE-ID:severity:summary");
-    };
-    let severity = match sev {
-        "low" => Severity::Low,
-        "medium" => Severity::Medium,
-        "high" => Severity::High,
-        "critical" => Severity::Critical,
-        _ => bail!("--fix {s:?}: severity must be low, medium, high or critical"),
-    };
-    Ok(Fix {
-        cve: cve.to_owned(),
-        severity,
-        cvss: None,
-        summary: summary.to_owned(),
-        reference: None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixes_parse_and_bad_severity_is_named() {
-        let f = parse_fix("CVE-2024-1234:high:proc: fix cmdline").unwrap();
-        assert_eq!(f.summary, "proc: fix cmdline");
-        assert!(parse_fix("CVE-2024-1234:urgent:x").is_err());
+/// The level's series: the base level's, then the series file's, then `--patch`/`--fix`,
+/// without the dropped fixes; and its level.
+fn series_of(cli: &Cli, build_id: &BuildId) -> Result<(Series, PatchLevel)> {
+    let mut series = Series::default();
+    let mut level = None;
+    if let Some(base) = &cli.base {
+        let base_dir = base.parent().unwrap_or(std::path::Path::new("."));
+        if base_dir.canonicalize().ok() == cli.out.canonicalize().ok() {
+            bail!(
+                "--out {} is the base level's directory; write the new level to a directory of its own",
+                cli.out.display()
+            );
+        }
+        let (s, manifest) = Series::of_base(base)?;
+        if manifest.kernel.build_id != *build_id {
+            bail!(
+                "the base level {} is for kernel {} (build-id {}), not this one ({build_id}); a cumulative level builds on a level of the same kernel",
+                base.display(),
+                manifest.kernel.release,
+                manifest.kernel.build_id
+            );
+        }
+        if manifest.module_name == cli.name {
+            bail!(
+                "the base level's module is also named {:?}; give the new level a --name of its own: the kernel cannot load two modules of one name, and the new replace-mode module takes over from the old one",
+                cli.name
+            );
+        }
+        level = Some(series::next_level(manifest.level, cli.level)?);
+        series = s;
     }
+    if let Some(file) = &cli.series {
+        series.entries.extend(Series::read(file)?.entries);
+    }
+    let fixes: Vec<Fix> = cli
+        .fixes
+        .iter()
+        .map(|f| series::parse_fix(f))
+        .collect::<Result<_>>()?;
+    series.push_patches(&cli.patches, &fixes)?;
+    for cve in &cli.drops {
+        series.drop_fix(cve)?;
+    }
+    if series.entries.is_empty() {
+        return Err(crate::Stop::NothingToPatch(
+            "the series is empty once the dropped fixes are left out; withdraw the release instead"
+                .into(),
+        )
+        .into());
+    }
+    series.check()?;
+    let level = match level {
+        Some(l) => l,
+        None => PatchLevel::new(cli.level.unwrap_or(1)).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    Ok((series, level))
 }
