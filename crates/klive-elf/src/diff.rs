@@ -85,6 +85,9 @@ pub struct DiffReport {
     /// Changed functions without an fentry call (notrace, e.g. a syscall's `__do_sys_*`):
     /// copied into the patch, and the functions calling them are patched instead.
     pub notrace_copied: Vec<String>,
+    /// Changed functions that look like a kernel thread's main loop: a task sleeping inside
+    /// one never leaves it, so the transition cannot complete while that thread lives.
+    pub may_stall: Vec<String>,
     pub refusals: Vec<Refusal>,
 }
 
@@ -116,6 +119,11 @@ impl DiffReport {
             &mut out,
             "changed without fentry (copied; callers patched)",
             &self.notrace_copied,
+        );
+        list(
+            &mut out,
+            "warning: a kthread main loop; the transition stalls while the thread runs (patch the functions it calls instead, or restart the thread)",
+            &self.may_stall,
         );
         if !self.refusals.is_empty() {
             let _ = writeln!(out, "refused:");
@@ -713,6 +721,14 @@ fn classify(a: &mut Analysis) {
             });
         }
     }
+    // Types defined in this file (headers cannot change: they are refused before) whose
+    // layout changed: instances in the running kernel keep the old one.
+    for change in crate::layout::changed_layouts(o, p) {
+        report.refusals.push(Refusal {
+            kind: RefusalKind::DataLayout,
+            location: change,
+        });
+    }
     // Functions that disappeared.
     let twins: BTreeSet<usize> = a.sym_twin.values().copied().collect();
     for (i, s) in o.symbols() {
@@ -724,8 +740,11 @@ fn classify(a: &mut Analysis) {
             report.removed_functions.push(s.name.clone());
         }
     }
-    for f in a.changed_funcs.values() {
+    for (&si, f) in &a.changed_funcs {
         report.changed_functions.push(f.old_name.clone());
+        if calls_any(p, si, &KTHREAD_LOOP) {
+            report.may_stall.push(f.old_name.clone());
+        }
     }
     report.changed_functions.sort();
     report.changed_functions.dedup();
@@ -734,6 +753,7 @@ fn classify(a: &mut Analysis) {
     report.line_only.sort();
     report.removed_functions.sort();
     report.notrace_copied.sort();
+    report.may_stall.sort();
     report.refusals.sort();
     report.refusals.dedup();
     a.report = report;
@@ -833,6 +853,24 @@ fn patch_callers_of_notrace(a: &mut Analysis, notrace: Vec<usize>, report: &mut 
 
 /// The out-of-line cold part of a function (`foo.cold`, `foo.part.0.cold`): entered by a
 /// jump from its parent and jumping back into it, so it must be copied with the parent.
+/// Calls that mark a kernel thread's main loop.
+const KTHREAD_LOOP: [&str; 3] = [
+    "kthread_should_stop",
+    "kthread_should_park",
+    "kthread_freezable_should_stop",
+];
+
+/// True if the code of section `si` refers to one of `names`.
+fn calls_any(e: &Elf, si: usize, names: &[&str]) -> bool {
+    e.sec(si).is_some_and(|s| {
+        s.relocs.iter().any(|r| {
+            r.sym
+                .and_then(|i| e.sym(i))
+                .is_some_and(|y| names.contains(&y.name.as_str()))
+        })
+    })
+}
+
 fn is_cold_part(name: &str) -> bool {
     name.ends_with(".cold") || mangled(name).ends_with(".cold")
 }

@@ -12,6 +12,7 @@
 pub mod diff;
 pub mod emit;
 pub mod klp;
+pub mod layout;
 pub mod model;
 pub mod symbols;
 

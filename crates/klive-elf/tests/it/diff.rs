@@ -118,3 +118,72 @@ fn notrace_static_whose_address_is_taken_is_refused() {
         a.report.render()
     );
 }
+
+/// A struct defined inside the .c file, as many drivers do; the kernel builds with DWARF.
+const PRIVATE_STRUCT: &str = r#"
+struct conn { int id; unsigned long flags; struct conn *next; };
+static struct conn *conns;
+int conn_flags(int id) { struct conn *c; for (c = conns; c; c = c->next) if (c->id == id) return (int)c->flags; return -1; }
+"#;
+
+#[test]
+fn a_layout_change_of_a_struct_defined_in_the_file_is_refused() {
+    let patched = PRIVATE_STRUCT.replace(
+        "int id; unsigned long flags;",
+        "int id; int gen; unsigned long flags;",
+    );
+    let (o, p) = crate::support::pair_with(PRIVATE_STRUCT, &patched, &["-g"]);
+    let a = analyze(&o, &p).unwrap();
+    let layout: Vec<_> = a
+        .report
+        .refusals
+        .iter()
+        .filter(|r| r.kind == RefusalKind::DataLayout)
+        .collect();
+    assert_eq!(layout.len(), 1, "{}", a.report.render());
+    assert!(
+        layout[0].location.contains("struct conn"),
+        "{}",
+        layout[0].location
+    );
+    // Reordering keeps the size: still refused, the member is named.
+    let patched = PRIVATE_STRUCT.replace(
+        "int id; unsigned long flags; struct conn *next;",
+        "int id; struct conn *next; unsigned long flags;",
+    );
+    let (o, p) = crate::support::pair_with(PRIVATE_STRUCT, &patched, &["-g"]);
+    let a = analyze(&o, &p).unwrap();
+    assert!(
+        a.report.refusals.iter().any(
+            |r| r.kind == RefusalKind::DataLayout && r.location.contains("struct conn: member")
+        ),
+        "{}",
+        a.report.render()
+    );
+}
+
+#[test]
+fn a_code_only_change_with_debug_info_is_not_a_layout_change() {
+    let patched = PRIVATE_STRUCT.replace("return -1;", "return -2;");
+    let (o, p) = crate::support::pair_with(PRIVATE_STRUCT, &patched, &["-g"]);
+    let a = analyze(&o, &p).unwrap();
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    assert_eq!(a.report.changed_functions, ["conn_flags"]);
+}
+
+#[test]
+fn a_changed_kthread_main_loop_is_flagged() {
+    let src = r#"
+extern int kthread_should_stop(void);
+extern void schedule(void);
+int work_done;
+int worker(void *arg) { while (!kthread_should_stop()) { work_done++; schedule(); } return 0; }
+int other(int a) { return a + 1; }
+"#;
+    let (o, p) = pair(src, &src.replace("work_done++;", "work_done += 2;"));
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(a.report.may_stall, ["worker"]);
+    assert!(a.report.render().contains("kthread main loop"));
+    let (o, p) = pair(src, &src.replace("a + 1", "a + 2"));
+    assert!(analyze(&o, &p).unwrap().report.may_stall.is_empty());
+}

@@ -22,13 +22,14 @@ const KFLAGS: &[&str] = &[
     "-fno-stack-protector",
 ];
 
-pub fn compile(dir: &Path, name: &str, src: &str) -> Vec<u8> {
+pub fn compile_with(dir: &Path, name: &str, src: &str, extra: &[&str]) -> Vec<u8> {
     let c = dir.join(format!("{name}.c"));
     let o = dir.join(format!("{name}.o"));
     std::fs::write(&c, src).unwrap();
     let out = Command::new("gcc")
         .current_dir(dir)
         .args(KFLAGS)
+        .args(extra)
         .arg(format!("{name}.c"))
         .arg("-o")
         .arg(&o)
@@ -43,12 +44,20 @@ pub fn compile(dir: &Path, name: &str, src: &str) -> Vec<u8> {
 }
 
 pub fn pair(orig: &str, patched: &str) -> (Vec<u8>, Vec<u8>) {
+    pair_with(orig, patched, &[])
+}
+
+/// [`pair`] with more compiler flags (`-g` for DWARF, as the kernel builds with).
+pub fn pair_with(orig: &str, patched: &str, extra: &[&str]) -> (Vec<u8>, Vec<u8>) {
     // Same file name in both builds, as in a kernel tree: `__FILE__` must not differ.
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
-    (compile(&a, "unit", orig), compile(&b, "unit", patched))
+    (
+        compile_with(&a, "unit", orig, extra),
+        compile_with(&b, "unit", patched, extra),
+    )
 }
 
 pub fn golden(name: &str, actual: &str) {
