@@ -49,7 +49,7 @@ impl RefusalKind {
                 "initialised static or global data changed; a livepatch replaces functions only"
             }
             RefusalKind::DataLayout => {
-                "a variable changed size; the running kernel keeps the old layout"
+                "a variable or a type defined in this file changed layout; the running kernel's data keeps the old one"
             }
             RefusalKind::NoFentry => {
                 "the function has no __fentry__ call (notrace or not instrumented); ftrace cannot redirect it"
@@ -61,6 +61,34 @@ impl RefusalKind {
                 "a weak function changed; the kernel may resolve the name to another definition"
             }
             RefusalKind::SymbolChange => "a symbol changed its type or binding",
+        }
+    }
+
+    /// What a person can do about it: adapt the diff for live patching, or leave the change
+    /// to the next reboot.
+    pub fn next_step(self) -> &'static str {
+        match self {
+            RefusalKind::InitCode => {
+                "leave the __init/__exit hunk out of the live patch: that code has run already, so the fix to it takes effect at the next reboot"
+            }
+            RefusalKind::ChangedData => {
+                "keep the variable's initial value and put the new behaviour in the functions that read it (a manual adaptation of the diff)"
+            }
+            RefusalKind::DataLayout => {
+                "keep the type as it is and hold new fields in a shadow variable (klp_shadow_get_or_alloc) in a manual adaptation of the diff"
+            }
+            RefusalKind::NoFentry => {
+                "make the diff change the callers of that function instead, or leave the change to the next reboot"
+            }
+            RefusalKind::SharedSection => {
+                "move the change into a caller outside that section, or leave it to the next reboot"
+            }
+            RefusalKind::WeakFunction => {
+                "patch the strong definition the kernel uses, or the callers"
+            }
+            RefusalKind::SymbolChange => {
+                "keep the symbol's binding and type (e.g. do not make a static function global) in the live-patch version of the diff"
+            }
         }
     }
 }
@@ -129,6 +157,12 @@ impl DiffReport {
             let _ = writeln!(out, "refused:");
             for r in &self.refusals {
                 let _ = writeln!(out, "  {}: {}", r.location, r.kind.reason());
+            }
+            let mut kinds: Vec<RefusalKind> = self.refusals.iter().map(|r| r.kind).collect();
+            kinds.dedup();
+            let _ = writeln!(out, "what to do:");
+            for k in kinds {
+                let _ = writeln!(out, "  {}", k.next_step());
             }
         }
         if out.is_empty() {
