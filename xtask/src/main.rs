@@ -3,7 +3,8 @@
 //! `demo` boots the installed Debian kernel in QEMU and live-patches it with `klive`;
 //! `test` runs every test (format, lints, `cargo deny`, unit and integration tests, VM
 //! end-to-end tests);
-//! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first.
+//! `bench` measures the figures kept in BENCHMARKS.md. Each installs what it needs first
+//! (`bench corpus` runs klive-build on the real fixes of `tests/build/real/`).
 
 mod bench_dashboard;
 mod bench_env;
@@ -11,6 +12,7 @@ mod bench_server;
 mod browser;
 mod build_bench;
 mod build_tests;
+mod corpus;
 mod deny;
 mod deps;
 mod moto;
@@ -60,6 +62,13 @@ enum Task {
         /// What to measure.
         #[arg(value_enum)]
         what: BenchTarget,
+        /// `corpus` only: run the one case NN (its number or directory name) and print its
+        /// row; BENCHMARKS.md is left alone.
+        #[arg(long, value_name = "NN")]
+        case: Option<String>,
+        /// `corpus` only: the klive-build binary to run instead of building this checkout's.
+        #[arg(long, value_name = "PATH")]
+        klive_build: Option<PathBuf>,
     },
 }
 
@@ -73,6 +82,9 @@ enum BenchTarget {
     Server,
     /// klive-server dashboard pages and the SOC 2 evidence pack over 100,000 hosts and a year.
     Dashboard,
+    /// klive-build on the real kernel fixes of `tests/build/real/`: outcome per case against
+    /// its expectation, and the coverage.
+    Corpus,
 }
 
 fn main() -> Result<()> {
@@ -91,12 +103,22 @@ fn main() -> Result<()> {
         Task::VmTest => check_vm_summary(&vm::run_tests(&root)?, false),
         Task::Deny => deny::check(&root).map(drop),
         Task::VmRelay { .. } => Ok(()),
-        Task::Bench { what } => match what {
-            BenchTarget::Agent => vm::bench_agent(&root),
-            BenchTarget::Build => vm::bench_build(&root),
-            BenchTarget::Server => bench_server::run(&root),
-            BenchTarget::Dashboard => bench_dashboard::run(&root),
-        },
+        Task::Bench {
+            what,
+            case,
+            klive_build,
+        } => {
+            if !matches!(what, BenchTarget::Corpus) && (case.is_some() || klive_build.is_some()) {
+                bail!("--case and --klive-build go with `bench corpus` only");
+            }
+            match what {
+                BenchTarget::Agent => vm::bench_agent(&root),
+                BenchTarget::Build => vm::bench_build(&root),
+                BenchTarget::Server => bench_server::run(&root),
+                BenchTarget::Dashboard => bench_dashboard::run(&root),
+                BenchTarget::Corpus => corpus::run(&root, case.as_deref(), klive_build.as_deref()),
+            }
+        }
     }
 }
 
