@@ -390,7 +390,9 @@ fn reason_line(log: &str) -> String {
     if let Some(i) = lines.iter().position(|l| *l == "refused:") {
         let reasons: Vec<&str> = lines[i + 1..]
             .iter()
-            .take_while(|l| !l.ends_with(':') || l.contains(' '))
+            .take_while(|l| {
+                !l.starts_with("klive-build:") && !l.starts_with("==") && **l != "refused:"
+            })
             .take(2)
             .copied()
             .collect();
