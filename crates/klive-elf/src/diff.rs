@@ -710,6 +710,15 @@ fn classify(a: &mut Analysis) {
             continue;
         }
         // Data.
+        if is_private_rodata(sec, p) && st == Status::Changed && referenced_from_data(p, si) {
+            // Only code that reads it takes the new copy: a table the kernel reaches through
+            // other data (a netlink family's policy, an ops table's array) keeps the old one.
+            report.refusals.push(Refusal {
+                kind: RefusalKind::ChangedData,
+                location: location(p, si),
+            });
+            continue;
+        }
         if is_fresh_copy(sec, p) {
             continue;
         }
@@ -887,6 +896,20 @@ fn patch_callers_of_notrace(a: &mut Analysis, notrace: Vec<usize>, report: &mut 
 
 /// The out-of-line cold part of a function (`foo.cold`, `foo.part.0.cold`): entered by a
 /// jump from its parent and jumping back into it, so it must be copied with the parent.
+/// True if a data section (not code, not debug information) of `e` refers to section `si`.
+fn referenced_from_data(e: &Elf, si: usize) -> bool {
+    e.sections().any(|(_, s)| {
+        s.is_alloc()
+            && !is_text_name(&s.name)
+            && !is_ignored_section(&s.name)
+            && s.relocs.iter().any(|r| {
+                e.resolve_target(r)
+                    .and_then(|(t, _)| e.sym(t))
+                    .is_some_and(|t| t.section == Some(si))
+            })
+    })
+}
+
 /// Calls that mark a kernel thread's main loop.
 const KTHREAD_LOOP: [&str; 3] = [
     "kthread_should_stop",

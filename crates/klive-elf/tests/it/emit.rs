@@ -195,3 +195,32 @@ int install(int x) { current_ops = &my_ops; return x + 1; }
         klive_elf::RefusalKind::ChangedData
     );
 }
+
+#[test]
+fn a_changed_read_only_table_reached_through_data_is_refused() {
+    // As a netlink family points at its policy: no function reads the table, so a copy in
+    // the patch would never be used; the change cannot be carried.
+    let src = r#"
+struct policy { int type; int len; };
+struct family { const char *name; const struct policy *policy; };
+static const struct policy my_policy[3] = { {1, 16}, {2, 4}, {3, 8} };
+struct family my_family = { "fam", my_policy };
+int family_len(void) { return 3; }
+"#;
+    let (o, p) = pair(src, &src.replace("{1, 16}", "{7, 16}"));
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(
+        a.report.refusals.first().map(|r| r.kind),
+        Some(klive_elf::RefusalKind::ChangedData),
+        "{}",
+        a.report.render()
+    );
+    assert!(
+        a.report
+            .refusals
+            .iter()
+            .any(|r| r.location.contains("my_policy")),
+        "{}",
+        a.report.render()
+    );
+}
