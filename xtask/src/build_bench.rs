@@ -1,6 +1,6 @@
 //! `cargo xtask bench build`: klive-build's wall time for a one-function fix
-//! (`tests/build/10-cmdline.patch`), cold (from the linux-source tarball, in a fresh tree
-//! cache) and warm (the same cache, prepared), beside a measured sample of what a full kernel
+//! (`tests/build/10-cmdline.patch`), cold (an empty klive-build cache: the kernel's packages
+//! fetched from Debian's archive, the tree prepared) and warm (the same cache, prepared), beside a measured sample of what a full kernel
 //! build (kpatch-build, klp-build) costs on the same machine and config, extrapolated to the
 //! config's compile-unit count. The Markdown section is appended to BENCHMARKS.md.
 
@@ -22,7 +22,7 @@ const FULL_BUILD_UNITS: u64 = 13_658;
 const SAMPLE_DIRS: &[&str] = &["fs/proc/", "kernel/time/"];
 
 pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
-    let source = build_tests::ensure_source(target.release)?;
+    build_tests::ensure_tools()?;
     let case = CASES
         .iter()
         .find(|c| c.name == "cmdline" && c.expect == Expect::Module)
@@ -38,22 +38,14 @@ pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
     let mut runs = Vec::new();
     for which in ["cold", "warm"] {
         eprintln!("xtask: klive-build {which} run");
-        let run = build_tests::build_once(
-            root,
-            &tool,
-            &source,
-            target,
-            case,
-            &bench.join(which),
-            &cache,
-        )?;
+        let run = build_tests::build_once(root, &tool, target, case, &bench.join(which), &cache)?;
         if !run.status.success() {
             bail!("the {which} klive-build run failed:\n{}", run.text);
         }
         runs.push(run);
     }
     let (cold, warm) = (&runs[0], &runs[1]);
-    let tree = fs::read_dir(&cache)?
+    let tree = fs::read_dir(cache.join("trees"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("linux"))
         .find(|p| p.join("Makefile").is_file())
@@ -75,10 +67,9 @@ pub fn run(root: &Path, target: &Target<'_>) -> Result<()> {
     let _ = writeln!(
         md,
         "Patch `tests/build/10-cmdline.patch` for {} (one function of `fs/proc/cmdline.c`), \
-         klive-build's own timings; cold = fresh tree cache from `{}`, warm = the same cache \
-         right after.\n",
-        target.release,
-        source.display()
+         klive-build's own timings; cold = empty cache (`--kernel {}`: packages fetched from \
+         Debian's archive, source unpacked, tree prepared), warm = the same cache right after.\n",
+        target.release, target.release
     );
     md += "| step | cold | warm |\n|---|---|---|\n";
     for (label, key) in [

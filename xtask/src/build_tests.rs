@@ -1,5 +1,7 @@
-//! klive-build's real-kernel tests: the diffs of `tests/build/` are built with `klive-build`
-//! against Debian's linux-source for the kernel the VM harness boots. The modules go into the
+//! klive-build's real-kernel tests: the diffs of `tests/build/` are built with `klive-build
+//! --kernel <the VM kernel's ABI>` (image, headers, kbuild and linux-source fetched from
+//! Debian's archive into `target/klive-build-cache/`, nothing installed) with the kallsyms dump
+//! of the booted guest. The modules go into the
 //! guest's `/modules` for the `tests/vm/scenarios/phase2/7?-build-*.sh` scenarios, which load
 //! them with `klive apply` and check the change from userspace; the diffs that must not
 //! become a module are checked here, on the host (exit status and reason).
@@ -8,6 +10,10 @@
 //! in (the klive-build binary, the diffs, the kallsyms dump, the kernel), so a second
 //! `cargo xtask test` costs nothing; the prepared tree is cached in `target/klive-build-cache/`
 //! by source and config (about 60 s to prepare from the tarball, about 10 s per case after).
+//!
+//! [`check_sympos`] also proves that the vmlinux symbol table klive-build reads from the
+//! `-dbg` package puts every duplicated local function at the position the booted kernel's
+//! `/proc/kallsyms` does (one 1 GB download per kernel, cached).
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -17,10 +23,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use klive_build::debian;
+use klive_elf::symbols::{SymClass, SymbolTable};
 
 use crate::deps;
 
-/// What klive-build needs besides the source: tools to prepare a kernel tree. Without
+/// What klive-build needs besides the packages it fetches: tools to prepare a kernel tree. Without
 /// dwarves (pahole), `olddefconfig` changes the PAHOLE/BTF options of Debian's config.
 const PACKAGES: &[&str] = &[
     "flex",
@@ -149,54 +157,23 @@ pub const GUEST_MODULES: &[&str] = &["binfmt_misc"];
 /// The kernel the patches are for.
 #[derive(Debug)]
 pub struct Target<'a> {
+    /// The Debian ABI (`uname -r`): klive-build fetches the kernel by this name.
     pub release: &'a str,
     pub build_id: &'a str,
-    /// `/lib/modules/<release>/build`.
-    pub build_dir: &'a Path,
-    /// `/lib/modules/<release>`.
+    /// `/lib/modules/<release>` of the booted kernel (Debian modules for the guest).
     pub modules_dir: &'a Path,
     /// A `/proc/kallsyms` dump of a boot of this kernel, taken as root.
     pub kallsyms: &'a Path,
 }
 
-/// Installs the build tools and the linux-source version of the target's image; returns the
-/// source tarball.
-pub fn ensure_source(release: &str) -> Result<PathBuf> {
-    deps::ensure_apt(PACKAGES)?;
-    let image = format!("linux-image-{release}");
-    let version = dpkg_version(&image).with_context(|| {
-        format!("{image} is not installed: klive-build tests target the kernel the VM boots")
-    })?;
-    // 6.1.0-56-amd64 -> linux-source-6.1.
-    let series: Vec<&str> = release.split(['.', '-']).take(2).collect();
-    if series.len() != 2 {
-        bail!("cannot tell the kernel series of release {release:?}");
-    }
-    let source_pkg = format!("linux-source-{}.{}", series[0], series[1]);
-    if dpkg_version(&source_pkg).as_deref() != Some(version.as_str()) {
-        eprintln!("xtask: {image} is {version}: installing {source_pkg}={version}");
-        deps::ensure_apt(&[&format!("{source_pkg}={version}")]).with_context(|| {
-            format!("installing {source_pkg}={version}, the source of {image}; is that version still in the archive?")
-        })?;
-    }
-    let tarball = PathBuf::from(format!("/usr/src/{source_pkg}.tar.xz"));
-    if !tarball.is_file() {
-        bail!(
-            "{source_pkg} {version} is installed but {} is missing",
-            tarball.display()
-        );
-    }
-    Ok(tarball)
+/// Installs the tools klive-build runs to prepare a kernel tree.
+pub fn ensure_tools() -> Result<()> {
+    deps::ensure_apt(PACKAGES)
 }
 
-fn dpkg_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status} ${Version}", package])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rest = text.strip_prefix("install ok installed ")?;
-    out.status.success().then(|| rest.trim().to_owned())
+/// klive-build's cache of fetched packages and prepared trees: `target/klive-build-cache`.
+pub fn cache_dir(root: &Path) -> PathBuf {
+    target_dir(root).join("klive-build-cache")
 }
 
 /// `cargo build -p klive-build`; returns the binary.
@@ -259,11 +236,11 @@ impl Run {
     }
 }
 
-/// Runs klive-build once for `case` into `out` with the tree cache `cache`.
+/// Runs klive-build once for `case` into `out` (the module in `out/<release>/`) with the
+/// cache `cache`.
 pub fn build_once(
     root: &Path,
     tool: &Path,
-    source: &Path,
     target: &Target<'_>,
     case: &Case,
     out: &Path,
@@ -275,18 +252,11 @@ pub fn build_once(
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     let mut cmd = Command::new(tool);
-    cmd.arg("--source")
-        .arg(source)
-        .arg("--config")
-        .arg(target.build_dir.join(".config"))
-        .arg("--kbuild")
-        .arg(target.build_dir)
+    cmd.args(["--kernel", target.release])
         .arg("--kallsyms")
         .arg(target.kallsyms)
         .args(["--name", case.module])
         .args(["--level", &case.level.to_string()])
-        .args(["--build-id", target.build_id])
-        .args(["--release", target.release])
         .args(["--fix", "CVE-0000-0000:low:klive-build test patch"])
         .arg("--out")
         .arg(out)
@@ -314,13 +284,17 @@ pub fn build_once(
 /// Builds every case (cached), checks the refusals, and copies the modules plus the Debian
 /// modules the scenarios need into `guest_modules` (the guest's `/modules`).
 pub fn build_into(root: &Path, target: &Target<'_>, guest_modules: &Path) -> Result<Vec<Outcome>> {
-    let source = ensure_source(target.release)?;
+    ensure_tools()?;
     let tool = build_tool(root)?;
     let _lock = lock_cache(root)?;
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
+    if let Err(e) = check_sympos(root, target) {
+        eprintln!("xtask: klive-build sympos check: FAILED: {e:#}");
+        failures.push(format!("sympos: {e:#}"));
+    }
     for case in CASES {
-        match run_case(root, &tool, &source, target, case) {
+        match run_case(root, &tool, target, case) {
             Ok(o) => {
                 eprintln!(
                     "xtask: klive-build case {}: ok ({})",
@@ -379,17 +353,11 @@ fn find_module(modules_dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(modules_dir.join(rel))
 }
 
-fn run_case(
-    root: &Path,
-    tool: &Path,
-    source: &Path,
-    target: &Target<'_>,
-    case: &Case,
-) -> Result<Outcome> {
+fn run_case(root: &Path, tool: &Path, target: &Target<'_>, case: &Case) -> Result<Outcome> {
     let out = target_dir(root).join("klive-build-tests").join(case.name);
-    let ko = out.join(format!("{}.ko", case.module));
+    let ko = out.join(target.release).join(format!("{}.ko", case.module));
     let stamp = out.join("inputs.hash");
-    let key = inputs_hash(root, tool, source, target, case)?;
+    let key = inputs_hash(root, tool, target, case)?;
     let done = fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == key);
     if done && (case.expect != Expect::Module || ko.is_file()) {
         return Ok(Outcome {
@@ -399,15 +367,7 @@ fn run_case(
             cached: true,
         });
     }
-    let run = build_once(
-        root,
-        tool,
-        source,
-        target,
-        case,
-        &out,
-        &target_dir(root).join("klive-build-cache"),
-    )?;
+    let run = build_once(root, tool, target, case, &out, &cache_dir(root))?;
     let (seconds, text, status) = (run.seconds, run.text, run.status);
     let code = status.code();
     let tail = || -> String {
@@ -473,24 +433,15 @@ fn check_tags(ko: &Path, case: &Case, target: &Target<'_>) -> Result<()> {
     Ok(())
 }
 
-fn inputs_hash(
-    root: &Path,
-    tool: &Path,
-    source: &Path,
-    target: &Target<'_>,
-    case: &Case,
-) -> Result<String> {
+/// The kernel is named by release and build-id, which pin its packages and source.
+fn inputs_hash(root: &Path, tool: &Path, target: &Target<'_>, case: &Case) -> Result<String> {
     let mut h = DefaultHasher::new();
     let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
     read(tool)?.hash(&mut h);
     read(target.kallsyms)?.hash(&mut h);
-    read(&target.build_dir.join(".config"))?.hash(&mut h);
     for d in case.diffs {
         read(&root.join("tests/build").join(d))?.hash(&mut h);
     }
-    let meta = fs::metadata(source).with_context(|| format!("reading {}", source.display()))?;
-    meta.len().hash(&mut h);
-    meta.modified().ok().hash(&mut h);
     (
         target.release,
         target.build_id,
@@ -503,9 +454,132 @@ fn inputs_hash(
     Ok(format!("{:016x}", h.finish()))
 }
 
+/// Checks that the vmlinux table klive-build reads from the `-dbg` package agrees with the
+/// booted kernel's `/proc/kallsyms` (see [`compare_sympos`]); cached per build-id.
+pub fn check_sympos(root: &Path, target: &Target<'_>) -> Result<()> {
+    let stamp = target_dir(root)
+        .join("klive-build-tests")
+        .join(format!("sympos-{}.ok", target.build_id));
+    if stamp.is_file() {
+        eprintln!("xtask: klive-build sympos check: ok (cached)");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let cache = cache_dir(root);
+    let kernel = debian::Kernel::fetch(target.release, &cache)?;
+    if kernel.build_id != target.build_id {
+        bail!(
+            "Debian's {} {} has build-id {} but the booted kernel has {}",
+            target.release,
+            kernel.version,
+            kernel.build_id,
+            target.build_id
+        );
+    }
+    let vmlinux = kernel.vmlinux(&cache)?;
+    let bytes = fs::read(&vmlinux).with_context(|| format!("reading {}", vmlinux.display()))?;
+    let dump = fs::read_to_string(target.kallsyms)
+        .with_context(|| format!("reading {}", target.kallsyms.display()))?;
+    let summary = compare_sympos(&bytes, &dump)?;
+    eprintln!(
+        "xtask: klive-build sympos check: ok, {} ({:.1} s)",
+        summary,
+        started.elapsed().as_secs_f64()
+    );
+    fs::create_dir_all(stamp.parent().unwrap_or(Path::new(".")))?;
+    fs::write(&stamp, format!("{summary}\n"))?;
+    Ok(())
+}
+
+/// Compares the `-dbg` vmlinux's table with a kallsyms dump of the same kernel: every
+/// function name kallsyms lists more than once must have the same number of definitions at
+/// the same offsets from `_text` (the dump is moved by KASLR) in the same order, so `sympos`
+/// agree; the same for names the vmlinux table lists more than once. Gives a summary.
+pub fn compare_sympos(vmlinux: &[u8], kallsyms: &str) -> Result<String> {
+    let from_elf = SymbolTable::from_vmlinux(vmlinux, "vmlinux")?;
+    let from_dump = SymbolTable::from_kallsyms(kallsyms, "vmlinux");
+    let offsets = |t: &SymbolTable| -> Result<std::collections::HashMap<String, Vec<u64>>> {
+        let base = t
+            .syms
+            .iter()
+            .find(|s| s.name == "_text")
+            .map(|s| s.addr)
+            .context("no _text symbol")?;
+        let mut by_name: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        for s in &t.syms {
+            if s.class == SymClass::Text {
+                by_name
+                    .entry(s.name.clone())
+                    .or_default()
+                    .push(s.addr.wrapping_sub(base));
+            }
+        }
+        Ok(by_name)
+    };
+    let (elf, dump) = (offsets(&from_elf)?, offsets(&from_dump)?);
+    if dump.values().all(|v| v.iter().all(|&a| a == 0)) {
+        bail!("the kallsyms dump has zero addresses: take it as root");
+    }
+    let mut names: Vec<&String> = dump
+        .iter()
+        .chain(elf.iter())
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut wrong = Vec::new();
+    let mut defs = 0;
+    for n in &names {
+        let (a, b) = (elf.get(*n), dump.get(*n));
+        if a != b {
+            wrong.push(format!(
+                "{n}: vmlinux {:x?}, kallsyms {:x?}",
+                a.map(|v| &v[..v.len().min(6)]),
+                b.map(|v| &v[..v.len().min(6)])
+            ));
+        } else {
+            defs += a.map_or(0, Vec::len);
+        }
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "{} of {} duplicated function names have other positions in the -dbg vmlinux than in kallsyms:\n  {}",
+            wrong.len(),
+            names.len(),
+            wrong
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+    if names.is_empty() {
+        bail!("no duplicated function names: is the dump a vmlinux symbol table?");
+    }
+    Ok(format!(
+        "{} duplicated function names ({defs} definitions) at the same positions",
+        names.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check of [`check_sympos`] on files at hand, for kernels the VM harness does not
+    /// boot: `KLIVE_TEST_VMLINUX=<-dbg vmlinux> KLIVE_TEST_KALLSYMS=<dump> cargo test -p
+    /// xtask -- --ignored sympos`.
+    #[test]
+    #[ignore = "needs a -dbg vmlinux and a kallsyms dump of the same kernel"]
+    fn sympos_of_a_dbg_vmlinux_agree_with_a_kallsyms_dump() {
+        let path = |k: &str| std::env::var_os(k).unwrap_or_else(|| panic!("set {k}"));
+        let vmlinux = fs::read(path("KLIVE_TEST_VMLINUX")).unwrap();
+        let dump = fs::read_to_string(path("KLIVE_TEST_KALLSYMS")).unwrap();
+        let summary = compare_sympos(&vmlinux, &dump).unwrap();
+        eprintln!("{summary}");
+    }
 
     #[test]
     fn cases_are_consistent() {

@@ -25,7 +25,8 @@ pub struct Compiled {
 /// (also when that compile fails). Refuses units of several klp objects.
 pub fn compile(work: &Work, tus: &[String], diffs: &[PathBuf]) -> Result<Compiled> {
     let root = &work.tree.root;
-    let orig_secs = compile_units(root, tus, &work.orig)?;
+    let cc = &work.tree.make_vars;
+    let orig_secs = compile_units(root, cc, tus, &work.orig)?;
     let mut objects = BTreeMap::new();
     for tu in tus {
         let cmd = root.join(tu).with_file_name(format!(
@@ -38,7 +39,7 @@ pub fn compile(work: &Work, tus: &[String], diffs: &[PathBuf]) -> Result<Compile
         objects.insert(tu.clone(), klp_object_of(&cmd)?);
     }
     patches::apply_all(root, diffs)?;
-    let patched = compile_units(root, tus, &work.patched);
+    let patched = compile_units(root, cc, tus, &work.patched);
     patches::revert_all(root, diffs);
     let patched_secs = patched?;
 
@@ -59,13 +60,13 @@ pub fn compile(work: &Work, tus: &[String], diffs: &[PathBuf]) -> Result<Compile
 
 /// Builds `tus` afresh in `root` with one section per function and variable and copies the
 /// objects into `dest`; gives the seconds kbuild took.
-fn compile_units(root: &Path, tus: &[String], dest: &Path) -> Result<f64> {
+fn compile_units(root: &Path, cc: &[String], tus: &[String], dest: &Path) -> Result<f64> {
     for tu in tus {
         let _ = std::fs::remove_file(root.join(tu));
     }
     let start = Instant::now();
     tree::run(
-        tree::make(root)
+        tree::make(root, cc)
             .arg("KCFLAGS=-ffunction-sections -fdata-sections")
             .args(tus),
         "compiling the touched files",

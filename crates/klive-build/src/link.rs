@@ -10,7 +10,7 @@ use anyhow::Result;
 use klive_elf::emit::PatchFunc;
 use klive_elf::klp::FixupSummary;
 
-use crate::Cli;
+use crate::Job;
 use crate::resolve::Plan;
 use crate::tree::{self, Work};
 use crate::units::Patch;
@@ -29,7 +29,7 @@ pub struct Linked {
 /// Takes the patch objects and gives the livepatch module: writes the stub, the objects and
 /// a Kbuild file into `work.kbuild`, links them with the target's kbuild, fixes up and checks
 /// the klp relocations and writes the module to the output directory.
-pub fn link(cli: &Cli, plan: &Plan, work: &Work, gate: &str, patch: &Patch) -> Result<Linked> {
+pub fn link(job: &Job, plan: &Plan, work: &Work, gate: &str, patch: &Patch) -> Result<Linked> {
     let kb = &work.kbuild;
     std::fs::write(kb.join("stub.c"), stub_source(&patch.funcs, gate, plan))?;
     let mut objs = vec!["stub.o".to_owned()];
@@ -46,7 +46,7 @@ pub fn link(cli: &Cli, plan: &Plan, work: &Work, gate: &str, patch: &Patch) -> R
         // weigh ten times the code the patch carries.
         format!(
             "obj-m := {0}.o\n{0}-y := {1}\nccflags-y += -g0\n",
-            cli.name,
+            job.name,
             objs.join(" ")
         ),
     )?;
@@ -54,18 +54,18 @@ pub fn link(cli: &Cli, plan: &Plan, work: &Work, gate: &str, patch: &Patch) -> R
     tree::run(
         Command::new("make")
             .arg("-C")
-            .arg(&cli.kbuild)
+            .arg(&job.target.kbuild)
             .arg(format!("M={}", kb.canonicalize()?.display()))
             .arg("modules"),
         "linking the livepatch module with kbuild",
     )?;
     let secs = start.elapsed().as_secs_f64();
-    let linked = std::fs::read(kb.join(format!("{}.ko", cli.name)))?;
+    let linked = std::fs::read(kb.join(format!("{}.ko", job.name)))?;
     let (bytes, fix) = klive_elf::klp::fixup_module(&linked, gate)?;
     klive_elf::klp::verify_module(&bytes)?;
-    std::fs::create_dir_all(&cli.out)?;
-    let file = format!("{}.ko", cli.name);
-    std::fs::write(cli.out.join(&file), &bytes)?;
+    std::fs::create_dir_all(&job.out)?;
+    let file = format!("{}.ko", job.name);
+    std::fs::write(job.out.join(&file), &bytes)?;
     Ok(Linked {
         file,
         bytes,

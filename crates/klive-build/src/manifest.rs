@@ -8,7 +8,7 @@ use anyhow::Result;
 use klive_elf::emit::PatchFunc;
 use klive_format::release::{ModuleDigest, ReleaseManifest, TargetKernel};
 
-use crate::Cli;
+use crate::Job;
 use crate::link::Linked;
 use crate::resolve::Plan;
 use crate::units::Patch;
@@ -29,7 +29,7 @@ pub struct Timings {
 /// Takes the plan, the patch and the linked module; writes the series record (the base of
 /// the next level), `manifest.json` (validated) and `report.txt` to the output directory and prints the report.
 pub fn write(
-    cli: &Cli,
+    job: &Job,
     plan: Plan,
     patch: Patch,
     linked: &Linked,
@@ -37,12 +37,12 @@ pub fn write(
 ) -> Result<()> {
     let manifest = ReleaseManifest {
         format: klive_format::release::MANIFEST_FORMAT,
-        module_name: cli.name.clone(),
+        module_name: job.name.clone(),
         level: plan.level,
         kernel: TargetKernel {
             build_id: plan.build_id,
-            release: cli.release.clone(),
-            version: None,
+            release: job.target.release.clone(),
+            version: job.target.version.clone(),
             distro: None,
             arch: "x86_64".into(),
         },
@@ -54,13 +54,13 @@ pub fn write(
         fixes: plan.fixes,
     };
     manifest.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    plan.series.write_record(&cli.out)?;
+    plan.series.write_record(&job.out)?;
     std::fs::write(
-        cli.out.join("manifest.json"),
+        job.out.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
     let report = patch.report + &module_report(&patch.funcs, linked) + &timings_report(timings);
-    std::fs::write(cli.out.join("report.txt"), &report)?;
+    std::fs::write(job.out.join("report.txt"), &report)?;
     print!("{report}");
     Ok(())
 }

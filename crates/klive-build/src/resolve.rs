@@ -6,7 +6,7 @@ use klive_format::release::Fix;
 use klive_format::{BuildId, PatchLevel};
 
 use crate::series::{self, Series};
-use crate::{Cli, patches};
+use crate::{Job, patches};
 
 /// The checked inputs of one build.
 #[derive(Debug)]
@@ -22,15 +22,19 @@ pub struct Plan {
 
 /// Takes the command line and gives the plan, or says which argument is wrong; a diff that
 /// touches something a livepatch cannot carry stops here ([`crate::Stop`]).
-pub fn resolve(cli: &Cli) -> Result<Plan> {
-    if !klive_format::release::is_module_name(&cli.name) {
+pub fn resolve(job: &Job) -> Result<Plan> {
+    if !klive_format::release::is_module_name(&job.name) {
         bail!(
             "module name {:?} must start with klive_ and use [a-z0-9_]",
-            cli.name
+            job.name
         );
     }
-    let build_id: BuildId = cli.build_id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (series, level) = series_of(cli, &build_id)?;
+    let build_id: BuildId = job
+        .target
+        .build_id
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (series, level) = series_of(job, &build_id)?;
     let mut files = Vec::new();
     for p in series.patches() {
         let text =
@@ -51,15 +55,15 @@ pub fn resolve(cli: &Cli) -> Result<Plan> {
 
 /// The level's series: the base level's, then the series file's, then `--patch`/`--fix`,
 /// without the dropped fixes; and its level.
-fn series_of(cli: &Cli, build_id: &BuildId) -> Result<(Series, PatchLevel)> {
+fn series_of(job: &Job, build_id: &BuildId) -> Result<(Series, PatchLevel)> {
     let mut series = Series::default();
     let mut level = None;
-    if let Some(base) = &cli.base {
+    if let Some(base) = &job.base {
         let base_dir = base.parent().unwrap_or(std::path::Path::new("."));
-        if base_dir.canonicalize().ok() == cli.out.canonicalize().ok() {
+        if base_dir.canonicalize().ok() == job.dest.canonicalize().ok() {
             bail!(
                 "--out {} is the base level's directory; write the new level to a directory of its own",
-                cli.out.display()
+                job.dest.display()
             );
         }
         let (s, manifest) = Series::of_base(base)?;
@@ -71,25 +75,25 @@ fn series_of(cli: &Cli, build_id: &BuildId) -> Result<(Series, PatchLevel)> {
                 manifest.kernel.build_id
             );
         }
-        if manifest.module_name == cli.name {
+        if manifest.module_name == job.name {
             bail!(
                 "the base level's module is also named {:?}; give the new level a --name of its own: the kernel cannot load two modules of one name, and the new replace-mode module takes over from the old one",
-                cli.name
+                job.name
             );
         }
-        level = Some(series::next_level(manifest.level, cli.level)?);
+        level = Some(series::next_level(manifest.level, job.level)?);
         series = s;
     }
-    if let Some(file) = &cli.series {
+    if let Some(file) = &job.series {
         series.entries.extend(Series::read(file)?.entries);
     }
-    let fixes: Vec<Fix> = cli
+    let fixes: Vec<Fix> = job
         .fixes
         .iter()
         .map(|f| series::parse_fix(f))
         .collect::<Result<_>>()?;
-    series.push_patches(&cli.patches, &fixes)?;
-    for cve in &cli.drops {
+    series.push_patches(&job.patches, &fixes)?;
+    for cve in &job.drops {
         series.drop_fix(cve)?;
     }
     if series.entries.is_empty() {
@@ -102,7 +106,7 @@ fn series_of(cli: &Cli, build_id: &BuildId) -> Result<(Series, PatchLevel)> {
     series.check()?;
     let level = match level {
         Some(l) => l,
-        None => PatchLevel::new(cli.level.unwrap_or(1)).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => PatchLevel::new(job.level.unwrap_or(1)).map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     Ok((series, level))
 }

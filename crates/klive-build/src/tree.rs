@@ -1,6 +1,6 @@
 //! Step 2, prepare: the prepared kernel tree (unpacked source + the target's config + `make
-//! olddefconfig prepare` with the target's compiler, cached by source and config hash) and
-//! the build's work directories.
+//! olddefconfig prepare` with the target's compiler, cached under `CACHE/trees/` by the
+//! SHA-256 of the source's content and the config) and the build's work directories.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,14 +9,33 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use klive_format::digest::Sha256;
 
-/// The compiler that built Debian 12's kernels; checked against `CONFIG_CC_VERSION_TEXT`.
-pub const CC: &str = "gcc-12";
+/// The compiler of a kernel: the command `CONFIG_CC_VERSION_TEXT` starts with (Debian 12:
+/// `gcc-12` for 6.1, `x86_64-linux-gnu-gcc-12` for 6.12).
+pub fn compiler(config: &str) -> Result<String> {
+    let text = config_value(config, "CONFIG_CC_VERSION_TEXT")
+        .context("the config has no CONFIG_CC_VERSION_TEXT; pass the target's .config from its headers package")?;
+    let cc = text.split_whitespace().next().unwrap_or("");
+    if !cc.contains("gcc")
+        || !cc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+    {
+        bail!("the kernel was built with {text:?}; klive-build supports GCC-built kernels only");
+    }
+    Ok(cc.to_owned())
+}
 
 #[derive(Debug)]
 pub struct Tree {
     pub root: PathBuf,
+    /// Variables every make in the tree gets: the compiler (`CC=gcc-12`), and `RUSTC` pointed
+    /// at nothing for kernels built without Rust (6.12's Kconfig records the rustc version,
+    /// 0 in Debian's config, and would take the build machine's).
+    pub make_vars: Vec<String>,
     /// Seconds spent preparing, or `None` when the cache was warm.
     pub prepare_secs: Option<f64>,
+    /// Held while the build uses the tree: diffs are applied to it in place.
+    _lock: std::fs::File,
 }
 
 fn config_value(config: &str, key: &str) -> Option<String> {
@@ -27,14 +46,26 @@ fn config_value(config: &str, key: &str) -> Option<String> {
     })
 }
 
-/// Fails unless `gcc-12 --version` matches the compiler the target kernel was built with.
-pub fn check_compiler(config: &str) -> Result<()> {
+/// Fails unless the config enables livepatching: such a kernel cannot load a livepatch.
+pub fn check_livepatch(config: &str, release: &str) -> Result<()> {
+    if config_value(config, "CONFIG_LIVEPATCH").as_deref() != Some("y") {
+        return Err(crate::Stop::Refused(format!(
+            "{release} is built without CONFIG_LIVEPATCH=y, so it cannot load a livepatch; build for a kernel flavour that has it"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Fails unless `CC --version` matches the compiler the target kernel was built with.
+pub fn check_compiler(config: &str) -> Result<String> {
     let want = config_value(config, "CONFIG_CC_VERSION_TEXT")
         .context("the config has no CONFIG_CC_VERSION_TEXT; pass the target's .config from its headers package")?;
-    let out = Command::new(CC)
+    let cc = compiler(config)?;
+    let out = Command::new(&cc)
         .arg("--version")
         .output()
-        .with_context(|| format!("running {CC}; install it (apt-get install {CC})"))?;
+        .with_context(|| format!("running {cc}; install the compiler the kernel was built with (Debian 12: apt-get install gcc-12)"))?;
     let have = String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -42,28 +73,56 @@ pub fn check_compiler(config: &str) -> Result<()> {
         .to_owned();
     if have.trim() != want.trim() {
         bail!(
-            "compiler mismatch: the target kernel was built with {want:?} but {CC} is {have:?}; install the matching compiler"
+            "compiler mismatch: the target kernel was built with {want:?} but {cc} is {have:?}; install the matching compiler"
         );
+    }
+    Ok(cc)
+}
+
+/// The SHA-256 (hex) of the source's content: of a tarball's bytes, or of a directory's
+/// files (relative path, length and bytes of each, in sorted order; symlinks by target).
+fn hash_source(source: &Path) -> Result<String> {
+    let meta = std::fs::metadata(source)
+        .with_context(|| format!("reading the kernel source {}", source.display()))?;
+    if !meta.is_dir() {
+        return Ok(crate::debian::sha256_file(source)?);
+    }
+    let mut h = Sha256::new();
+    hash_dir(source, Path::new(""), &mut h)?;
+    Ok(h.finish_hex())
+}
+
+fn hash_dir(root: &Path, rel: &Path, h: &mut Sha256) -> Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    entries.sort();
+    for name in entries {
+        let rel = rel.join(&name);
+        let path = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&path)?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(b"\0");
+        if meta.file_type().is_symlink() {
+            h.update(std::fs::read_link(&path)?.to_string_lossy().as_bytes());
+        } else if meta.is_dir() {
+            hash_dir(root, &rel, h)?;
+        } else {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
     }
     Ok(())
 }
 
-fn hash_source(source: &Path) -> Result<String> {
-    let meta = std::fs::metadata(source)
-        .with_context(|| format!("reading the kernel source {}", source.display()))?;
-    let mut h = Sha256::new();
-    h.update(source.canonicalize()?.to_string_lossy().as_bytes());
-    h.update(&meta.len().to_le_bytes());
-    if let Ok(m) = meta.modified()
-        && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
-    {
-        h.update(&d.as_secs().to_le_bytes());
-    }
-    Ok(h.finish_hex())
-}
-
-/// The cache directory name of a tree: 16 hex digits of the SHA-256 of the source's hash and
-/// the config. Its spelling must not change, or every prepared tree is prepared again.
+/// The cache directory name of a tree: 16 hex digits of the SHA-256 of the source's content
+/// hash (hex) and the config. Its spelling must not change, or every prepared tree is
+/// prepared again.
 fn cache_key(source_hash: &str, config: &str) -> String {
     let mut h = Sha256::new();
     h.update(source_hash.as_bytes());
@@ -85,9 +144,17 @@ pub struct Work {
 
 /// Takes the command line and gives the prepared tree (from the cache when it is warm) and
 /// the work directories, created.
-pub fn prepare(cli: &crate::Cli) -> Result<Work> {
-    let tree = prepare_tree(&cli.source, &cli.config, &cli.cache, cli.jobs)?;
-    let work = cli.out.join("work");
+pub fn prepare(job: &crate::Job) -> Result<Work> {
+    let t = &job.target;
+    let tree = prepare_tree(
+        &t.source,
+        t.source_sha256.as_deref(),
+        &t.config,
+        &t.release,
+        &job.cache.join("trees"),
+        job.jobs,
+    )?;
+    let work = job.out.join("work");
     let work = Work {
         tree,
         orig: work.join("orig"),
@@ -100,18 +167,44 @@ pub fn prepare(cli: &crate::Cli) -> Result<Work> {
     Ok(work)
 }
 
-/// Returns a prepared tree for `source` (a directory or a `.tar.xz`) and `config`.
-fn prepare_tree(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> Result<Tree> {
+/// Returns a prepared tree for `source` (a directory or a `.tar.xz`, whose SHA-256 may be
+/// known already) and `config`, locked for this build.
+fn prepare_tree(
+    source: &Path,
+    source_sha256: Option<&str>,
+    config_path: &Path,
+    release: &str,
+    cache: &Path,
+    jobs: u32,
+) -> Result<Tree> {
     let config = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading the kernel config {}", config_path.display()))?;
-    check_compiler(&config)?;
-    let dir = cache.join(cache_key(&hash_source(source)?, &config));
+    check_livepatch(&config, release)?;
+    let cc = check_compiler(&config)?;
+    let mut make_vars = vec![format!("CC={cc}")];
+    if config_value(&config, "CONFIG_RUSTC_VERSION").as_deref() == Some("0") {
+        make_vars.push("RUSTC=klive-build-no-rustc".into());
+    }
+    let hash = match source_sha256 {
+        Some(h) => h.to_owned(),
+        None => hash_source(source)?,
+    };
+    let key = cache_key(&hash, &config);
+    let dir = cache.join(&key);
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let lock_path = cache.join(format!("{key}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let root = dir.join("linux");
     let stamp = dir.join("prepared");
     if stamp.exists() {
         return Ok(Tree {
             root,
+            make_vars,
             prepare_secs: None,
+            _lock: lock,
         });
     }
     let start = Instant::now();
@@ -123,7 +216,10 @@ fn prepare_tree(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> R
     copy_source(source, &dir, &root)?;
     std::fs::write(root.join(".config"), &config)?;
     eprintln!("klive-build: make olddefconfig prepare");
-    run(make(&root).arg("olddefconfig"), "make olddefconfig")?;
+    run(
+        make(&root, &make_vars).arg("olddefconfig"),
+        "make olddefconfig",
+    )?;
     let after = std::fs::read_to_string(root.join(".config"))?;
     if after != config {
         let diff: Vec<String> = diff_lines(&config, &after);
@@ -133,13 +229,19 @@ fn prepare_tree(source: &Path, config_path: &Path, cache: &Path, jobs: u32) -> R
         );
     }
     run(
-        make(&root).arg(format!("-j{jobs}")).arg("prepare"),
+        make(&root, &make_vars)
+            .arg(format!("-j{jobs}"))
+            .arg("prepare"),
         "make prepare",
     )?;
     std::fs::write(&stamp, b"")?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("klive-build: tree prepared in {secs:.1} s");
     Ok(Tree {
         root,
-        prepare_secs: Some(start.elapsed().as_secs_f64()),
+        make_vars,
+        prepare_secs: Some(secs),
+        _lock: lock,
     })
 }
 
@@ -181,9 +283,9 @@ fn diff_lines(a: &str, b: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn make(root: &Path) -> Command {
+pub fn make(root: &Path, vars: &[String]) -> Command {
     let mut c = Command::new("make");
-    c.current_dir(root).arg("-s").arg(format!("CC={CC}"));
+    c.current_dir(root).arg("-s").args(vars);
     c
 }
 
@@ -218,6 +320,43 @@ mod tests {
     fn cache_keys_keep_their_spelling() {
         // `printf 'abcdefCONFIG_X=y\n' | sha256sum`, first 16 digits.
         assert_eq!(cache_key("abcdef", "CONFIG_X=y\n"), "09fbc17cb55392a0");
+    }
+
+    #[test]
+    fn the_compiler_comes_from_the_config() {
+        let c = "CONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0\"\n";
+        assert_eq!(compiler(c).unwrap(), "x86_64-linux-gnu-gcc-12");
+        assert!(compiler("CONFIG_CC_VERSION_TEXT=\"Debian clang version 14\"\n").is_err());
+    }
+
+    #[test]
+    fn kernels_without_livepatch_are_refused() {
+        let err =
+            check_livepatch("# CONFIG_LIVEPATCH is not set\n", "6.1.0-57-rt-amd64").unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<crate::Stop>(),
+            Some(crate::Stop::Refused(_))
+        ));
+        assert!(err.to_string().contains("CONFIG_LIVEPATCH"), "{err}");
+        assert!(check_livepatch("CONFIG_LIVEPATCH=y\n", "x").is_ok());
+    }
+
+    #[test]
+    fn directory_sources_are_hashed_by_content() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir(a.path().join("fs")).unwrap();
+        std::fs::write(a.path().join("fs/x.c"), "int x;\n").unwrap();
+        let first = hash_source(a.path()).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir(b.path().join("fs")).unwrap();
+        std::fs::write(b.path().join("fs/x.c"), "int x;\n").unwrap();
+        assert_eq!(
+            hash_source(b.path()).unwrap(),
+            first,
+            "same content, other path"
+        );
+        std::fs::write(b.path().join("fs/x.c"), "int y;\n").unwrap();
+        assert_ne!(hash_source(b.path()).unwrap(), first);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! (both by klive-elf), against the symbols of the running kernel's klp object.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use klive_elf::Analysis;
@@ -11,8 +10,9 @@ use klive_elf::emit::{Emitted, PatchFunc};
 use klive_elf::symbols::{Exports, Resolver, SymbolTable};
 
 use crate::compile::object_file_name;
+use crate::debian::{find_module_file, read_module};
 use crate::tree::Work;
-use crate::{Cli, Stop};
+use crate::{Job, Stop, Symbols};
 
 /// What the running kernel's klp object exports and which symbols it has, for the emitter
 /// to tell exported symbols from `.klp.sym.*` references.
@@ -25,24 +25,22 @@ pub struct TargetSymbols {
 }
 
 impl TargetSymbols {
-    /// Takes the command line and the klp object; gives `Module.symvers` of the target's
-    /// kbuild and the object's symbol table: the kallsyms dump for vmlinux, the installed
-    /// `.ko` under `/lib/modules/RELEASE` for a module.
-    pub fn load(cli: &Cli, object: &str) -> Result<TargetSymbols> {
-        let symvers_path = cli.kbuild.join("Module.symvers");
+    /// Takes the job and the klp object; gives `Module.symvers` of the target's kbuild and
+    /// the object's symbol table: the kallsyms dump or the unstripped vmlinux for vmlinux,
+    /// the kernel's `.ko` (or `.ko.xz`) under its modules directory for a module.
+    pub fn load(job: &Job, object: &str) -> Result<TargetSymbols> {
+        let symvers_path = job.target.kbuild.join("Module.symvers");
         let exports = Exports::from_module_symvers(
             &std::fs::read_to_string(&symvers_path)
                 .with_context(|| format!("reading {}", symvers_path.display()))?,
         );
         let table = if object == "vmlinux" {
-            let text = std::fs::read_to_string(&cli.kallsyms)
-                .with_context(|| format!("reading {}", cli.kallsyms.display()))?;
-            SymbolTable::from_kallsyms(&text, "vmlinux")
+            vmlinux_table(job)?
         } else {
-            let dir = Path::new("/lib/modules").join(&cli.release);
-            let ko = find_module_file(&dir, object)
+            let dir = &job.target.modules_dir;
+            let ko = find_module_file(dir, object)
                 .with_context(|| format!("module {object}.ko not found under {}", dir.display()))?;
-            SymbolTable::from_module_object(&std::fs::read(&ko)?, &ko.to_string_lossy())?
+            SymbolTable::from_module_object(&read_module(&ko)?, &ko.to_string_lossy())?
         };
         Ok(TargetSymbols {
             object: object.to_owned(),
@@ -60,25 +58,19 @@ impl TargetSymbols {
     }
 }
 
-/// The `.ko` of module `name` (`-` and `_` alike) anywhere under `dir`.
-fn find_module_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find_module_file(&p, name) {
-                return Some(f);
-            }
-        } else if p
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(|f| f.strip_suffix(".ko"))
-            .is_some_and(|f| f.replace('-', "_") == name)
-        {
-            return Some(p);
+/// The vmlinux symbol table from the job's symbol source, in kallsyms order.
+fn vmlinux_table(job: &Job) -> Result<SymbolTable> {
+    let path = match &job.target.symbols {
+        Symbols::Kallsyms(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(SymbolTable::from_kallsyms(&text, "vmlinux"));
         }
-    }
-    None
+        Symbols::Vmlinux(path) => path.clone(),
+        Symbols::DebianDbg(kernel) => kernel.vmlinux(&job.cache)?,
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SymbolTable::from_vmlinux(&bytes, &path.to_string_lossy())?)
 }
 
 /// One translation unit, compared.

@@ -2,7 +2,8 @@
 //!
 //! - [`diff`]: compare the original and patched object of one translation unit by meaning
 //!   and decide which functions change, which are new and what cannot be patched;
-//! - [`symbols`]: symbol positions (`sympos`) from a `/proc/kallsyms` dump or a module's symtab;
+//! - [`symbols`]: symbol positions (`sympos`) from a `/proc/kallsyms` dump, an unstripped
+//!   vmlinux's symtab or a module's symtab, and a kernel image's GNU build-id;
 //! - [`emit`]: write the patch object holding the changed and new functions, with references
 //!   to non-exported symbols pointed at `.klp.sym.*` placeholders;
 //! - [`klp`]: turn those placeholders into livepatch relocation sections after kbuild's link.
@@ -23,6 +24,10 @@ pub use diff::{Analysis, DiffReport, Refusal, RefusalKind, analyze};
 pub enum ElfError {
     #[error("cannot read {file} as an x86-64 relocatable ELF object: {reason}")]
     Parse { file: String, reason: String },
+    #[error(
+        "cannot read {file} as an unstripped x86-64 vmlinux: {reason}; give the vmlinux of the kernel's -dbg package (usr/lib/debug/boot/vmlinux-RELEASE)"
+    )]
+    Vmlinux { file: String, reason: String },
     #[error("cannot write the {what}: {reason}")]
     Write { what: String, reason: String },
     #[error(

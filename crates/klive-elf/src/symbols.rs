@@ -5,12 +5,16 @@
 //! "must be unique". Without file symbols, a duplicated local name is disambiguated by the
 //! addresses of the other symbols of the same translation unit whose names are unique
 //! (anchors); when that does not single out one candidate, the lookup fails rather than guess.
+//! A table read from an unstripped vmlinux also knows, from its `STT_FILE` symbols, which
+//! compiled file each local belongs to; then the file's name and its other locals decide.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use object::LittleEndian as LE;
 use object::build::Id;
 use object::build::elf::SectionData;
 use object::elf;
+use object::read::elf::{FileHeader, SectionHeader, Sym};
 
 use crate::ElfError;
 use crate::model::{Elf, read_builder};
@@ -33,6 +37,22 @@ impl SymClass {
             'r' | 'n' => SymClass::Rodata,
             'b' | 's' => SymClass::Bss,
             _ => SymClass::Other,
+        }
+    }
+
+    /// From the flags of the section holding a symbol in a linked image, as `nm` (and so
+    /// kallsyms) types it: code, uninitialised, writable, read-only.
+    pub fn from_section_flags(flags: u64, nobits: bool) -> SymClass {
+        if flags & elf::SHF_EXECINSTR.0 != 0 {
+            SymClass::Text
+        } else if nobits {
+            SymClass::Bss
+        } else if flags & elf::SHF_WRITE.0 != 0 {
+            SymClass::Data
+        } else if flags & elf::SHF_ALLOC.0 != 0 {
+            SymClass::Rodata
+        } else {
+            SymClass::Other
         }
     }
 
@@ -64,6 +84,24 @@ pub struct TableSymbol {
 pub struct SymbolTable {
     pub syms: Vec<TableSymbol>,
     by_name: HashMap<String, Vec<usize>>,
+    /// Per symbol, the compiled file (an index into `files`) of a local, when known.
+    file_of: Vec<Option<u32>>,
+    /// The `STT_FILE` groups of a vmlinux symtab: the file name and its local names.
+    files: Vec<FileGroup>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FileGroup {
+    name: String,
+    locals: HashSet<String>,
+}
+
+/// Names `scripts/kallsyms` leaves out of the kernel's table (x86-64).
+fn kallsyms_ignores(name: &str) -> bool {
+    name.is_empty()
+        || ["$", ".L", "__crc_", "__kstrtab_", "__kstrtabns_"]
+            .iter()
+            .any(|p| name.starts_with(p))
 }
 
 impl SymbolTable {
@@ -72,7 +110,97 @@ impl SymbolTable {
         for (i, s) in syms.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
-        SymbolTable { syms, by_name }
+        SymbolTable {
+            syms,
+            by_name,
+            file_of: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The vmlinux table as `/proc/kallsyms` of the running kernel lists it, from the
+    /// `.symtab` of the unstripped vmlinux (the `-dbg` package's): every named symbol
+    /// defined in an allocated section, locals with duplicate names included, sorted by
+    /// address (the order kallsyms keeps and the livepatch core counts `sympos` in), typed
+    /// from its section's flags. Each local also remembers its `STT_FILE` group.
+    pub fn from_vmlinux(data: &[u8], file: &str) -> Result<SymbolTable, ElfError> {
+        let err = |reason: String| ElfError::Vmlinux {
+            file: file.to_owned(),
+            reason,
+        };
+        let header = elf::FileHeader64::<LE>::parse(data).map_err(|e| err(e.to_string()))?;
+        let endian = header.endian().map_err(|e| err(e.to_string()))?;
+        if header.e_type(endian) != elf::ET_EXEC || header.e_machine(endian) != elf::EM_X86_64 {
+            return Err(err("not an x86-64 executable (ET_EXEC)".into()));
+        }
+        let sections = header
+            .sections(endian, data)
+            .map_err(|e| err(e.to_string()))?;
+        let symtab = sections
+            .symbols(endian, data, elf::SHT_SYMTAB)
+            .map_err(|e| err(e.to_string()))?;
+        if symtab.is_empty() {
+            return Err(err("it has no .symtab (a stripped image)".into()));
+        }
+        // (address, symtab order) keys the sort; ties keep the symtab order.
+        let mut rows: Vec<(u64, usize, TableSymbol, Option<u32>)> = Vec::new();
+        let mut files: Vec<FileGroup> = Vec::new();
+        for (i, sym) in symtab.iter().enumerate() {
+            let name = symtab
+                .symbol_name(endian, sym)
+                .map_err(|e| err(e.to_string()))?;
+            let name = String::from_utf8_lossy(name);
+            let ty = sym.st_type();
+            if ty == elf::STT_FILE {
+                files.push(FileGroup {
+                    name: name.into_owned(),
+                    locals: HashSet::new(),
+                });
+                continue;
+            }
+            let shndx = sym.st_shndx(endian);
+            if ty == elf::STT_SECTION
+                || shndx == elf::SHN_UNDEF
+                || shndx.is_special()
+                || kallsyms_ignores(&name)
+            {
+                continue;
+            }
+            let Ok(sect) = sections.section(object::SectionIndex(usize::from(shndx.0))) else {
+                continue;
+            };
+            let flags = sect.sh_flags(endian).0;
+            if flags & elf::SHF_ALLOC.0 == 0 {
+                continue;
+            }
+            let class =
+                SymClass::from_section_flags(flags, sect.sh_type(endian) == elf::SHT_NOBITS);
+            // ld writes each input file's locals after its STT_FILE symbol, globals last.
+            let group = if sym.st_bind() == elf::STB_LOCAL && !files.is_empty() {
+                let g = files.len() - 1;
+                files[g].locals.insert(name.clone().into_owned());
+                Some(g as u32)
+            } else {
+                None
+            };
+            let addr = sym.st_value(endian);
+            rows.push((
+                addr,
+                i,
+                TableSymbol {
+                    name: name.into_owned(),
+                    addr,
+                    class,
+                },
+                group,
+            ));
+        }
+        rows.sort_by_key(|r| (r.0, r.1));
+        let file_of = rows.iter().map(|r| r.3).collect();
+        let mut table = SymbolTable::new(rows.into_iter().map(|r| r.2).collect());
+        table.file_of = file_of;
+        table.files = files;
+        Ok(table)
     }
 
     /// Symbols of `object` from a `/proc/kallsyms` dump: vmlinux lines have no `[module]`.
@@ -132,6 +260,35 @@ impl SymbolTable {
         Ok(SymbolTable::new(syms))
     }
 
+    /// The candidate in the one `STT_FILE` group that is this unit's: same file name, and
+    /// holding the most of the unit's other local names (all of them, normally). `None`
+    /// when the table has no file groups or they do not single out one candidate.
+    fn by_file(&self, cands: &[usize], tu: &TuSymbols) -> Option<usize> {
+        let want = tu.file.as_deref().map(basename)?;
+        let scored: Vec<(usize, usize)> = cands
+            .iter()
+            .filter_map(|&i| {
+                let g = &self.files[(*self.file_of.get(i)?)? as usize];
+                (basename(&g.name) == want).then(|| {
+                    let hits = tu
+                        .symbols
+                        .iter()
+                        .filter(|(n, _)| g.locals.contains(n))
+                        .count();
+                    (i, hits)
+                })
+            })
+            .collect();
+        let best = scored.iter().map(|s| s.1).max()?;
+        let top: Vec<usize> = scored.iter().filter(|s| s.1 == best).map(|s| s.0).collect();
+        (top.len() == 1).then(|| top[0])
+    }
+
+    /// Whether the table knows the compiled file of its locals (read from a vmlinux).
+    pub fn has_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
     pub fn count(&self, name: &str) -> usize {
         self.by_name.get(name).map_or(0, Vec::len)
     }
@@ -152,7 +309,9 @@ impl SymbolTable {
             .copied()
             .filter(|&i| self.syms[i].class == class)
             .collect();
-        let chosen = if same_class.len() == 1 {
+        let chosen = if let Some(i) = self.by_file(cands, tu) {
+            i
+        } else if same_class.len() == 1 {
             same_class[0]
         } else {
             let anchors: Vec<u64> = tu
@@ -190,10 +349,26 @@ impl SymbolTable {
     }
 }
 
-/// The defined symbols of the original object of one translation unit (anchors).
+/// The GNU build-id note of an ELF image (a vmlinux, stripped or not), in hex.
+pub fn gnu_build_id(data: &[u8], file: &str) -> Result<Option<String>, ElfError> {
+    use object::Object as _;
+    let f = object::read::elf::ElfFile64::<LE>::parse(data).map_err(|e| ElfError::Vmlinux {
+        file: file.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let id = f.build_id().map_err(|e| ElfError::Vmlinux {
+        file: file.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(id.map(|b| b.iter().map(|x| format!("{x:02x}")).collect()))
+}
+
+/// The defined symbols of the original object of one translation unit (anchors), and the
+/// name of its source file (its `STT_FILE` symbol, as the compiler wrote it).
 #[derive(Debug, Clone, Default)]
 pub struct TuSymbols {
     pub symbols: Vec<(String, SymClass)>,
+    pub file: Option<String>,
 }
 
 impl TuSymbols {
@@ -206,8 +381,16 @@ impl TuSymbols {
                 (s.name.clone(), class)
             })
             .collect();
-        TuSymbols { symbols }
+        let file = e
+            .symbols()
+            .find(|(_, s)| s.st_type == elf::STT_FILE.0)
+            .map(|(_, s)| s.name.clone());
+        TuSymbols { symbols, file }
     }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Who exports what: `Module.symvers` (CRC, symbol, module, export type, namespace).
@@ -345,7 +528,146 @@ ffffffffc0000000 t show\t[xfs]
                 .iter()
                 .map(|n| (n.to_string(), SymClass::Text))
                 .collect(),
+            file: None,
         }
+    }
+
+    /// A tiny linked image: `show` in a.c (first in the symtab, at the higher address) and
+    /// in b.c, each with a local neighbour, and two globals.
+    fn vmlinux() -> Vec<u8> {
+        use object::build::elf::Builder;
+        let mut b = Builder::new(object::Endianness::Little, true);
+        b.header.e_type = elf::ET_EXEC;
+        b.header.e_machine = elf::EM_X86_64;
+        let mut section = |name: &[u8], flags: u64, addr: u64| {
+            let s = b.sections.add();
+            s.name = name.to_vec().into();
+            s.sh_type = elf::SHT_PROGBITS;
+            s.sh_flags = elf::SectionFlags(flags);
+            s.sh_addr = addr;
+            s.sh_addralign = 16;
+            s.data = SectionData::Data(vec![0; 0x1000].into());
+            s.id()
+        };
+        let text = section(
+            b".text",
+            elf::SHF_ALLOC.0 | elf::SHF_EXECINSTR.0,
+            0xffff_ffff_8100_0000,
+        );
+        let data = section(
+            b".data",
+            elf::SHF_ALLOC.0 | elf::SHF_WRITE.0,
+            0xffff_ffff_8200_0000,
+        );
+        for (name, data) in [
+            (&b".symtab"[..], SectionData::Symbol),
+            (b".strtab", SectionData::String),
+            (b".shstrtab", SectionData::SectionString),
+        ] {
+            let s = b.sections.add();
+            s.name = name.to_vec().into();
+            s.sh_type = match data {
+                SectionData::Symbol => elf::SHT_SYMTAB,
+                _ => elf::SHT_STRTAB,
+            };
+            s.data = data;
+        }
+        let syms: [(&str, elf::SymbolBind, elf::SymbolType, Option<_>, u64); 9] = [
+            ("a.c", elf::STB_LOCAL, elf::STT_FILE, None, 0),
+            (
+                "show",
+                elf::STB_LOCAL,
+                elf::STT_FUNC,
+                Some(text),
+                0xffff_ffff_8100_0800,
+            ),
+            (
+                "alpha",
+                elf::STB_LOCAL,
+                elf::STT_FUNC,
+                Some(text),
+                0xffff_ffff_8100_0900,
+            ),
+            ("fs/b.c", elf::STB_LOCAL, elf::STT_FILE, None, 0),
+            (
+                "show",
+                elf::STB_LOCAL,
+                elf::STT_FUNC,
+                Some(text),
+                0xffff_ffff_8100_0100,
+            ),
+            (
+                "beta",
+                elf::STB_LOCAL,
+                elf::STT_FUNC,
+                Some(text),
+                0xffff_ffff_8100_0200,
+            ),
+            (
+                "__crc_x",
+                elf::STB_LOCAL,
+                elf::STT_NOTYPE,
+                Some(data),
+                0xffff_ffff_8200_0000,
+            ),
+            (
+                "_text",
+                elf::STB_GLOBAL,
+                elf::STT_NOTYPE,
+                Some(text),
+                0xffff_ffff_8100_0000,
+            ),
+            (
+                "saved",
+                elf::STB_GLOBAL,
+                elf::STT_OBJECT,
+                Some(data),
+                0xffff_ffff_8200_0010,
+            ),
+        ];
+        for (name, bind, ty, sec, addr) in syms {
+            let s = b.symbols.add();
+            s.name = name.as_bytes().to_vec().into();
+            s.set_st_info(bind, ty);
+            s.section = sec;
+            s.st_shndx = if sec.is_some() {
+                elf::SHN_UNDEF
+            } else {
+                elf::SHN_ABS
+            };
+            s.st_value = addr;
+        }
+        b.set_section_sizes();
+        let mut out = Vec::new();
+        b.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn vmlinux_symbols_come_in_kallsyms_order_with_their_files() {
+        let t = SymbolTable::from_vmlinux(&vmlinux(), "vmlinux").unwrap();
+        let names: Vec<&str> = t.syms.iter().map(|s| s.name.as_str()).collect();
+        // By address; __crc_ symbols are not in kallsyms; file symbols are not symbols.
+        assert_eq!(names, ["_text", "show", "beta", "show", "alpha", "saved"]);
+        assert_eq!(t.syms[1].class, SymClass::Text);
+        assert_eq!(t.syms[5].class, SymClass::Data);
+        assert!(t.has_files());
+        // The file and its other locals decide, with no neighbour needed.
+        let a = TuSymbols {
+            symbols: vec![("show".into(), SymClass::Text)],
+            file: Some("a.c".into()),
+        };
+        assert_eq!(t.sympos("show", SymClass::Text, &a), Ok(2));
+        let b = TuSymbols {
+            symbols: vec![
+                ("show".into(), SymClass::Text),
+                ("beta".into(), SymClass::Text),
+            ],
+            file: Some("b.c".into()),
+        };
+        assert_eq!(t.sympos("show", SymClass::Text, &b), Ok(1));
+        assert!(SymbolTable::from_vmlinux(b"not elf", "x").is_err());
+        assert_eq!(gnu_build_id(&vmlinux(), "vmlinux"), Ok(None));
     }
 
     #[test]

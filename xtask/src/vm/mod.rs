@@ -402,7 +402,6 @@ pub fn bench_build(root: &Path) -> Result<()> {
         &crate::build_tests::Target {
             release: &guest.kernel.release,
             build_id: &guest.build_id,
-            build_dir: &guest.kernel.build_dir,
             modules_dir: &guest.kernel.modules_dir,
             kallsyms: &dump,
         },
@@ -419,7 +418,6 @@ fn add_built_patches(root: &Path, guest: &mut Guest) -> Result<()> {
     let target = crate::build_tests::Target {
         release: &guest.kernel.release,
         build_id: &guest.build_id,
-        build_dir: &guest.kernel.build_dir,
         modules_dir: &guest.kernel.modules_dir,
         kallsyms: &dump,
     };
