@@ -8,6 +8,7 @@
 
 mod compile;
 pub mod debian;
+mod headers;
 mod link;
 mod manifest;
 mod patches;
@@ -114,13 +115,18 @@ pub fn build(job: &Job) -> Result<()> {
     let start = Instant::now();
     let plan = resolve::resolve(job)?;
     let work = tree::prepare(job)?;
-    let compiled = compile::compile(&work, &plan.tus, &plan.series.patches())?;
-    let target = units::TargetSymbols::load(job, &compiled.gate)?;
+    let (tus, via_header) = headers::units(&work.tree.root, &plan.tus, &plan.headers)?;
+    let compiled = compile::compile(&work, &tus, &via_header, &plan.series.patches())?;
     let diff_start = Instant::now();
-    let diffs = units::diff(&plan.tus, &work, &compiled.gate)?;
-    let patch = units::emit(diffs, &target.resolver())?;
+    let diffs = units::diff(&compiled.units, &work)?;
+    let mut targets = units::Targets::new(job);
+    let mut patch = units::emit(diffs, &via_header, &mut targets)?;
+    for tu in &compiled.not_built {
+        patch.report =
+            format!("== {tu}: does not build in this kernel's config; left out\n") + &patch.report;
+    }
     let diff_emit = diff_start.elapsed().as_secs_f64();
-    let linked = link::link(job, &plan, &work, &compiled.gate, &patch)?;
+    let linked = link::link(job, &plan, &work, &patch)?;
     let timings = manifest::Timings {
         start,
         prepare: work.tree.prepare_secs,

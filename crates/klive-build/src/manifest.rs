@@ -1,6 +1,7 @@
 //! Step 7, manifest: the release manifest next to the module, then the build report
 //! (`report.txt`, also printed).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -66,7 +67,7 @@ pub fn write(
 }
 
 /// The report's section on the module: the functions it replaces and its klp relocations.
-fn module_report(funcs: &[PatchFunc], linked: &Linked) -> String {
+fn module_report(funcs: &BTreeMap<String, Vec<PatchFunc>>, linked: &Linked) -> String {
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -74,12 +75,14 @@ fn module_report(funcs: &[PatchFunc], linked: &Linked) -> String {
         linked.file,
         linked.bytes.len()
     );
-    for f in funcs {
-        let _ = writeln!(
-            report,
-            "  patches {},{} -> {}",
-            f.old_name, f.sympos, f.new_symbol
-        );
+    for (object, fs) in funcs {
+        for f in fs {
+            let _ = writeln!(
+                report,
+                "  patches {object}:{},{} -> {}",
+                f.old_name, f.sympos, f.new_symbol
+            );
+        }
     }
     for (s, n) in &linked.fix.sections {
         let _ = writeln!(report, "  {s}: {n} relocations");

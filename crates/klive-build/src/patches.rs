@@ -19,9 +19,11 @@ pub fn touched_files(diff: &str) -> Vec<String> {
     files
 }
 
-/// The objects to compile for the touched files; refuses what cannot be patched this way.
-pub fn translation_units(files: &[String]) -> Result<Vec<String>> {
+/// The objects to compile for the touched `.c` files, and the touched headers (whose users
+/// [`crate::headers`] finds in the tree); refuses what cannot be patched this way.
+pub fn translation_units(files: &[String]) -> Result<(Vec<String>, Vec<String>)> {
     let mut tus = Vec::new();
+    let mut headers = Vec::new();
     for f in files {
         if f.ends_with(".S") || f.ends_with(".s") {
             return Err(crate::Stop::Refused(format!(
@@ -30,21 +32,20 @@ pub fn translation_units(files: &[String]) -> Result<Vec<String>> {
             .into());
         }
         if f.ends_with(".h") {
+            headers.push(f.clone());
+        } else if let Some(stem) = f.strip_suffix(".c") {
+            tus.push(format!("{stem}.o"));
+        } else {
             return Err(crate::Stop::Refused(format!(
-                "{f}: header changes can change data layouts or inline code in files this build does not recompile; rewrite the fix in the .c files"
+                "{f}: only C sources and headers can be patched; leave this file's change to the next reboot"
             ))
             .into());
         }
-        if let Some(stem) = f.strip_suffix(".c") {
-            tus.push(format!("{stem}.o"));
-        } else {
-            return Err(crate::Stop::Refused(format!("{f}: only C sources can be patched")).into());
-        }
     }
-    if tus.is_empty() {
+    if tus.is_empty() && headers.is_empty() {
         return Err(crate::Stop::NothingToPatch("the diffs change no file".into()).into());
     }
-    Ok(tus)
+    Ok((tus, headers))
 }
 
 /// Applies the diffs in order; on failure, reverts the ones applied and names the diff.
@@ -108,7 +109,10 @@ mod tests {
         let d = "--- a/fs/proc/cmdline.c\t2026\n+++ b/fs/proc/cmdline.c\t2026\n@@ -1 +1 @@\n";
         let f = touched_files(d);
         assert_eq!(f, ["fs/proc/cmdline.c"]);
-        assert_eq!(translation_units(&f).unwrap(), ["fs/proc/cmdline.o"]);
+        assert_eq!(
+            translation_units(&f).unwrap(),
+            (vec!["fs/proc/cmdline.o".to_owned()], vec![])
+        );
         let err = translation_units(&["arch/x86/entry/entry_64.S".into()]).unwrap_err();
         assert!(err.to_string().contains("assembly"), "{err}");
         assert!(matches!(
@@ -120,7 +124,11 @@ mod tests {
             err.downcast_ref::<crate::Stop>(),
             Some(crate::Stop::NothingToPatch(_))
         ));
-        assert!(translation_units(&["include/linux/fs.h".into()]).is_err());
+        assert_eq!(
+            translation_units(&["include/linux/fs.h".into()]).unwrap(),
+            (vec![], vec!["include/linux/fs.h".to_owned()])
+        );
+        assert!(translation_units(&["Makefile".into()]).is_err());
         assert!(translation_units(&[]).is_err());
     }
 }

@@ -18,6 +18,8 @@ pub struct Plan {
     pub fixes: Vec<Fix>,
     /// Objects to compile (`fs/proc/cmdline.o`), sorted.
     pub tus: Vec<String>,
+    /// Touched headers (`include/net/sock.h`), sorted.
+    pub headers: Vec<String>,
 }
 
 /// Takes the command line and gives the plan, or says which argument is wrong; a diff that
@@ -43,13 +45,14 @@ pub fn resolve(job: &Job) -> Result<Plan> {
     }
     files.sort();
     files.dedup();
-    let tus = patches::translation_units(&files)?;
+    let (tus, headers) = patches::translation_units(&files)?;
     Ok(Plan {
         level,
         build_id,
         fixes: series.fixes(),
         series,
         tus,
+        headers,
     })
 }
 

@@ -2,6 +2,7 @@
 //! meaning, and the patch object of every unit that changes functions written in memory
 //! (both by klive-elf), against the symbols of the running kernel's klp object.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
@@ -58,6 +59,44 @@ impl TargetSymbols {
     }
 }
 
+/// The target symbols of every klp object the units belong to, loaded when first asked for.
+#[derive(Debug)]
+pub struct Targets<'j> {
+    job: &'j Job,
+    loaded: BTreeMap<String, TargetSymbols>,
+}
+
+impl<'j> Targets<'j> {
+    pub fn new(job: &'j Job) -> Targets<'j> {
+        Targets {
+            job,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, object: &str) -> Result<&TargetSymbols> {
+        if !self.loaded.contains_key(object) {
+            let t = TargetSymbols::load(self.job, object)?;
+            self.loaded.insert(object.to_owned(), t);
+        }
+        Ok(&self.loaded[object])
+    }
+
+    /// Whether the kernel has the unit at all: its module exists, or (built-in) one of the
+    /// functions it defines is in vmlinux. Only asked of units that include a changed
+    /// header, which kbuild compiles whether or not the config selects them.
+    fn has_unit(&mut self, object: &str, analysis: &Analysis) -> bool {
+        let Ok(t) = self.get(object) else {
+            return false;
+        };
+        object != "vmlinux"
+            || analysis
+                .orig
+                .symbols()
+                .any(|(_, s)| s.is_func() && s.section.is_some() && t.table.count(&s.name) > 0)
+    }
+}
+
 /// The vmlinux symbol table from the job's symbol source, in kallsyms order.
 fn vmlinux_table(job: &Job) -> Result<SymbolTable> {
     let path = match &job.target.symbols {
@@ -77,6 +116,8 @@ fn vmlinux_table(job: &Job) -> Result<SymbolTable> {
 #[derive(Debug)]
 pub struct Unit {
     tu: String,
+    /// Its klp object: `vmlinux` or a module name.
+    object: String,
     /// The patched object, which the emitter reads again.
     patched: Vec<u8>,
     analysis: Analysis,
@@ -84,20 +125,22 @@ pub struct Unit {
     report: String,
 }
 
-/// Step 4, diff: takes the units and the work directories holding both builds of each;
-/// gives every unit's analysis and report section, in order.
-pub fn diff(tus: &[String], work: &Work, gate: &str) -> Result<Vec<Unit>> {
-    tus.iter()
-        .map(|tu| {
+/// Step 4, diff: takes the compiled units and the work directories holding both builds of
+/// each; gives every unit's analysis and report section, in order.
+pub fn diff(units: &[(String, String)], work: &Work) -> Result<Vec<Unit>> {
+    units
+        .iter()
+        .map(|(tu, object)| {
             let file = object_file_name(tu);
             let o = std::fs::read(work.orig.join(&file))?;
             let patched = std::fs::read(work.patched.join(&file))?;
             let analysis =
                 klive_elf::analyze(&o, &patched).with_context(|| format!("comparing {tu}"))?;
-            let mut report = format!("== {tu} (klp object {gate})\n");
+            let mut report = format!("== {tu} (klp object {object})\n");
             report += &analysis.report.render();
             Ok(Unit {
                 tu: tu.clone(),
+                object: object.clone(),
                 patched,
                 analysis,
                 report,
@@ -106,30 +149,50 @@ pub fn diff(tus: &[String], work: &Work, gate: &str) -> Result<Vec<Unit>> {
         .collect()
 }
 
-/// What [`emit`] gives: the patch objects, the functions they replace and the report so far.
+/// What [`emit`] gives: the patch objects, the functions they replace by klp object and the
+/// report so far.
 #[derive(Debug)]
 pub struct Patch {
     pub objects: Vec<Emitted>,
-    pub funcs: Vec<PatchFunc>,
+    /// `vmlinux` or a module name → the functions of that object the patch replaces.
+    pub funcs: BTreeMap<String, Vec<PatchFunc>>,
     pub report: String,
 }
 
-/// Step 5, emit: takes the compared units and the resolver; gives the patch object of every
-/// unit that changes something. Stops ([`Stop`], report printed) when a unit is refused or
-/// no function changes.
-pub fn emit(units: Vec<Unit>, resolver: &Resolver<'_>) -> Result<Patch> {
+/// Step 5, emit: takes the compared units, which of them only include a changed header, and
+/// the target symbols; gives the patch object of every unit that changes something. Stops
+/// ([`Stop`], report printed) when a unit is refused or no function changes.
+pub fn emit(
+    units: Vec<Unit>,
+    via_header: &BTreeSet<String>,
+    targets: &mut Targets<'_>,
+) -> Result<Patch> {
     let mut report = String::new();
     let mut objects = Vec::new();
+    let mut funcs: BTreeMap<String, Vec<PatchFunc>> = BTreeMap::new();
     let mut refused = false;
     // The other units are still emitted after a refusal: the report printed with it then
     // shows what each of them would refer to.
     for (n, mut unit) in units.into_iter().enumerate() {
         let a = &unit.analysis;
+        let changes = !a.changed_funcs.is_empty() || !a.included.is_empty();
+        if via_header.contains(&unit.tu)
+            && (changes || !a.report.refusals.is_empty())
+            && !targets.has_unit(&unit.object, a)
+        {
+            let _ = writeln!(
+                report,
+                "== {} (klp object {}): not part of this kernel; left out",
+                unit.tu, unit.object
+            );
+            continue;
+        }
         if !a.report.refusals.is_empty() {
             refused = true;
-        } else if !a.changed_funcs.is_empty() || !a.included.is_empty() {
+        } else if changes {
+            let target = targets.get(&unit.object)?;
             // The unit's position makes the alias names unique across units.
-            let e = klive_elf::emit::emit(&unit.patched, a, resolver, &format!("{n}"))
+            let e = klive_elf::emit::emit(&unit.patched, a, &target.resolver(), &format!("{n}"))
                 .with_context(|| format!("emitting {}", unit.tu))?;
             for s in &e.klp_symbols {
                 let _ = writeln!(unit.report, "  klp symbol {s}");
@@ -137,6 +200,10 @@ pub fn emit(units: Vec<Unit>, resolver: &Resolver<'_>) -> Result<Patch> {
             for (s, k) in &e.special_entries {
                 let _ = writeln!(unit.report, "  kept {k} {s} entries");
             }
+            funcs
+                .entry(unit.object.clone())
+                .or_default()
+                .extend(e.funcs.iter().cloned());
             objects.push(e);
         }
         report += &unit.report;
@@ -148,7 +215,7 @@ pub fn emit(units: Vec<Unit>, resolver: &Resolver<'_>) -> Result<Patch> {
         )
         .into());
     }
-    let funcs: Vec<PatchFunc> = objects.iter().flat_map(|e| e.funcs.clone()).collect();
+    funcs.retain(|_, f| !f.is_empty());
     if funcs.is_empty() {
         eprint!("{report}");
         return Err(Stop::NothingToPatch(

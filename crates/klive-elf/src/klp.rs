@@ -32,9 +32,11 @@ fn klp_object(name: &str) -> Option<&str> {
     (!obj.is_empty() && !sym.is_empty() && pos.parse::<u32>().is_ok()).then_some(obj)
 }
 
-/// Rewrites a kbuild-linked livepatch `.ko`. `gate` names the klp object (vmlinux or a
-/// module) whose load applies the relocations; one gate per module for now.
-pub fn fixup_module(ko: &[u8], gate: &str) -> Result<(Vec<u8>, FixupSummary), ElfError> {
+/// Rewrites a kbuild-linked livepatch `.ko`: every relocation against a `.klp.sym.<obj>.*`
+/// placeholder moves into `.klp.rela.<obj>.<section>`, which the kernel applies when `obj`
+/// (vmlinux, or a module when it loads) is patched. The kernel requires that split: a
+/// module's klp relocation section may not refer to vmlinux symbols.
+pub fn fixup_module(ko: &[u8]) -> Result<(Vec<u8>, FixupSummary), ElfError> {
     let mut b = read_builder(ko, "linked module")?;
     let mut klp = BTreeMap::new();
     for s in &b.symbols {
@@ -54,16 +56,8 @@ pub fn fixup_module(ko: &[u8], gate: &str) -> Result<(Vec<u8>, FixupSummary), El
                     reason: "a klp placeholder is defined in the module; it must stay undefined until the fix-up".into(),
                 });
             }
-            if gate != "vmlinux" && obj == "vmlinux" {
-                return Err(ElfError::Symbol {
-                    symbol: name.clone().into_owned(),
-                    section: ".symtab".into(),
-                    reason: format!(
-                        "a vmlinux symbol cannot be used in relocations gated by module {gate}"
-                    ),
-                });
-            }
-            klp.insert(s.id().index(), name.into_owned());
+            let obj = obj.to_owned();
+            klp.insert(s.id().index(), (name.into_owned(), obj));
         }
     }
     let symtab = b
@@ -123,11 +117,20 @@ pub fn fixup_module(ko: &[u8], gate: &str) -> Result<(Vec<u8>, FixupSummary), El
                 });
             }
         }
-        moved.push((base, base_name, to_move));
+        let mut by_object: BTreeMap<&str, Vec<Relocation>> = BTreeMap::new();
+        for r in to_move {
+            let obj = r
+                .symbol
+                .and_then(|s| klp.get(&s.index()))
+                .map_or("vmlinux", |(_, o)| o.as_str());
+            by_object.entry(obj).or_default().push(r);
+        }
+        for (obj, relocs) in by_object {
+            moved.push((base, format!(".klp.rela.{obj}.{base_name}"), relocs));
+        }
     }
     let mut summary = FixupSummary::default();
-    for (base, base_name, relocs) in moved {
-        let name = format!(".klp.rela.{gate}.{base_name}");
+    for (base, name, relocs) in moved {
         *summary.sections.entry(name.clone()).or_default() += relocs.len();
         let s = b.sections.add();
         s.name = name.into_bytes().into();
@@ -141,7 +144,7 @@ pub fn fixup_module(ko: &[u8], gate: &str) -> Result<(Vec<u8>, FixupSummary), El
         s.data = SectionData::Relocation(relocs);
     }
     for s in &mut b.symbols {
-        if let Some(name) = klp.get(&s.id().index()) {
+        if let Some((name, _)) = klp.get(&s.id().index()) {
             s.section = None;
             s.st_shndx = elf::SymbolSection(SHN_LIVEPATCH);
             summary.symbols.push(name.clone());
@@ -231,7 +234,7 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         for len in [0usize, 4, 64, 200] {
             let junk: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-            assert!(fixup_module(&junk, "vmlinux").is_err());
+            assert!(fixup_module(&junk).is_err());
             assert!(verify_module(&junk).is_err());
         }
     }

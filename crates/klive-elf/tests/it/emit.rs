@@ -45,7 +45,7 @@ fn emitted_object_points_non_exported_symbols_at_klp_placeholders() {
 
     // The object reads back, and the post-link fix-up turns the placeholders into klp
     // relocation sections (here on the object itself, standing in for the linked module).
-    let (fixed, fix) = fixup_module(&e.object, "vmlinux").unwrap();
+    let (fixed, fix) = fixup_module(&e.object).unwrap();
     assert_eq!(
         fix.sections.keys().collect::<Vec<_>>(),
         [".klp.rela.vmlinux..text.cmdline_show"]
@@ -223,4 +223,32 @@ int family_len(void) { return 3; }
         "{}",
         a.report.render()
     );
+}
+
+#[test]
+fn klp_relocations_are_split_by_the_object_whose_symbol_they_use() {
+    // One function of a patch to module xfs that uses a symbol of vmlinux and one of xfs:
+    // the kernel applies `.klp.rela.vmlinux.*` when the patch is enabled and
+    // `.klp.rela.xfs.*` when xfs loads, and refuses vmlinux symbols in the latter.
+    let src = r#"
+__asm__(".section .text.patched_fn,\"ax\",@progbits\n"
+        ".globl patched_fn\n.type patched_fn,@function\npatched_fn:\n"
+        "movl \".klp.sym.vmlinux.core_counter,0\"(%rip), %eax\n"
+        "addl \".klp.sym.xfs.xfs_local,2\"(%rip), %eax\nret\n"
+        ".size patched_fn, .-patched_fn\n");
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let object = crate::support::compile_with(dir.path(), "split", src, &[]);
+    let (fixed, fix) = fixup_module(&object).unwrap();
+    assert_eq!(
+        fix.sections.keys().collect::<Vec<_>>(),
+        [
+            ".klp.rela.vmlinux..text.patched_fn",
+            ".klp.rela.xfs..text.patched_fn"
+        ],
+        "{fix:?}"
+    );
+    let verified = verify_module(&fixed).unwrap();
+    assert_eq!(verified.sections[".klp.rela.xfs..text.patched_fn"], 1);
+    assert_eq!(verified.sections[".klp.rela.vmlinux..text.patched_fn"], 1);
 }

@@ -32,7 +32,7 @@ fn truncated_objects_are_errors() {
     let vmlinux = Vmlinux::new(KALLSYMS);
     let resolver = vmlinux.resolver();
     let e = emit(&p, &a, &resolver, "t0").unwrap();
-    let (module, _) = fixup_module(&e.object, "vmlinux").unwrap();
+    let (module, _) = fixup_module(&e.object).unwrap();
     let cuts = |len: usize| [0, 1, 16, 63, 64, 100, len / 4, len / 2, len - 64, len - 1];
     for cut in cuts(o.len()) {
         let err = analyze(&o[..cut], &p).unwrap_err().to_string();
@@ -52,7 +52,7 @@ fn truncated_objects_are_errors() {
     }
     for cut in cuts(module.len()) {
         assert!(
-            fixup_module(&module[..cut], "vmlinux").is_err(),
+            fixup_module(&module[..cut]).is_err(),
             "fix-up accepted a module cut at {cut}"
         );
         assert!(
