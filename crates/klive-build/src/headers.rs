@@ -55,38 +55,55 @@ pub fn includers(root: &Path, header: &str) -> Result<Vec<String>> {
     Ok(graph.includers_of(header))
 }
 
-/// The units to compile for the touched `.c` units and headers: the units, then every
-/// unit that includes a changed header (set apart: kbuild compiles them whether or not the
-/// config selects them). Refuses a header included by more than [`MAX_UNITS`] files.
-pub fn units(
-    root: &Path,
-    tus: &[String],
-    headers: &[String],
-) -> Result<(Vec<String>, BTreeSet<String>)> {
-    let mut all: Vec<String> = tus.to_vec();
-    let mut via_header = BTreeSet::new();
+/// What a diff's headers add to the build.
+#[derive(Debug, Default)]
+pub struct HeaderUnits {
+    /// The units to compile: the touched ones and the users of every changed header.
+    pub tus: Vec<String>,
+    /// The units compiled only because they include a changed header (kbuild compiles them
+    /// whether or not the config selects them).
+    pub via_header: BTreeSet<String>,
+    /// Headers with more than [`MAX_UNITS`] users, and how many: their users are not
+    /// compiled, and the build is refused after the touched units are compared (so that a
+    /// layout change the header makes is named as such).
+    pub too_wide: Vec<(String, usize)>,
+}
+
+impl HeaderUnits {
+    /// The refusal for a header with too many users, if any.
+    pub fn refusal(&self) -> Option<crate::Stop> {
+        let (h, n) = self.too_wide.first()?;
+        Some(crate::Stop::Refused(format!(
+            "{h} is included by {n} files of this kernel (more than {MAX_UNITS}); klive-build compiles only the files a fix concerns: rewrite the fix into the .c files that need it"
+        )))
+    }
+}
+
+/// The units to compile for the touched `.c` units and headers.
+pub fn units(root: &Path, tus: &[String], headers: &[String]) -> Result<HeaderUnits> {
+    let mut out = HeaderUnits {
+        tus: tus.to_vec(),
+        ..HeaderUnits::default()
+    };
     for h in headers {
         let users = includers(root, h)?;
         if users.len() > MAX_UNITS {
-            return Err(crate::Stop::Refused(format!(
-                "{h} is included by {} files of this kernel (more than {MAX_UNITS}); klive-build compiles only the files a fix concerns: rewrite the fix into the .c files that need it",
-                users.len()
-            ))
-            .into());
+            out.too_wide.push((h.clone(), users.len()));
+            continue;
         }
         if users.is_empty() {
             eprintln!("klive-build: {h}: no C file of the tree includes it");
         }
         for c in users {
             let tu = format!("{}.o", c.trim_end_matches(".c"));
-            if !all.contains(&tu) {
-                all.push(tu.clone());
-                via_header.insert(tu);
+            if !out.tus.contains(&tu) {
+                out.tus.push(tu.clone());
+                out.via_header.insert(tu);
             }
         }
     }
-    all.sort();
-    Ok((all, via_header))
+    out.tus.sort();
+    Ok(out)
 }
 
 /// Reverse include edges of a tree: for every file, the files that include it.

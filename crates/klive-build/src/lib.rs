@@ -115,12 +115,26 @@ pub fn build(job: &Job) -> Result<()> {
     let start = Instant::now();
     let plan = resolve::resolve(job)?;
     let work = tree::prepare(job)?;
-    let (tus, via_header) = headers::units(&work.tree.root, &plan.tus, &plan.headers)?;
-    let compiled = compile::compile(&work, &tus, &via_header, &plan.series.patches())?;
+    let touched = headers::units(&work.tree.root, &plan.tus, &plan.headers)?;
+    let via_header = &touched.via_header;
+    if touched.tus.is_empty()
+        && let Some(stop) = touched.refusal()
+    {
+        return Err(stop.into());
+    }
+    let compiled = compile::compile(&work, &touched.tus, via_header, &plan.series.patches())?;
     let diff_start = Instant::now();
     let diffs = units::diff(&compiled.units, &work)?;
     let mut targets = units::Targets::new(job);
-    let mut patch = units::emit(diffs, &via_header, &mut targets)?;
+    let emitted = units::emit(diffs, via_header, &mut targets);
+    // A refusal of the compared units (a layout change in the header) says more than the
+    // header's width does.
+    if let Some(stop) = touched.refusal()
+        && emitted.is_ok()
+    {
+        return Err(stop.into());
+    }
+    let mut patch = emitted?;
     for tu in &compiled.not_built {
         patch.report =
             format!("== {tu}: does not build in this kernel's config; left out\n") + &patch.report;
