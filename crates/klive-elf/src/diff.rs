@@ -251,6 +251,23 @@ pub fn is_ignored_section(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p)) || special_entry_size(name).is_some()
 }
 
+/// The entry size of special section `sec`: [`special_entry_size`], except where it changed
+/// between kernel versions and the section itself tells (`struct alt_instr` is 12 bytes in
+/// Linux 6.1 and 14 from 6.3 on; each entry has two relocations).
+pub fn entry_size_of(sec: &Section) -> Option<u64> {
+    let table = special_entry_size(&sec.name)?;
+    if sec.name == ".altinstructions"
+        && !sec.relocs.is_empty()
+        && sec.relocs.len().is_multiple_of(2)
+    {
+        let entries = (sec.relocs.len() / 2) as u64;
+        if sec.size.is_multiple_of(entries) && matches!(sec.size / entries, 12 | 14) {
+            return Some(sec.size / entries);
+        }
+    }
+    Some(table)
+}
+
 /// Fixed-size tables whose entries refer to code (x86-64, Linux 6.1); filtered per function.
 pub fn special_entry_size(name: &str) -> Option<u64> {
     Some(match name {

@@ -11,7 +11,7 @@ use object::build::elf::{Builder, Relocation, SectionData, SectionId, SymbolId};
 use object::elf;
 
 use crate::ElfError;
-use crate::diff::{Analysis, include_closure, special_entry_size};
+use crate::diff::{Analysis, entry_size_of, include_closure, special_entry_size};
 use crate::model::{Elf, R_X86_64_32S, Reloc, SUPPORTED_RELOCATIONS, Section, read_builder};
 use crate::symbols::{ExternalRef, Resolution, Resolver, SymClass, TuSymbols};
 
@@ -130,7 +130,7 @@ fn kept_special_entries(p: &Elf, included: &BTreeSet<usize>) -> BTreeMap<usize, 
         .collect();
     let mut kept_entries: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for (si, sec) in p.sections() {
-        let Some(size) = special_entry_size(&sec.name) else {
+        let Some(size) = entry_size_of(sec) else {
             continue;
         };
         let keep: Vec<u64> = (0..sec.size.div_ceil(size))
@@ -428,7 +428,7 @@ fn kept_offset(sec: &Section, keep: Option<&[u64]>, offset: u64) -> Option<u64> 
     if sec.name == ".orc_unwind" {
         return None;
     }
-    let entry = special_entry_size(&sec.name).unwrap_or(0);
+    let entry = entry_size_of(sec).unwrap_or(0);
     let e = offset / entry;
     let pos = keep.iter().position(|&k| k == e)?;
     Some(pos as u64 * entry + (offset - e * entry))
@@ -522,16 +522,20 @@ fn prune_sections(
         if let Some(keep) = selection.kept_entries.get(&idx)
             && let SectionData::Data(d) = &s.data
         {
-            let data = kept_entry_bytes(&String::from_utf8_lossy(&s.name), d, keep);
+            let entry = match selection.analysis.patched.sec(idx) {
+                Some(sec) if sec.name == ".orc_unwind" => 6,
+                Some(sec) => entry_size_of(sec).unwrap_or(1),
+                None => 1,
+            };
+            let data = kept_entry_bytes(d, entry, keep);
             s.sh_size = data.len() as u64;
             s.data = SectionData::Data(data.into());
         }
     }
 }
 
-/// The bytes of the `keep` entries of special section `name` with contents `d`.
-fn kept_entry_bytes(name: &str, d: &[u8], keep: &[u64]) -> Vec<u8> {
-    let entry = special_entry_size(name).unwrap_or(if name == ".orc_unwind" { 6 } else { 1 });
+/// The bytes of the `keep` entries (each `entry` bytes) of a special section with contents `d`.
+fn kept_entry_bytes(d: &[u8], entry: u64, keep: &[u64]) -> Vec<u8> {
     let mut data = Vec::with_capacity(keep.len() * entry as usize);
     for &e in keep {
         let lo = (e * entry) as usize;

@@ -150,12 +150,31 @@ pub fn fixup_module(ko: &[u8]) -> Result<(Vec<u8>, FixupSummary), ElfError> {
             summary.symbols.push(name.clone());
         }
     }
+    strip_debug_info(&mut b);
     let mut out = Vec::new();
     b.write(&mut out).map_err(|e| ElfError::Write {
         what: "livepatch module".into(),
         reason: e.to_string(),
     })?;
     Ok((out, summary))
+}
+
+/// Drops the DWARF sections (and their relocations and symbols) kbuild's generated files
+/// bring: the kernel never reads them, and they weighed ten times the patch's code.
+fn strip_debug_info(b: &mut object::build::elf::Builder<'_>) {
+    let is_debug = |name: &[u8]| name.starts_with(b".debug_") || name.starts_with(b".rela.debug_");
+    let mut gone = std::collections::BTreeSet::new();
+    for s in b.sections.iter_mut() {
+        if is_debug(&s.name) {
+            s.delete = true;
+            gone.insert(s.id().index());
+        }
+    }
+    for y in b.symbols.iter_mut() {
+        if y.section.is_some_and(|id| gone.contains(&id.index())) {
+            y.delete = true;
+        }
+    }
 }
 
 /// Checks a finished module: every klp placeholder is SHN_LIVEPATCH and every

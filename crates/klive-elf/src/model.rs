@@ -193,10 +193,11 @@ impl Elf {
         for i in 0..e.symbols.len() {
             let Some(sym) = &e.symbols[i] else { continue };
             let Some(sec) = sym.section else { continue };
-            if sym.value != 0 || !(sym.is_func() || sym.is_object()) {
+            if !(sym.is_func() || sym.is_object()) {
                 continue;
             }
             if let Some(Some(s)) = e.sections.get(sec)
+                && (sym.value == 0 || (sym.is_func() && is_call_padding(&s.data, sym.value)))
                 && owns_section(&s.name, &sym.name, sym.is_func())
             {
                 let s = e.sections[sec].as_mut().expect("present");
@@ -279,17 +280,37 @@ impl Elf {
         Some((si, r.addend))
     }
 
-    /// True if a function's section starts with `call __fentry__`.
+    /// True if a function's code starts with `call __fentry__` (after its `endbr64` where
+    /// the kernel is built for IBT, and after the NOP padding of `CONFIG_CALL_PADDING`).
     pub fn has_fentry(&self, sec: usize) -> bool {
         let Some(s) = self.sec(sec) else { return false };
+        let entry = s.bundled.and_then(|b| self.sym(b)).map_or(0, |f| f.value);
+        let call = if s.data.get(entry as usize..entry as usize + 4) == Some(&ENDBR64[..]) {
+            entry + 4
+        } else {
+            entry
+        };
         s.relocs.iter().take(1).any(|r| {
-            r.offset <= 1
+            r.offset == call + 1
                 && matches!(r.r_type, R_X86_64_PC32 | R_X86_64_PLT32)
                 && r.sym
                     .and_then(|i| self.sym(i))
                     .is_some_and(|s| s.name == "__fentry__")
         })
     }
+}
+
+/// `endbr64`, the first instruction of an indirectly callable function under IBT.
+pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+/// True if `data` holds only one-byte NOPs before offset `value` (at most 64 bytes): the
+/// padding `CONFIG_CALL_PADDING` puts before every function (Linux 6.2 and later).
+pub fn is_call_padding(data: &[u8], value: u64) -> bool {
+    value > 0
+        && value <= 64
+        && data
+            .get(..value as usize)
+            .is_some_and(|p| p.iter().all(|&b| b == 0x90))
 }
 
 pub fn is_pc_relative(r_type: u32) -> bool {

@@ -252,3 +252,34 @@ __asm__(".section .text.patched_fn,\"ax\",@progbits\n"
     assert_eq!(verified.sections[".klp.rela.xfs..text.patched_fn"], 1);
     assert_eq!(verified.sections[".klp.rela.vmlinux..text.patched_fn"], 1);
 }
+
+#[test]
+fn functions_after_call_padding_and_endbr_are_patched() {
+    // Linux 6.12 builds with CONFIG_CALL_PADDING (16 NOPs before every function) and IBT
+    // (`endbr64` first, then the fentry call).
+    let flags = ["-fpatchable-function-entry=16,16", "-fcf-protection=branch"];
+    let patched = BASE.replace(
+        "seq_printf(m, \"%s\\n\", saved_command_line);",
+        "seq_printf(m, \"%s klive=1\\n\", saved_command_line);",
+    );
+    let (o, p) = crate::support::pair_with(BASE, &patched, &flags);
+    let a = analyze(&o, &p).unwrap();
+    assert_eq!(
+        a.report.changed_functions,
+        ["cmdline_show"],
+        "{}",
+        a.report.render()
+    );
+    assert!(a.report.refusals.is_empty(), "{}", a.report.render());
+    let vmlinux = Vmlinux::new(KALLSYMS);
+    let e = emit(&p, &a, &vmlinux.resolver(), "t0").unwrap();
+    assert_eq!(e.funcs.len(), 1);
+    // The alias the stub hands to klp points at the function's entry, past the padding.
+    let file = object::File::parse(&*e.object).unwrap();
+    use object::{Object as _, ObjectSymbol as _};
+    let alias = file
+        .symbols()
+        .find(|s| s.name() == Ok(e.funcs[0].new_symbol.as_str()))
+        .unwrap();
+    assert_eq!(alias.address(), 16);
+}
