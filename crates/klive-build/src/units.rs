@@ -83,8 +83,7 @@ impl<'j> Targets<'j> {
     }
 
     /// Whether the kernel has the unit at all: its module exists, or (built-in) one of the
-    /// functions it defines is in vmlinux. Only asked of units that include a changed
-    /// header, which kbuild compiles whether or not the config selects them.
+    /// functions it defines is in vmlinux.
     fn has_unit(&mut self, object: &str, analysis: &Analysis) -> bool {
         let Ok(t) = self.get(object) else {
             return false;
@@ -156,6 +155,8 @@ pub struct Patch {
     pub objects: Vec<Emitted>,
     /// `vmlinux` or a module name → the functions of that object the patch replaces.
     pub funcs: BTreeMap<String, Vec<PatchFunc>>,
+    /// Symbol namespaces of the exported symbols the patch uses (`MODULE_IMPORT_NS`).
+    pub namespaces: BTreeSet<String>,
     pub report: String,
 }
 
@@ -170,21 +171,28 @@ pub fn emit(
     let mut report = String::new();
     let mut objects = Vec::new();
     let mut funcs: BTreeMap<String, Vec<PatchFunc>> = BTreeMap::new();
+    let mut namespaces = BTreeSet::new();
+    let mut left_out = Vec::new();
     let mut refused = false;
     // The other units are still emitted after a refusal: the report printed with it then
     // shows what each of them would refer to.
     for (n, mut unit) in units.into_iter().enumerate() {
         let a = &unit.analysis;
         let changes = !a.changed_funcs.is_empty() || !a.included.is_empty();
-        if via_header.contains(&unit.tu)
-            && (changes || !a.report.refusals.is_empty())
-            && !targets.has_unit(&unit.object, a)
-        {
+        // kbuild compiles a file the config does not select all the same (as built-in
+        // code): such a unit is not part of this kernel, and neither is its change.
+        if (changes || !a.report.refusals.is_empty()) && !targets.has_unit(&unit.object, a) {
+            let why = if via_header.contains(&unit.tu) {
+                "includes a changed header but"
+            } else {
+                "changed but"
+            };
             let _ = writeln!(
                 report,
-                "== {} (klp object {}): not part of this kernel; left out",
+                "== {} {why} is not built in this kernel's config (none of its functions is in {}); left out",
                 unit.tu, unit.object
             );
+            left_out.push(unit.tu.clone());
             continue;
         }
         if !a.report.refusals.is_empty() {
@@ -200,10 +208,22 @@ pub fn emit(
             for (s, k) in &e.special_entries {
                 let _ = writeln!(unit.report, "  kept {k} {s} entries");
             }
+            for tp in &e.tracepoints_off {
+                let _ = writeln!(
+                    unit.report,
+                    "  warning: tracepoint {tp} stays off in the patched functions (its static key is in module {}, which a livepatch's jump labels cannot reach)",
+                    unit.object
+                );
+            }
             funcs
                 .entry(unit.object.clone())
                 .or_default()
                 .extend(e.funcs.iter().cloned());
+            namespaces.extend(
+                e.exported_symbols
+                    .iter()
+                    .filter_map(|s| target.exports.namespace.get(s).cloned()),
+            );
             objects.push(e);
         }
         report += &unit.report;
@@ -216,6 +236,14 @@ pub fn emit(
         .into());
     }
     funcs.retain(|_, f| !f.is_empty());
+    if funcs.is_empty() && !left_out.is_empty() {
+        eprint!("{report}");
+        return Err(Stop::NothingToPatch(format!(
+            "the diffs change only files this kernel's config does not build ({}); the fix does not concern this kernel",
+            left_out.join(", ")
+        ))
+        .into());
+    }
     if funcs.is_empty() {
         eprint!("{report}");
         return Err(Stop::NothingToPatch(
@@ -226,6 +254,7 @@ pub fn emit(
     Ok(Patch {
         objects,
         funcs,
+        namespaces,
         report,
     })
 }

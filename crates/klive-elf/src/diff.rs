@@ -302,6 +302,9 @@ pub fn is_fresh_copy(sec: &Section, elf: &Elf) -> bool {
         || n == ".data.once"
         || n == ".data..once"
         || n == ".altinstr_aux"
+        // Dynamic debug descriptors: the patch registers its own for its pr_debug sites.
+        || n == "__dyndbg"
+        || n == "__dyndbg_classes"
         || is_private_rodata(sec, elf)
         || sec
             .bundled

@@ -35,6 +35,10 @@ pub struct Emitted {
     pub exported_symbols: BTreeSet<String>,
     /// Special-section entries kept, per section.
     pub special_entries: BTreeMap<String, usize>,
+    /// Tracepoints whose jump labels in the patched functions of a module were left out:
+    /// their static keys live in the module, which jump-label entries of a livepatch cannot
+    /// refer to, so those tracepoints stay off in the new code.
+    pub tracepoints_off: BTreeSet<String>,
 }
 
 /// Emits the patch object. `tag` makes the alias names unique across translation units.
@@ -50,7 +54,7 @@ pub fn emit(
     tag: &str,
 ) -> Result<Emitted, ElfError> {
     let tu = TuSymbols::from_elf(&a.orig);
-    let selection = collect(a);
+    let selection = collect(a, resolver.object != "vmlinux");
     let mut b = read_builder(patched, "patched object")?;
     let ids = SymbolIds::of(&b);
     let look = Lookup {
@@ -73,6 +77,7 @@ pub fn emit(
         klp_symbols: relocated.klp_symbols,
         exported_symbols: relocated.exported_symbols,
         special_entries,
+        tracepoints_off: selection.tracepoints_off,
     })
 }
 
@@ -83,14 +88,15 @@ struct Selection {
     analysis: Analysis,
     /// Special sections (by patched index) → the entries kept, in order.
     kept_entries: BTreeMap<usize, Vec<u64>>,
+    tracepoints_off: BTreeSet<String>,
 }
 
 /// Collect: takes the analysis and gives the sections the patch object carries: the ones the
 /// diff included, the special-section entries that belong to included functions, and
 /// whatever those entries need (`.altinstr_replacement`, fresh copies).
-fn collect(a: &Analysis) -> Selection {
+fn collect(a: &Analysis, module: bool) -> Selection {
     let mut a = a.clone();
-    let kept_entries = kept_special_entries(&a.patched, &a.included);
+    let (kept_entries, tracepoints_off) = kept_special_entries(&a.patched, &a.included, module);
     let p = &a.patched;
     let mut roots: Vec<usize> = kept_entries.keys().copied().collect();
     // The closure never takes `.altinstr_replacement` (it is not compared), so it comes
@@ -112,12 +118,18 @@ fn collect(a: &Analysis) -> Selection {
     Selection {
         analysis: a,
         kept_entries,
+        tracepoints_off,
     }
 }
 
 /// Takes the patched object and its included sections and gives, per special section, the
 /// entries whose relocations point into an included function.
-fn kept_special_entries(p: &Elf, included: &BTreeSet<usize>) -> BTreeMap<usize, Vec<u64>> {
+fn kept_special_entries(
+    p: &Elf,
+    included: &BTreeSet<usize>,
+    module: bool,
+) -> (BTreeMap<usize, Vec<u64>>, BTreeSet<String>) {
+    let mut tracepoints_off = BTreeSet::new();
     let included_funcs: BTreeSet<usize> = included
         .iter()
         .copied()
@@ -136,15 +148,39 @@ fn kept_special_entries(p: &Elf, included: &BTreeSet<usize>) -> BTreeMap<usize, 
         let keep: Vec<u64> = (0..sec.size.div_ceil(size))
             .filter(|e| {
                 let (lo, hi) = (e * size, (e + 1) * size);
-                sec.relocs
-                    .iter()
-                    .filter(|r| r.offset >= lo && r.offset < hi)
-                    .any(|r| {
-                        p.resolve_target(r)
-                            .and_then(|(t, _)| p.sym(t))
-                            .and_then(|s| s.section)
-                            .is_some_and(|s| included_funcs.contains(&s))
-                    })
+                let targets = || {
+                    sec.relocs
+                        .iter()
+                        .filter(move |r| r.offset >= lo && r.offset < hi)
+                        .filter_map(|r| p.resolve_target(r).and_then(|(t, _)| p.sym(t)))
+                };
+                let ours = targets()
+                    .filter_map(|s| s.section)
+                    .any(|s| included_funcs.contains(&s));
+                if ours && module && sec.name == "__jump_table" {
+                    // The key of a module's tracepoint: not reachable from the livepatch's
+                    // jump-label entries (see [`Emitted::tracepoints_off`]).
+                    if let Some(tp) = targets().find(|s| {
+                        s.name.starts_with("__tracepoint_")
+                            && !s.section.is_some_and(|x| included.contains(&x))
+                    }) {
+                        tracepoints_off
+                            .insert(tp.name.trim_start_matches("__tracepoint_").to_owned());
+                        return false;
+                    }
+                }
+                if ours && module && sec.name == ".static_call_sites" {
+                    // A static call whose key is in the module: without the site entry the
+                    // call goes through the key's trampoline, which is updated all the same.
+                    let key_elsewhere = targets().any(|s| {
+                        s.name.starts_with("__SCK__")
+                            && !s.section.is_some_and(|x| included.contains(&x))
+                    });
+                    if key_elsewhere {
+                        return false;
+                    }
+                }
+                ours
             })
             .collect();
         if !keep.is_empty() {
@@ -158,7 +194,7 @@ fn kept_special_entries(p: &Elf, included: &BTreeSet<usize>) -> BTreeMap<usize, 
     {
         kept_entries.insert(u, keep);
     }
-    kept_entries
+    (kept_entries, tracepoints_off)
 }
 
 /// The builder's ids of the patched object's own symbols, by the index the analysis uses.

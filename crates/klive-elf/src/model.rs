@@ -368,6 +368,15 @@ pub fn mangled(name: &str) -> String {
         }
         out.push_str(part);
     }
+    // BTF_ID() names end in a counter (`__BTF_ID__struct__sock__4521`) that moves with
+    // every BTF_ID earlier in the file.
+    if out.starts_with("__BTF_ID__")
+        && let Some((head, n)) = out.rsplit_once("__")
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+    {
+        return head.to_owned();
+    }
     if let Some(rest) = out.strip_prefix("__UNIQUE_ID_") {
         let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
         return format!("__UNIQUE_ID_{trimmed}");
@@ -403,6 +412,10 @@ mod tests {
         assert_eq!(mangled(".rodata.f.str1.1"), ".rodata.f.str1");
         assert_eq!(mangled("x86_64"), "x86_64");
         assert_eq!(mangled("__UNIQUE_ID_ddebug412"), "__UNIQUE_ID_ddebug");
+        assert_eq!(
+            mangled("__BTF_ID__struct__bpf_bloom_filter__313208"),
+            "__BTF_ID__struct__bpf_bloom_filter"
+        );
     }
 
     #[test]

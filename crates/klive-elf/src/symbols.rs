@@ -398,16 +398,23 @@ fn basename(path: &str) -> &str {
 pub struct Exports {
     /// Symbol → exporting object (`vmlinux` or a module name with `-` as `_`).
     pub by_symbol: HashMap<String, String>,
+    /// Symbol → the namespace it is exported in (`EXPORT_SYMBOL_NS`), which a module using
+    /// it must import.
+    pub namespace: HashMap<String, String>,
 }
 
 impl Exports {
     pub fn from_module_symvers(text: &str) -> Exports {
         let mut by_symbol = HashMap::new();
+        let mut namespace = HashMap::new();
         for line in text.lines() {
             let mut f = line.split('\t');
             let (Some(_crc), Some(sym), Some(module)) = (f.next(), f.next(), f.next()) else {
                 continue;
             };
+            if let Some(ns) = f.nth(1).map(str::trim).filter(|n| !n.is_empty()) {
+                namespace.insert(sym.to_owned(), ns.to_owned());
+            }
             let module = if module.ends_with("vmlinux") {
                 "vmlinux".to_owned()
             } else {
@@ -419,7 +426,10 @@ impl Exports {
             };
             by_symbol.insert(sym.to_owned(), module);
         }
-        Exports { by_symbol }
+        Exports {
+            by_symbol,
+            namespace,
+        }
     }
 }
 
@@ -712,8 +722,15 @@ ffffffffc0000000 t show\t[xfs]
     #[test]
     fn exports_decide_normal_relocations() {
         let e = Exports::from_module_symvers(
-            "0x1\tseq_printf\tvmlinux\tEXPORT_SYMBOL\t\n0x2\txfs_foo\tfs/xfs/xfs\tEXPORT_SYMBOL_GPL\t\n",
+            "0x1\tseq_printf\tvmlinux\tEXPORT_SYMBOL\t\n0x2\txfs_foo\tfs/xfs/xfs\tEXPORT_SYMBOL_GPL\t\n0x3\tefivar_query_variable_info\tvmlinux\tEXPORT_SYMBOL_GPL\tEFIVAR\n",
         );
+        assert_eq!(
+            e.namespace
+                .get("efivar_query_variable_info")
+                .map(String::as_str),
+            Some("EFIVAR")
+        );
+        assert!(!e.namespace.contains_key("seq_printf"));
         let t = SymbolTable::from_kallsyms(DUMP, "vmlinux");
         let r = Resolver {
             object: "vmlinux".into(),
