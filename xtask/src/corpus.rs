@@ -242,13 +242,53 @@ fn matches(dir_name: &str, case: &str) -> bool {
 
 /// Runs the corpus (or the one case `only`), with `tool` or a freshly built klive-build.
 pub fn run(root: &Path, only: Option<&str>, tool: Option<&Path>) -> Result<()> {
-    let mut dirs = case_dirs(root)?;
-    if let Some(c) = only {
-        dirs.retain(|d| matches(&name_of(d), c));
-        if dirs.is_empty() {
-            bail!("no case {c} in tests/build/real/");
-        }
+    let (runs, bin) = run_cases(root, |name| only.is_none_or(|c| matches(name, c)), tool)?;
+    if runs.is_empty()
+        && let Some(c) = only
+    {
+        bail!("no case {c} in tests/build/real/");
     }
+    let md = report(&runs, &bin, only.is_some());
+    if only.is_some() {
+        // One case is not the corpus: printed, not kept.
+        println!("{md}");
+    } else {
+        replace_section(root, &md)?;
+    }
+    Ok(())
+}
+
+/// The representative subset `cargo xtask test` runs: every case in `cases` must end as
+/// its case.toml expects (the whole corpus is `cargo xtask bench corpus`).
+pub fn check(root: &Path, cases: &[&str]) -> Result<()> {
+    let (runs, _) = run_cases(root, |name| cases.iter().any(|c| matches(name, c)), None)?;
+    if runs.len() != cases.len() {
+        bail!(
+            "the corpus subset names {} cases but {} are in tests/build/real/",
+            cases.len(),
+            runs.len()
+        );
+    }
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.verdict == Verdict::Failed)
+        .map(|r| format!("{}: {}", r.dir, r.detail))
+        .collect();
+    if !failed.is_empty() {
+        bail!("real-fix corpus cases failed:\n{}", failed.join("\n"));
+    }
+    eprintln!("xtask: corpus subset: {} cases as expected", runs.len());
+    Ok(())
+}
+
+/// Runs the cases whose directory name `wanted` accepts; gives the runs and the binary.
+fn run_cases(
+    root: &Path,
+    wanted: impl Fn(&str) -> bool,
+    tool: Option<&Path>,
+) -> Result<(Vec<Run>, PathBuf)> {
+    let mut dirs = case_dirs(root)?;
+    dirs.retain(|d| wanted(&name_of(d)));
     // Every case.toml is checked before anything runs.
     let cases: Vec<(PathBuf, Case)> = dirs
         .into_iter()
@@ -285,14 +325,7 @@ pub fn run(root: &Path, only: Option<&str>, tool: Option<&Path>) -> Result<()> {
         );
         runs.push(r);
     }
-    let md = report(&runs, &bin, only.is_some());
-    if only.is_some() {
-        // One case is not the corpus: printed, not kept.
-        println!("{md}");
-    } else {
-        replace_section(root, &md)?;
-    }
-    Ok(())
+    Ok((runs, bin))
 }
 
 fn run_case(

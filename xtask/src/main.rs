@@ -122,6 +122,12 @@ fn main() -> Result<()> {
     }
 }
 
+/// The real fixes `cargo xtask test` builds, on two kernels (one per Debian 12 line): an
+/// extack message, an inlined static and dynamic debug in a module, a GCC `.isra` clone,
+/// tracepoints in a module, `__init` and read-only-data refusals, and a fix that compiles to
+/// the same code. `cargo xtask bench corpus` runs all of them.
+const CORPUS_SUBSET: &[&str] = &["06", "08", "11", "12", "14", "20", "21", "22", "24"];
+
 fn test(root: &Path, no_vm: bool) -> Result<()> {
     step(
         "cargo fmt --check",
@@ -167,6 +173,8 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
         return Ok(());
     }
     check_vm_summary(&vm::run_tests(root)?, true)?;
+    eprintln!("xtask: == klive-build on real fixes (a subset of tests/build/real/)");
+    corpus::check(root, CORPUS_SUBSET)?;
     eprintln!("xtask: all tests passed{advisories}");
     Ok(())
 }
