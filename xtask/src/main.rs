@@ -15,6 +15,7 @@ mod build_tests;
 mod corpus;
 mod deny;
 mod deps;
+mod kernels_bench;
 mod moto;
 mod pg;
 mod server;
@@ -85,6 +86,9 @@ enum BenchTarget {
     /// klive-build on the real kernel fixes of `tests/build/real/`: outcome per case against
     /// its expectation, and the coverage.
     Corpus,
+    /// klive-build by kernel name, cold and warm, on the two newest kernels of each Debian 12
+    /// line, and for all four in one command.
+    Kernels,
 }
 
 fn main() -> Result<()> {
@@ -117,6 +121,7 @@ fn main() -> Result<()> {
                 BenchTarget::Server => bench_server::run(&root),
                 BenchTarget::Dashboard => bench_dashboard::run(&root),
                 BenchTarget::Corpus => corpus::run(&root, case.as_deref(), klive_build.as_deref()),
+                BenchTarget::Kernels => kernels_bench::run(&root),
             }
         }
     }
