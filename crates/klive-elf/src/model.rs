@@ -249,7 +249,10 @@ impl Elf {
         };
         let sec = self.sec(seci)?;
         if let Some(b) = sec.bundled {
-            return Some((b, r.addend));
+            // The owning symbol need not start the section (the NOP padding before 6.12's
+            // functions): the addend becomes relative to the symbol.
+            let at = self.sym(b).map_or(0, |s| s.value as i64);
+            return Some((b, r.addend - at));
         }
         if sec.is_strings() || is_text_name(&sec.name) {
             return Some((si, r.addend));

@@ -282,4 +282,14 @@ fn functions_after_call_padding_and_endbr_are_patched() {
         .find(|s| s.name() == Ok(e.funcs[0].new_symbol.as_str()))
         .unwrap();
     assert_eq!(alias.address(), 16);
+    // Relocations that named the section keep pointing at the same byte once they name the
+    // function: the mcount entry is the fentry call after endbr64, 0x14 into the section.
+    use object::ObjectSection as _;
+    let mcount = file.section_by_name("__mcount_loc").unwrap();
+    let (_, rel) = mcount.relocations().next().unwrap();
+    let object::RelocationTarget::Symbol(si) = rel.target() else {
+        panic!("mcount entry without a symbol");
+    };
+    let target = file.symbol_by_index(si).unwrap().address() as i64 + rel.addend();
+    assert_eq!(target, 0x14);
 }
