@@ -1,0 +1,3 @@
+//! klive-build's integration tests: one binary.
+
+mod cli;
