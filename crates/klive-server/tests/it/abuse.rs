@@ -20,6 +20,7 @@ backend_tests!(
     search_wildcards_match_only_themselves,
     negative_filters_are_refused,
     maker_checker_refusals_are_audited_at_most_once_a_minute,
+    a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
@@ -302,4 +303,54 @@ async fn maker_checker_refusals_are_audited_at_most_once_a_minute(fx: Fixture) {
         audit::verify(s.db()).await.unwrap(),
         audit::Verdict::Intact { .. }
     ));
+}
+
+/// Sequences are the agent's clock in milliseconds: one far ahead of the server's clock would
+/// make every later honest check-in a replay until the host registers again.
+async fn a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing(fx: Fixture) {
+    use klive_format::api::CheckIn;
+    let token = enroll_token(&fx, "canary", 3600, 1).await;
+    let (_, host) = crate::common::register_and_authenticate(
+        &fx.service,
+        &token,
+        "web-1",
+        kernel(None),
+        "0.1.0",
+    )
+    .await;
+    let checkin = |sequence: u64| CheckIn {
+        sequence,
+        kernel: kernel(None),
+        applied: None,
+        uptime_secs: 100,
+        boot_id: "boot-1".into(),
+        agent_version: "0.1.0".into(),
+        last_error: None,
+        taint: None,
+    };
+    let now = fx.service.now() as u64;
+    for far in [i64::MAX as u64, now + 2 * 86_400_000] {
+        let err = fx
+            .service
+            .checkins()
+            .checkin(&host, &checkin(far))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, klive_server::error::Error::BadRequest(ref m) if m.contains("clock")),
+            "{err:?}"
+        );
+    }
+    // The host's next honest check-in (its clock now) is accepted: it is not locked out.
+    fx.service
+        .checkins()
+        .checkin(&host, &checkin(now))
+        .await
+        .unwrap();
+    // A little ahead (a host clock a few minutes fast) is fine.
+    fx.service
+        .checkins()
+        .checkin(&host, &checkin(now + 5 * 60_000))
+        .await
+        .unwrap();
 }

@@ -6,6 +6,9 @@ pub(crate) mod release_cache;
 
 use super::*;
 
+/// How far ahead of the server's clock a check-in's sequence may be: a day.
+const MAX_SEQUENCE_AHEAD_MS: i64 = 86_400_000;
+
 domain_service! {
     /// Check-ins: what changed on a host, what it should run next, written by the group-committed writer.
     CheckIns
@@ -20,6 +23,16 @@ impl CheckIns<'_> {
             return Err(Error::BadRequest(
                 "boot_id and agent_version are at most 128 bytes".into(),
             ));
+        }
+        // Sequences are the agent's clock in milliseconds. One far ahead of this clock would
+        // turn every later honest check-in into a replay until the host registers again.
+        let ahead = seq.saturating_sub(self.0.now());
+        if ahead > MAX_SEQUENCE_AHEAD_MS {
+            return Err(Error::BadRequest(format!(
+                "sequence {seq} is {} hours ahead of the server's clock (at most {} allowed); the sequence is the host's clock in milliseconds: set the host's clock right",
+                ahead / 3_600_000,
+                MAX_SEQUENCE_AHEAD_MS / 3_600_000
+            )));
         }
         if seq <= host.last_sequence {
             return Err(Error::Replay {
