@@ -2,7 +2,8 @@
 //! presented token per minute so that guessing cannot flood the log: each record carries how
 //! many failures of that kind happened since the previous record (the last minute's are
 //! counted into the next record, when there is one). Refused privileged actions (a missing
-//! role, a maker-checker refusal) are limited the same way, per user and action.
+//! role, a maker-checker refusal) are limited the same way, per user and action, and so are
+//! hosts' taint and error changes, per host and kind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -121,6 +121,8 @@ pub struct Service {
     failed_auth: crate::domain::auth_failures::FailedAuth,
     /// Rate limit of the records of refused privileged actions, per user and action.
     refusals: crate::domain::auth_failures::FailedAuth,
+    /// Taint and error changes of hosts, audited at most once a minute per host and kind.
+    host_noise: crate::domain::auth_failures::FailedAuth,
 }
 
 fn release_id(build_id: &BuildId, level: PatchLevel) -> String {
@@ -168,6 +170,7 @@ impl Service {
             release_cache: ReleaseCache::default(),
             failed_auth: crate::domain::auth_failures::FailedAuth::default(),
             refusals: crate::domain::auth_failures::FailedAuth::default(),
+            host_noise: crate::domain::auth_failures::FailedAuth::default(),
         }
     }
 

@@ -21,6 +21,7 @@ backend_tests!(
     negative_filters_are_refused,
     maker_checker_refusals_are_audited_at_most_once_a_minute,
     a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing,
+    taint_and_error_changes_are_audited_at_most_once_a_minute_per_host,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
@@ -353,4 +354,70 @@ async fn a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing(fx: Fixt
         .checkin(&host, &checkin(now + 5 * 60_000))
         .await
         .unwrap();
+}
+
+/// A host whose taint or error flips at every check-in must not flood the audit log: one
+/// record per host and kind a minute, carrying how many changes it stands for. The host's
+/// row always shows the latest value.
+async fn taint_and_error_changes_are_audited_at_most_once_a_minute_per_host(fx: Fixture) {
+    use klive_format::api::CheckIn;
+    let token = enroll_token(&fx, "canary", 3600, 1).await;
+    let (registered, mut host) = crate::common::register_and_authenticate(
+        &fx.service,
+        &token,
+        "web-1",
+        kernel(None),
+        "0.1.0",
+    )
+    .await;
+    let checkin = |sequence: u64, taint: u64, error: &str| CheckIn {
+        sequence,
+        kernel: kernel(None),
+        applied: None,
+        uptime_secs: 100,
+        boot_id: "boot-1".into(),
+        agent_version: "0.1.0".into(),
+        last_error: Some(error.to_owned()),
+        taint: Some(taint),
+    };
+    for n in 1..=50u64 {
+        fx.service
+            .checkins()
+            .checkin(&host, &checkin(n, n, &format!("error {n}")))
+            .await
+            .unwrap();
+        host = fx
+            .service
+            .enrollment()
+            .authenticate_host(&registered.credential)
+            .await
+            .unwrap();
+        fx.service.clock().advance_secs(1);
+    }
+    let taints = audit_actions(&fx, "host.taint").await;
+    let errors = audit_actions(&fx, "host.update_failed").await;
+    assert_eq!(taints.len(), 1, "{taints:?}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    // A minute on, the next change is recorded with the count of those in between.
+    fx.service.clock().advance_secs(60);
+    fx.service
+        .checkins()
+        .checkin(&host, &checkin(51, 51, "error 51"))
+        .await
+        .unwrap();
+    let taints = audit_actions(&fx, "host.taint").await;
+    assert_eq!(taints.len(), 2, "{taints:?}");
+    assert!(
+        taints[0].detail.contains("\"changes\":50"),
+        "{}",
+        taints[0].detail
+    );
+    let host = fx
+        .service
+        .enrollment()
+        .authenticate_host(&registered.credential)
+        .await
+        .unwrap();
+    assert_eq!(host.taint, Some(51), "the row shows the latest taint");
+    assert_eq!(host.last_error.as_deref(), Some("error 51"));
 }

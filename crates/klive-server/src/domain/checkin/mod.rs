@@ -82,6 +82,22 @@ impl CheckIns<'_> {
                 last_error.as_deref(),
             )
         });
+        // A host whose taint or error flips at every check-in must not flood the audit log:
+        // one record per host and kind a minute, with the number of changes it stands for.
+        let now = self.clock.now_ms();
+        let events = events
+            .into_iter()
+            .filter_map(|(action, mut detail)| {
+                if !matches!(action, "host.taint" | "host.update_failed") {
+                    return Some((action, detail));
+                }
+                let changes = self
+                    .host_noise
+                    .note(&format!("{}/{action}", host.id), now)?;
+                detail["changes"] = serde_json::json!(changes);
+                Some((action, detail))
+            })
+            .collect();
         let write = crate::domain::checkin::group_commit::Write {
             host_id: host.id.clone(),
             sequence: seq,
