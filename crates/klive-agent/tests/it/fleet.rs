@@ -165,8 +165,14 @@ impl Server {
     }
 
     fn publish(&self, level: u32, module: &[u8]) {
+        self.publish_for(FAKE_RELEASE, level, module);
+    }
+
+    /// Publishes `module` with a manifest naming kernel `release` (the server checks the
+    /// module's vermagic against it; the build-id decides which hosts get it).
+    fn publish_for(&self, release: &str, level: u32, module: &[u8]) {
         let name = format!("klive_test_l{level}");
-        let manifest = manifest(FAKE_BUILD_ID, level, &name, module);
+        let manifest = klive_testkit::elf::manifest(FAKE_BUILD_ID, release, level, &name, module);
         let module = Bytes::copy_from_slice(module);
         self.run(
             self.service
@@ -614,10 +620,11 @@ fn fetch_timestamp(s: &Server, h: &Host) -> Vec<u8> {
 #[test]
 fn a_module_for_another_kernel_release_is_refused_by_the_agent_core() {
     let (s, h, _) = server_and_canary_host();
-    // Tagged for this build, but its vermagic names another kernel release: TUF verifies
-    // it (it is what was published), the agent core refuses it before the kernel sees it.
+    // Tagged for this build, but built for another kernel release (and published as such:
+    // the server refuses a vermagic its manifest does not name, and offers by build-id):
+    // TUF verifies it, the agent core refuses it before the kernel sees it.
     let ko = module_for(1, FAKE_BUILD_ID, "6.1.0-99-amd64 SMP preempt mod_unload ");
-    s.publish(1, &ko);
+    s.publish_for("6.1.0-99-amd64", 1, &ko);
     assert_refused(
         &h,
         "vermagic of another release",

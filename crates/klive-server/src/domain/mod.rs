@@ -391,6 +391,22 @@ fn check_module(m: &ReleaseManifest, module: &[u8]) -> Result<(), Error> {
     {
         return Err(mismatch("name", m.module_name.clone(), Some(name)));
     }
+    // What the agent checks before it loads: refused here, before a host spends a download.
+    if modinfo::get(&info, "livepatch") != Some("Y") {
+        return Err(Error::InvalidModule(
+            "it is not a livepatch module (no livepatch=Y in its modinfo), which every agent refuses to load".into(),
+        ));
+    }
+    let vermagic = modinfo::get(&info, "vermagic");
+    if vermagic.and_then(|v| v.split_whitespace().next()) != Some(m.kernel.release.as_str()) {
+        return Err(mismatch("vermagic", m.kernel.release.clone(), vermagic));
+    }
+    if m.kernel.arch != "x86_64" || !modinfo::is_x86_64(module) {
+        return Err(Error::InvalidModule(format!(
+            "klive patches x86_64 kernels only, and this release is for {:?} with a module for another machine or the manifest naming another architecture",
+            m.kernel.arch
+        )));
+    }
     Ok(())
 }
 

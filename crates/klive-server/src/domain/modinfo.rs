@@ -26,6 +26,12 @@ pub fn read(module: &[u8]) -> Result<Vec<(String, String)>, Error> {
     })
 }
 
+/// True if the module is a 64-bit ELF object for x86-64.
+pub fn is_x86_64(module: &[u8]) -> bool {
+    object::File::parse(module)
+        .is_ok_and(|f| f.architecture() == object::Architecture::X86_64 && f.is_64())
+}
+
 /// The value of the first `tag` entry.
 pub fn get<'a>(info: &'a [(String, String)], tag: &str) -> Option<&'a str> {
     info.iter().find(|(k, _)| k == tag).map(|(_, v)| v.as_str())

@@ -22,6 +22,7 @@ backend_tests!(
     maker_checker_refusals_are_audited_at_most_once_a_minute,
     a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing,
     taint_and_error_changes_are_audited_at_most_once_a_minute_per_host,
+    releases_every_agent_would_refuse_are_refused_on_publish,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
@@ -420,4 +421,58 @@ async fn taint_and_error_changes_are_audited_at_most_once_a_minute_per_host(fx: 
         .unwrap();
     assert_eq!(host.taint, Some(51), "the row shows the latest taint");
     assert_eq!(host.last_error.as_deref(), Some("error 51"));
+}
+
+/// What the agent checks before it loads a module is checked on publish: a release no host
+/// can load never reaches a channel.
+async fn releases_every_agent_would_refuse_are_refused_on_publish(fx: Fixture) {
+    use crate::common::{manifest_for, module_builder};
+    let build_id = "0123456789abcdef0123456789abcdef01234567";
+    let publish = |m: klive_format::release::ReleaseManifest, ko: Vec<u8>| {
+        let s = fx.service.clone();
+        let alice = fx.alice.clone();
+        async move {
+            s.releases()
+                .publish_with_module(&alice, m, bytes::Bytes::from(ko))
+                .await
+        }
+    };
+    let name = "klive_refused_l1";
+    // Not a livepatch module.
+    let ko = module_builder(name, 1, build_id)
+        .without("livepatch")
+        .build();
+    let err = publish(manifest_for(build_id, 1, name, &ko), ko)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("livepatch=Y"), "{err}");
+    // Built for another kernel release than its manifest names.
+    let ko = module_builder(name, 1, build_id)
+        .without("vermagic")
+        .vermagic("6.12.117+deb12-amd64 SMP preempt mod_unload modversions ")
+        .build();
+    let err = publish(manifest_for(build_id, 1, name, &ko), ko)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            klive_server::error::Error::ModinfoMismatch {
+                tag: "vermagic",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // An architecture klive does not patch.
+    let ko = module_builder(name, 1, build_id).build();
+    let mut m = manifest_for(build_id, 1, name, &ko);
+    m.kernel.arch = "aarch64".into();
+    let err = publish(m, ko).await.unwrap_err();
+    assert!(err.to_string().contains("x86_64"), "{err}");
+    // Nothing of it was kept; the good module publishes.
+    let ko = module_builder(name, 1, build_id).build();
+    publish(manifest_for(build_id, 1, name, &ko), ko)
+        .await
+        .unwrap();
 }

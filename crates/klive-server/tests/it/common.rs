@@ -185,15 +185,21 @@ async fn fresh_database(url: &str) -> String {
 }
 
 /// A module for `build` at `level` named `name`, written by klive-testkit's builder with the
-/// `.modinfo` tags the server checks against a manifest: `license=GPL`, `name`, `klive_level`
-/// and `klive_build_id`, in this order.
+/// `.modinfo` tags the server checks against a manifest: `license=GPL`, `name`, `klive_level`,
+/// `klive_build_id`, `livepatch=Y` and the `vermagic` of [`kernel`]'s release, in this order.
 pub fn module(name: &str, level: u32, build: &str) -> Vec<u8> {
+    module_builder(name, level, build).build()
+}
+
+/// The builder of [`module`], for tests that change one tag.
+pub fn module_builder(name: &str, level: u32, build: &str) -> ModuleBuilder {
     ModuleBuilder::empty()
         .tag("license", "GPL")
         .tag("name", name)
         .tag(modinfo::LEVEL, &level.to_string())
         .tag(modinfo::BUILD_ID, build)
-        .build()
+        .tag("livepatch", "Y")
+        .vermagic("6.1.0-56-amd64 SMP preempt mod_unload modversions ")
 }
 
 /// A module for `build` at `level` with matching tags, and its manifest.
