@@ -16,7 +16,6 @@ use klive_agent::transport::{
     Connector, Http, NetError, Request, Response, ServerTrust, UreqConnector,
 };
 use klive_format::api::{EnrollTokenRequest, HostPolicy, PromoteRequest, Role};
-use klive_format::release::ReleaseManifest;
 use klive_format::{BuildId, PatchLevel};
 use klive_server::Service;
 use klive_server::domain::AuthUser;
@@ -232,10 +231,6 @@ fn module_for(level: u32, build_id: &str, vermagic: &str) -> Vec<u8> {
 
 fn module(level: u32) -> Vec<u8> {
     module_for(level, FAKE_BUILD_ID, FAKE_VERMAGIC)
-}
-
-fn manifest(build_id: &str, level: u32, name: &str, ko: &[u8]) -> ReleaseManifest {
-    klive_testkit::elf::manifest(build_id, FAKE_RELEASE, level, name, ko)
 }
 
 // ---------------------------------------------------------------------------------------------
