@@ -371,11 +371,11 @@ impl Constraint {
         use std::cmp::Ordering::*;
         match self {
             Constraint::Any => true,
-            Constraint::Eq(w) => compare_versions(v, w) == Equal,
-            Constraint::Ge(w) => compare_versions(v, w) != Less,
-            Constraint::Le(w) => compare_versions(v, w) != Greater,
-            Constraint::Gt(w) => compare_versions(v, w) == Greater,
-            Constraint::Lt(w) => compare_versions(v, w) == Less,
+            Constraint::Eq(w) => klive_format::debver::compare(v, w) == Equal,
+            Constraint::Ge(w) => klive_format::debver::compare(v, w) != Less,
+            Constraint::Le(w) => klive_format::debver::compare(v, w) != Greater,
+            Constraint::Gt(w) => klive_format::debver::compare(v, w) == Greater,
+            Constraint::Lt(w) => klive_format::debver::compare(v, w) == Less,
         }
     }
 }
@@ -406,7 +406,7 @@ fn pick(package: &str, c: &Constraint) -> Result<Stanza> {
         .into_iter()
         .filter(|s| s.get("Version").is_some_and(|v| c.allows(v)))
         .collect();
-    ok.sort_by(|a, b| compare_versions(&a["Version"], &b["Version"]));
+    ok.sort_by(|a, b| klive_format::debver::compare(&a["Version"], &b["Version"]));
     ok.pop().ok_or_else(|| FetchError::Index {
         package: package.to_owned(),
         reason: format!("no version in the index satisfies {c}"),
@@ -731,66 +731,6 @@ fn bzimage_payload(data: &[u8]) -> Option<&[u8]> {
     data.get(start..start.checked_add(u32_at(0x24c)?)?)
 }
 
-/// Debian's version order (`dpkg --compare-versions`): epoch, then upstream and revision
-/// compared part by part, `~` before anything (even the end), letters before other signs.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    fn split(v: &str) -> (u64, &str, &str) {
-        let (epoch, rest) = match v.split_once(':') {
-            Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
-            _ => (0, v),
-        };
-        match rest.rsplit_once('-') {
-            Some((u, r)) => (epoch, u, r),
-            None => (epoch, rest, ""),
-        }
-    }
-    fn order(c: Option<u8>) -> i32 {
-        match c {
-            Some(b'~') => -1,
-            None => 0,
-            Some(c) if c.is_ascii_alphabetic() => i32::from(c),
-            Some(c) => i32::from(c) + 256,
-        }
-    }
-    fn part(mut a: &[u8], mut b: &[u8]) -> std::cmp::Ordering {
-        while !a.is_empty() || !b.is_empty() {
-            // Non-digit prefixes, character by character.
-            loop {
-                let ca = a.first().copied().filter(|c| !c.is_ascii_digit());
-                let cb = b.first().copied().filter(|c| !c.is_ascii_digit());
-                if ca.is_none() && cb.is_none() {
-                    break;
-                }
-                let (oa, ob) = (order(ca), order(cb));
-                if oa != ob {
-                    return oa.cmp(&ob);
-                }
-                a = &a[1..];
-                b = &b[1..];
-            }
-            let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
-            let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
-            let num = |s: &[u8]| {
-                let s = std::str::from_utf8(s).unwrap_or("0");
-                let t = s.trim_start_matches('0');
-                (t.len(), t.to_owned())
-            };
-            let o = num(&a[..da]).cmp(&num(&b[..db]));
-            if o.is_ne() {
-                return o;
-            }
-            a = &a[da..];
-            b = &b[db..];
-        }
-        std::cmp::Ordering::Equal
-    }
-    let (ea, ua, ra) = split(a);
-    let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
-        .then_with(|| part(ua.as_bytes(), ub.as_bytes()))
-        .then_with(|| part(ra.as_bytes(), rb.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,20 +738,26 @@ mod tests {
 
     #[test]
     fn debian_versions_order_as_dpkg_does() {
-        assert_eq!(compare_versions("6.1.192-3", "6.1.176-1"), Greater);
-        assert_eq!(compare_versions("6.1.192-3", "6.1.192-3"), Equal);
         assert_eq!(
-            compare_versions("6.12.118-1~deb12u1", "6.12.118-1"),
+            klive_format::debver::compare("6.1.192-3", "6.1.176-1"),
+            Greater
+        );
+        assert_eq!(
+            klive_format::debver::compare("6.1.192-3", "6.1.192-3"),
+            Equal
+        );
+        assert_eq!(
+            klive_format::debver::compare("6.12.118-1~deb12u1", "6.12.118-1"),
             Less,
             "~ sorts before the end"
         );
         assert_eq!(
-            compare_versions("6.12.117-1~deb12u1", "6.12.107-1~deb12u1"),
+            klive_format::debver::compare("6.12.117-1~deb12u1", "6.12.107-1~deb12u1"),
             Greater
         );
-        assert_eq!(compare_versions("1:1.0", "2.0"), Greater);
-        assert_eq!(compare_versions("1.0a", "1.0+"), Less);
-        assert_eq!(compare_versions("6.1.9-1", "6.1.10-1"), Less);
+        assert_eq!(klive_format::debver::compare("1:1.0", "2.0"), Greater);
+        assert_eq!(klive_format::debver::compare("1.0a", "1.0+"), Less);
+        assert_eq!(klive_format::debver::compare("6.1.9-1", "6.1.10-1"), Less);
         assert!(
             Constraint::parse(">= 6.1.187-1")
                 .unwrap()

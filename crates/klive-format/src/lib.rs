@@ -6,6 +6,7 @@
 
 pub mod agent_state;
 pub mod api;
+pub mod debver;
 pub mod digest;
 pub mod evidence;
 mod ids;

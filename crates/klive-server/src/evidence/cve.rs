@@ -14,10 +14,10 @@ use klive_format::evidence::Rating;
 
 use crate::domain::{AuthUser, Service};
 use crate::error::Error;
-use crate::evidence::debver;
 use crate::store::audit::{self, Actor};
 use crate::store::cve::{self as store, NewFact, NewImport, NewPackageFix};
 use crate::trust::secrets::new_id;
+use klive_format::debver;
 use klive_format::digest::sha256_hex;
 
 /// The Debian source package of the kernel; host package versions are compared with its

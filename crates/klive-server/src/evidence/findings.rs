@@ -30,12 +30,12 @@ use crate::clock::{rfc3339, write_rfc3339};
 use crate::domain::Service;
 use crate::error::Error;
 use crate::evidence::cve::KERNEL_PACKAGE;
-use crate::evidence::debver;
 use crate::evidence::policy::{Policies, PolicyVersion, in_force};
 use crate::store::as_of;
 pub use crate::store::as_of::HostRow;
 use crate::store::cve as cve_store;
 use crate::store::history::{DAY_MS, HostState};
+use klive_format::debver;
 
 /// A release as known at the as-of time.
 #[derive(Debug, Clone)]

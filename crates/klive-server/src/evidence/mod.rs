@@ -3,7 +3,6 @@
 
 pub mod charts;
 pub mod cve;
-pub mod debver;
 pub mod findings;
 pub mod policy;
 pub mod report;

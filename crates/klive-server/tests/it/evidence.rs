@@ -184,7 +184,7 @@ impl Model {
         if let Some(known) = self.debian_known_at.filter(|k| *k <= now) {
             let pv = KERNELS[kernel].1;
             for (version, cves) in DEBIAN_LATER {
-                if klive_server::evidence::debver::compare(version, pv).is_gt() {
+                if klive_format::debver::compare(version, pv).is_gt() {
                     for c in cves {
                         out.insert((*c).to_owned(), known);
                     }
@@ -909,7 +909,7 @@ async fn real_debian_changelog_imports_and_bad_feeds_change_nothing() {
     let (later, upto): (Vec<_>, Vec<_>) = entries
         .iter()
         .filter(|e| e.package == "linux")
-        .partition(|e| klive_server::evidence::debver::compare(&e.version, host_version).is_gt());
+        .partition(|e| klive_format::debver::compare(&e.version, host_version).is_gt());
     let fixed_upto: HashSet<&String> = upto.iter().flat_map(|e| e.cves.iter()).collect();
     let lacking: HashSet<&String> = later
         .iter()
