@@ -307,10 +307,23 @@ async fn maker_checker_refusals_are_audited_at_most_once_a_minute(fx: Fixture) {
     ));
 }
 
+/// A check-in of a host without a build-id, with this taint and error.
+fn report(sequence: u64, taint: Option<u64>, error: Option<&str>) -> klive_format::api::CheckIn {
+    klive_format::api::CheckIn {
+        sequence,
+        kernel: kernel(None),
+        applied: None,
+        uptime_secs: 100,
+        boot_id: "boot-1".into(),
+        agent_version: "0.1.0".into(),
+        last_error: error.map(str::to_owned),
+        taint,
+    }
+}
+
 /// Sequences are the agent's clock in milliseconds: one far ahead of the server's clock would
 /// make every later honest check-in a replay until the host registers again.
 async fn a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing(fx: Fixture) {
-    use klive_format::api::CheckIn;
     let token = enroll_token(&fx, "canary", 3600, 1).await;
     let (_, host) = crate::common::register_and_authenticate(
         &fx.service,
@@ -320,16 +333,7 @@ async fn a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing(fx: Fixt
         "0.1.0",
     )
     .await;
-    let checkin = |sequence: u64| CheckIn {
-        sequence,
-        kernel: kernel(None),
-        applied: None,
-        uptime_secs: 100,
-        boot_id: "boot-1".into(),
-        agent_version: "0.1.0".into(),
-        last_error: None,
-        taint: None,
-    };
+    let checkin = |sequence: u64| report(sequence, None, None);
     let now = fx.service.now() as u64;
     for far in [i64::MAX as u64, now + 2 * 86_400_000] {
         let err = fx
@@ -361,7 +365,6 @@ async fn a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing(fx: Fixt
 /// record per host and kind a minute, carrying how many changes it stands for. The host's
 /// row always shows the latest value.
 async fn taint_and_error_changes_are_audited_at_most_once_a_minute_per_host(fx: Fixture) {
-    use klive_format::api::CheckIn;
     let token = enroll_token(&fx, "canary", 3600, 1).await;
     let (registered, mut host) = crate::common::register_and_authenticate(
         &fx.service,
@@ -371,16 +374,8 @@ async fn taint_and_error_changes_are_audited_at_most_once_a_minute_per_host(fx: 
         "0.1.0",
     )
     .await;
-    let checkin = |sequence: u64, taint: u64, error: &str| CheckIn {
-        sequence,
-        kernel: kernel(None),
-        applied: None,
-        uptime_secs: 100,
-        boot_id: "boot-1".into(),
-        agent_version: "0.1.0".into(),
-        last_error: Some(error.to_owned()),
-        taint: Some(taint),
-    };
+    let checkin =
+        |sequence: u64, taint: u64, error: &str| report(sequence, Some(taint), Some(error));
     for n in 1..=50u64 {
         fx.service
             .checkins()
