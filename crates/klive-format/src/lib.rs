@@ -13,6 +13,7 @@ mod ids;
 pub mod release;
 pub mod stats;
 pub mod status;
+pub mod text;
 
 pub use ids::{BuildId, IdError, PatchLevel};
 

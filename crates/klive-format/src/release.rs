@@ -89,6 +89,8 @@ pub enum ManifestError {
     Cve(String),
     #[error("cvss {0} is outside 0.0..=10.0")]
     Cvss(f32),
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
 }
 
 impl ReleaseManifest {
@@ -108,7 +110,21 @@ impl ReleaseManifest {
         {
             return Err(ManifestError::Digest(d.clone()));
         }
+        use crate::text::check;
+        check("kernel release", &self.kernel.release, 128)?;
+        check("kernel arch", &self.kernel.arch, 32)?;
+        for v in [&self.kernel.version, &self.kernel.distro]
+            .into_iter()
+            .flatten()
+        {
+            check("kernel version or distro", v, 256)?;
+        }
+        check("module file", &self.module.file, 255)?;
         for fix in &self.fixes {
+            check("fix summary", &fix.summary, 2000)?;
+            if let Some(r) = &fix.reference {
+                check("fix reference", r, 2000)?;
+            }
             if !is_cve_id(&fix.cve) {
                 return Err(ManifestError::Cve(fix.cve.clone()));
             }

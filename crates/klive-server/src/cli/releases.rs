@@ -71,7 +71,8 @@ async fn add(ctx: &Ctx, manifest: &Path, module: &Path, actor: &str) -> Result<(
 /// `release list`: one line per release.
 async fn list(ctx: &Ctx) -> Result<()> {
     for r in ctx.service.releases().list().await? {
-        println!("{}", list_line(&r));
+        // Rows stored before text was checked on the way in never reach a terminal raw.
+        println!("{}", klive_format::text::escape(&list_line(&r)));
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ impl Enrollment<'_> {
                 "hostname must be 1 to 253 printable characters".into(),
             ));
         }
+        // Checked before the token is spent, so a host with bad text can retry.
+        check_host_text(&req.kernel, &req.agent_version)?;
         if !req.enrollment_token.starts_with(ENROLLMENT_TOKEN_PREFIX) {
             return Err(Error::EnrollmentTokenInvalid);
         }

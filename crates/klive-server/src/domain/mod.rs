@@ -145,11 +145,37 @@ fn secs_to_i64(v: u64, what: &str) -> Result<i64, Error> {
         .ok_or_else(|| Error::BadRequest(format!("{what} {v} is too large")))
 }
 
+/// A channel or user name: it becomes a directory name on hosts (channels) and appears in
+/// paths and audit records, so `.`, `..` and names starting with a dot are refused.
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
         })
+}
+
+/// What a host reports about itself, checked as display text: it reaches terminals, CSV
+/// exports and the dashboard.
+fn check_host_text(
+    kernel: &klive_format::status::KernelInfo,
+    agent_version: &str,
+) -> Result<(), Error> {
+    use klive_format::text::check;
+    let bad = |e: klive_format::text::TextError| Error::BadRequest(e.to_string());
+    check("kernel release", &kernel.release, 128).map_err(bad)?;
+    check("kernel version", &kernel.version, 256).map_err(bad)?;
+    check("kernel arch", &kernel.arch, 32).map_err(bad)?;
+    for v in [&kernel.package_version, &kernel.distro]
+        .into_iter()
+        .flatten()
+    {
+        check("kernel package version or distro", v, 256).map_err(bad)?;
+    }
+    check("agent version", agent_version, 128).map_err(bad)
 }
 
 fn nonblank(s: Option<&str>) -> Option<String> {

@@ -23,16 +23,28 @@ backend_tests!(
     a_sequence_far_ahead_of_the_clock_is_refused_and_locks_nothing,
     taint_and_error_changes_are_audited_at_most_once_a_minute_per_host,
     releases_every_agent_would_refuse_are_refused_on_publish,
+    dot_names_and_control_characters_are_refused_everywhere,
 );
 
 /// Sends one API request as the holder of `token`; the status and the JSON body.
 async fn call(fx: &Fixture, method: Method, path: &str, token: &str) -> (StatusCode, Value) {
+    call_json(fx, method, path, token, serde_json::json!({})).await
+}
+
+/// [`call`] with a JSON body.
+async fn call_json(
+    fx: &Fixture,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from("{}"))
+        .body(Body::from(body.to_string()))
         .unwrap();
     let response = api::router(fx.service.clone()).oneshot(req).await.unwrap();
     let status = response.status();
@@ -470,4 +482,55 @@ async fn releases_every_agent_would_refuse_are_refused_on_publish(fx: Fixture) {
     publish(manifest_for(build_id, 1, name, &ko), ko)
         .await
         .unwrap();
+}
+
+/// Names that become directories on hosts, and text that reaches terminals, CSV exports and
+/// the dashboard, are checked the same way by every entry point; a refusal spends nothing.
+async fn dot_names_and_control_characters_are_refused_everywhere(fx: Fixture) {
+    let admin = user_token(&fx, "admin").await;
+    for name in [".", "..", ".hidden"] {
+        let body = serde_json::json!({"name": name});
+        let (status, answer) = call_json(&fx, Method::POST, "/api/v1/channels", &admin, body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "channel {name:?}: {answer}"
+        );
+    }
+    // A host reporting an escape sequence in its kernel release: refused before its token
+    // is spent, so it registers once it reports plain text.
+    let token = enroll_token(&fx, "canary", 3600, 1).await;
+    let mut k = kernel(None);
+    k.release = "6.1.0-57-amd64\u{1b}[2J".into();
+    let req = klive_format::api::RegisterRequest {
+        enrollment_token: token.clone(),
+        hostname: "web-1".into(),
+        kernel: k,
+        agent_version: "0.1.0".into(),
+    };
+    let err = fx.service.enrollment().register(&req).await.unwrap_err();
+    assert!(err.to_string().contains("U+001B"), "{err}");
+    let (registered, host) = crate::common::register_and_authenticate(
+        &fx.service,
+        &token,
+        "web-1",
+        kernel(None),
+        "0.1.0",
+    )
+    .await;
+    assert!(!registered.credential.is_empty());
+    // The same in a check-in and in a manifest.
+    let mut c = report(1, None, None);
+    c.agent_version = "0.1\u{0}".into();
+    let err = fx.service.checkins().checkin(&host, &c).await.unwrap_err();
+    assert!(err.to_string().contains("agent version"), "{err}");
+    let (mut m, ko) = crate::common::release("0123456789abcdef0123456789abcdef01234567", 1);
+    m.fixes[0].summary = "fix\u{1b}]0;owned\u{7}".into();
+    let err = fx
+        .service
+        .releases()
+        .publish_with_module(&fx.alice, m, ko)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_manifest", "{err}");
 }

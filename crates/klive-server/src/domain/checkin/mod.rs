@@ -24,6 +24,9 @@ impl CheckIns<'_> {
                 "boot_id and agent_version are at most 128 bytes".into(),
             ));
         }
+        check_host_text(&c.kernel, &c.agent_version)?;
+        klive_format::text::check("boot_id", &c.boot_id, 128)
+            .map_err(|e| Error::BadRequest(e.to_string()))?;
         // Sequences are the agent's clock in milliseconds. One far ahead of this clock would
         // turn every later honest check-in into a replay until the host registers again.
         let ahead = seq.saturating_sub(self.0.now());
