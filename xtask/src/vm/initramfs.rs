@@ -110,6 +110,8 @@ pub struct Contents<'a> {
     /// `tests/vm/bench/peakrss.c`, built static: the benchmark's peak-RSS meter.
     pub peakrss: &'a Path,
     pub modules: &'a Path,
+    /// Why klive-build's cases were not built for this kernel, if they were not.
+    pub build_skipped: Option<&'a str>,
 }
 
 /// Writes the initramfs to `out`; returns the scenarios it packed for each phase.
@@ -119,7 +121,8 @@ pub struct Contents<'a> {
 /// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
 /// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/phasefleet/`,
 /// `/tests/phasekallsyms/`, `/tests/demo/`, `/tests/bench/` ([`PHASE_DIRS`]), and facts about
-/// the target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
+/// the target kernel in `/etc/klive-test/` (`release`, `line`, `build-id`, `wrong-release`,
+/// and `build-skipped`, the reason, when klive-build's cases were not built for it).
 pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
     let mut cpio = Cpio::default();
     for dir in [
@@ -186,6 +189,18 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
         format!("{release}\n").as_bytes(),
     );
     cpio.file(
+        "etc/klive-test/line",
+        0o644,
+        format!("{}\n", contents.kernel.line).as_bytes(),
+    );
+    if let Some(why) = contents.build_skipped {
+        cpio.file(
+            "etc/klive-test/build-skipped",
+            0o644,
+            format!("{why}\n").as_bytes(),
+        );
+    }
+    cpio.file(
         "etc/klive-test/build-id",
         0o644,
         format!("{}\n", contents.build_id).as_bytes(),
@@ -214,6 +229,14 @@ const PHASE_DIRS: [(&str, &str); 6] = [
     // The boot that takes klive-build's symbol source (vm/kallsyms.rs).
     ("kallsyms", "scenarios/kallsyms"),
 ];
+
+/// The directory of `tests/vm/` holding the scripts of `phase`.
+pub fn phase_dir(phase: &str) -> &'static str {
+    PHASE_DIRS
+        .iter()
+        .find(|(p, _)| *p == phase)
+        .map_or("scenarios/none", |(_, d)| d)
+}
 
 /// Where /init looks for a phase's scripts (init.sh): `tests/demo`, `tests/phase1`, ...
 fn guest_dir(phase: &str) -> String {

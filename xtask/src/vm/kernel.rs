@@ -1,4 +1,7 @@
-//! The installed Debian kernel the guest boots: its release, image, headers and GNU build-id.
+//! The Debian kernels the guest boots: one per kernel line Debian 12 ships (6.1, and 6.12 from
+//! bookworm-security), each the newest ABI of its line, fetched with `apt-get download` and
+//! unpacked with `dpkg-deb -x` under the harness's cache, never installed system-wide; and
+//! the GNU build-id of an image.
 
 use std::fs;
 use std::io::Write;
@@ -8,73 +11,276 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result, bail};
 
-/// An installed kernel with both an image and a kbuild tree for its modules.
+/// A kernel line: what results are labelled with and the metapackage that names its newest
+/// ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    /// `6.1`, `6.12`: the label of the line's results (`[6.12] phase1/...`).
+    pub name: &'static str,
+    /// The image metapackage; it depends on `linux-image-<abi>`.
+    pub metapackage: &'static str,
+}
+
+/// The kernel lines a test run boots, in order.
+pub const LINES: &[Line] = &[
+    Line {
+        name: "6.1",
+        metapackage: "linux-image-amd64",
+    },
+    Line {
+        name: "6.12",
+        metapackage: "linux-image-6.12-amd64",
+    },
+];
+
+/// A kernel with an image, its modules and a kbuild tree for building modules against it.
 #[derive(Debug, Clone)]
 pub struct TargetKernel {
-    /// The release (`uname -r`), e.g. `6.1.0-56-amd64`.
+    /// The line it belongs to (`6.1`, `6.12`).
+    pub line: &'static str,
+    /// The release (`uname -r`), e.g. `6.1.0-57-amd64`, `6.12.117+deb12-amd64`.
     pub release: String,
     pub image: PathBuf,
-    /// `/lib/modules/<release>`: modules.dep and the kernel's own modules.
+    /// `lib/modules/<release>`: modules.dep and the kernel's own modules.
     pub modules_dir: PathBuf,
-    /// `/lib/modules/<release>/build`: the kbuild tree from the headers package.
+    /// The kbuild tree of the headers package (`usr/src/linux-headers-<release>`).
     pub build_dir: PathBuf,
 }
 
 impl TargetKernel {
-    /// Picks the newest release that has `/boot/vmlinuz-<release>` and
-    /// `/lib/modules/<release>/build/Makefile`.
-    pub fn discover() -> Result<Self> {
-        let mut releases = Vec::new();
-        let entries = fs::read_dir("/boot").context("listing /boot for installed kernels")?;
-        for entry in entries {
-            let name = entry.context("listing /boot")?.file_name();
-            let Some(release) = name.to_str().and_then(|n| n.strip_prefix("vmlinuz-")) else {
-                continue;
-            };
-            let modules_dir = Path::new("/lib/modules").join(release);
-            if modules_dir.join("build/Makefile").is_file()
-                && modules_dir.join("modules.dep").is_file()
-            {
-                releases.push(release.to_string());
+    /// The kernel made of these paths, checked to be what the harness needs.
+    pub fn from_paths(
+        line: &'static str,
+        release: &str,
+        image: PathBuf,
+        modules_dir: PathBuf,
+        build_dir: PathBuf,
+    ) -> Result<Self> {
+        for (what, path) in [
+            ("kernel image", image.clone()),
+            ("modules.dep", modules_dir.join("modules.dep")),
+            ("kbuild Makefile", build_dir.join("Makefile")),
+            ("kernel config", build_dir.join(".config")),
+        ] {
+            if !path.is_file() {
+                bail!("kernel {release}: its {what} {} is missing", path.display());
             }
         }
-        releases.sort_by(|a, b| compare_releases(a, b));
-        let Some(release) = releases.pop() else {
-            bail!(
-                "no installed kernel has both /boot/vmlinuz-<release> and \
-                 /lib/modules/<release>/build: install linux-image-amd64 and linux-headers-amd64"
-            );
-        };
-        let modules_dir = Path::new("/lib/modules").join(&release);
         Ok(Self {
-            image: Path::new("/boot").join(format!("vmlinuz-{release}")),
-            build_dir: modules_dir.join("build"),
+            line,
+            release: release.to_owned(),
+            image,
             modules_dir,
-            release,
+            build_dir,
         })
+    }
+
+    /// The newest ABI of `line` in the apt archive, fetched into `cache` unless it is there
+    /// already (`cache/<release>/`: the unpacked image, headers and kbuild packages).
+    pub fn fetch(line: &Line, cache: &Path) -> Result<Self> {
+        let release = newest_release(line)?;
+        let dir = unpacked(&release, cache)?;
+        Self::from_paths(
+            line.name,
+            &release,
+            dir.join(format!("boot/vmlinuz-{release}")),
+            dir.join("lib/modules").join(&release),
+            dir.join("usr/src").join(format!("linux-headers-{release}")),
+        )
     }
 }
 
-/// Orders releases like `6.1.0-9-amd64` < `6.1.0-56-amd64`: numeric runs compare as numbers.
-fn compare_releases(a: &str, b: &str) -> std::cmp::Ordering {
-    fn chunks(s: &str) -> Vec<(u64, String)> {
-        let mut out = Vec::new();
-        let mut rest = s;
-        while !rest.is_empty() {
-            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-            if digits > 0 {
-                out.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
-                rest = &rest[digits..];
-            } else {
-                let text =
-                    rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
-                out.push((0, rest[..text].to_string()));
-                rest = &rest[text..];
-            }
-        }
-        out
+/// The ABI the line's metapackage depends on now: `linux-image-6.12-amd64` →
+/// `6.12.117+deb12-amd64`.
+fn newest_release(line: &Line) -> Result<String> {
+    let deps = apt_depends(line.metapackage)?;
+    deps.iter()
+        .filter_map(|d| d.strip_prefix("linux-image-"))
+        .map(|d| d.strip_suffix("-unsigned").unwrap_or(d))
+        .next()
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "{} depends on no linux-image-<abi> package ({deps:?}); run apt-get update",
+                line.metapackage
+            )
+        })
+}
+
+/// The package names `apt-cache depends PACKAGE` lists as `Depends:` (alternatives too).
+fn apt_depends(package: &str) -> Result<Vec<String>> {
+    let output = Command::new("apt-cache")
+        .args(["depends", "--no-recommends", "--no-suggests", "--no-conflicts"])
+        .args(["--no-breaks", "--no-replaces", "--no-enhances", package])
+        .output()
+        .context("running apt-cache: the harness fetches its kernels with apt")?;
+    if !output.status.success() {
+        bail!(
+            "apt-cache depends {package} failed: {}; run apt-get update",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
-    chunks(a).cmp(&chunks(b))
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches('|').strip_prefix("Depends: "))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.starts_with('<'))
+        .collect())
+}
+
+/// The version apt would install of `package`, if it has one.
+fn candidate(package: &str) -> Result<Option<String>> {
+    let output = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .context("running apt-cache policy")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::trim)
+        .filter(|v| *v != "(none)")
+        .map(str::to_owned))
+}
+
+/// The packages that make up `release`, pinned to their candidate versions: the image
+/// (`linux-image-<abi>`, or only `-unsigned` where that is all the archive has), the
+/// headers and what they depend on for kbuild (`-common` headers, `linux-kbuild-*`).
+fn packages(release: &str) -> Result<Vec<String>> {
+    let pinned = |package: &str| -> Result<Option<String>> {
+        Ok(candidate(package)?.map(|v| format!("{package}={v}")))
+    };
+    let image = format!("linux-image-{release}");
+    let image = match pinned(&image)? {
+        Some(p) => p,
+        None => pinned(&format!("{image}-unsigned"))?
+            .with_context(|| format!("neither {image} nor {image}-unsigned is in the archive"))?,
+    };
+    let headers = format!("linux-headers-{release}");
+    let mut out = vec![
+        image,
+        pinned(&headers)?.with_context(|| format!("{headers} is not in the archive"))?,
+    ];
+    for dep in apt_depends(&headers)? {
+        if (dep.starts_with("linux-headers-") && dep.contains("-common"))
+            || dep.starts_with("linux-kbuild-")
+        {
+            out.push(pinned(&dep)?.with_context(|| format!("{dep} is not in the archive"))?);
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// `cache/<release>/`, made of the release's packages; fetched and unpacked into a temporary
+/// directory renamed into place at the end, so an interrupted run never leaves half a
+/// kernel behind. `cache/<release>/packages` lists what it was made of; a newer Debian
+/// version of the same ABI replaces it.
+fn unpacked(release: &str, cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join(release);
+    let stamp = dir.join("packages");
+    let cached = fs::read_to_string(&stamp).ok();
+    let wanted = match packages(release) {
+        Ok(p) => p.join("\n") + "\n",
+        // Offline with a complete copy: use it.
+        Err(e) if cached.is_some() => {
+            eprintln!("xtask: using the cached kernel {release} ({e:#})");
+            return Ok(dir);
+        }
+        Err(e) => return Err(e),
+    };
+    if cached.as_deref() == Some(wanted.as_str()) {
+        return Ok(dir);
+    }
+    fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let tmp = cache.join(format!(".{release}.tmp-{}", std::process::id()));
+    remove_dir_if_exists(&tmp)?;
+    let debs = tmp.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    eprintln!(
+        "xtask: fetching kernel {release}: {}",
+        wanted.trim().replace('\n', " ")
+    );
+    let mut download = Command::new("apt-get");
+    download
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .args(wanted.lines())
+        .current_dir(&debs);
+    crate::run(download).with_context(|| format!("downloading the packages of kernel {release}"))?;
+    for entry in fs::read_dir(&debs).with_context(|| format!("listing {}", debs.display()))? {
+        let deb = entry.with_context(|| format!("listing {}", debs.display()))?.path();
+        let mut unpack = Command::new("dpkg-deb");
+        unpack.arg("-x").arg(&deb).arg(&tmp);
+        crate::run(unpack).with_context(|| format!("unpacking {}", deb.display()))?;
+    }
+    fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
+    relocate_headers(&tmp, release, &dir)?;
+    fs::write(tmp.join("packages"), &wanted).context("writing the kernel's package list")?;
+    // A stale copy (another Debian version of this ABI) goes first; then the new one
+    // appears in one rename.
+    let old = cache.join(format!(".{release}.old-{}", std::process::id()));
+    if dir.exists() {
+        fs::rename(&dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    fs::rename(&tmp, &dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    remove_dir_if_exists(&old)?;
+    Ok(dir)
+}
+
+/// Debian's `usr/src/linux-headers-<abi>/Makefile` includes the `-common` tree by absolute
+/// path (`include /usr/src/linux-headers-<version>-common/Makefile`); it is made to point
+/// into `final_dir`, where the unpacked tree will live. Relative symlinks (`scripts`,
+/// `tools` into `usr/lib/linux-kbuild-*`) work as unpacked.
+fn relocate_headers(unpacked: &Path, release: &str, final_dir: &Path) -> Result<()> {
+    let makefile = unpacked
+        .join("usr/src")
+        .join(format!("linux-headers-{release}"))
+        .join("Makefile");
+    let text =
+        fs::read_to_string(&makefile).with_context(|| format!("reading {}", makefile.display()))?;
+    let fixed = rebase_includes(&text, final_dir);
+    if fixed == text {
+        bail!(
+            "{} includes nothing under /usr/src: has Debian changed its headers layout?",
+            makefile.display()
+        );
+    }
+    fs::write(&makefile, fixed).with_context(|| format!("writing {}", makefile.display()))
+}
+
+/// `include /usr/src/X` lines become `include <root>/usr/src/X`.
+fn rebase_includes(makefile: &str, root: &Path) -> String {
+    makefile
+        .lines()
+        .map(|l| match l.strip_prefix("include /usr/src/") {
+            Some(rest) => format!("include {}/usr/src/{rest}", root.display()),
+            None => l.to_owned(),
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// Removes leftovers of interrupted fetches (`.<release>.tmp-*`, `.<release>.old-*`) in
+/// `cache`; the caller holds the harness lock, so none is in use.
+pub fn clean_cache(cache: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.with_context(|| format!("listing {}", cache.display()))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-")) {
+            remove_dir_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The GNU build-id of the kernel image, as lowercase hex: what `/sys/kernel/notes` of the
@@ -189,10 +395,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn newest_release_wins_numerically() {
-        let mut r = vec!["6.1.0-56-amd64", "6.1.0-9-amd64", "6.1.0-55-amd64"];
-        r.sort_by(|a, b| compare_releases(a, b));
-        assert_eq!(r, ["6.1.0-9-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64"]);
+    fn header_includes_point_into_the_unpacked_tree() {
+        let makefile = "include /usr/src/linux-headers-6.12.117+deb12-common/Makefile\nX = 1\n";
+        assert_eq!(
+            rebase_includes(makefile, Path::new("/c/6.12.117+deb12-amd64")),
+            "include /c/6.12.117+deb12-amd64/usr/src/linux-headers-6.12.117+deb12-common/Makefile\nX = 1\n"
+        );
     }
 
     /// A relocatable ELF file with a Xen note section and then the GNU build-id, written by
