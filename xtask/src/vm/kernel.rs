@@ -172,7 +172,8 @@ fn packages(release: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// `cache/<release>/`, made of the release's packages; fetched and unpacked into a temporary
+/// `cache/<release>/`, made of the release's packages (and the `modules.dep` depmod makes
+/// from them); fetched and unpacked into a temporary
 /// directory renamed into place at the end, so an interrupted run never leaves half a
 /// kernel behind. `cache/<release>/packages` lists what it was made of; a newer Debian
 /// version of the same ABI replaces it.
@@ -215,6 +216,14 @@ fn unpacked(release: &str, cache: &Path) -> Result<PathBuf> {
     }
     fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
     relocate_headers(&tmp, release, &dir)?;
+    // modules.dep is made by the package's postinst (depmod), which unpacking skips.
+    let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("depmod");
+    let mut deps = Command::new(depmod);
+    deps.arg("-b").arg(&tmp).arg(release);
+    crate::run(deps).with_context(|| format!("running depmod for kernel {release} (kmod)"))?;
     fs::write(tmp.join("packages"), &wanted).context("writing the kernel's package list")?;
     // A stale copy (another Debian version of this ABI) goes first; then the new one
     // appears in one rename.

@@ -128,7 +128,8 @@ fn selected_lines(var: Option<&str>) -> Result<Vec<&'static Line>> {
 
 /// Debian packages the harness uses: QEMU, busybox for the guest, musl-gcc for C parts of
 /// the static agent, mkfs.ext4, make, xz for reading the build-id out of a kernel image and
-/// for compressed modules, pahole for the BTF of modules built against 6.12 headers. The
+/// for compressed modules, pahole for the BTF of modules built against 6.12 headers, depmod
+/// for the fetched kernels' modules.dep. The
 /// kernels themselves are fetched, not installed ([`kernel::TargetKernel::fetch`]), except
 /// that klive-build's cases still take the 6.1 kernel's version from the installed
 /// `linux-image-amd64` (`crate::build_tests::ensure_source`).
@@ -142,6 +143,7 @@ const PACKAGES: &[&str] = &[
     "make",
     "xz-utils",
     "dwarves",
+    "kmod",
 ];
 
 const DEFAULT_BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -814,7 +816,7 @@ fn fresh_disk_with(work: &Path, name: &str, seed: Option<&Path>) -> Result<PathB
 
 #[cfg(test)]
 mod tests {
-    use super::selected_phases;
+    use super::{selected_lines, selected_phases};
 
     #[test]
     fn klive_vm_phases_selects_known_boots_only() {
@@ -822,5 +824,15 @@ mod tests {
         assert_eq!(selected_phases(Some("fleet, 1")).unwrap(), ["1", "fleet"]);
         assert!(selected_phases(Some("1,flet")).is_err());
         assert!(selected_phases(Some("")).is_err());
+    }
+
+    #[test]
+    fn klive_vm_kernels_selects_known_lines_only() {
+        let names = |v: Vec<&super::Line>| v.iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(names(selected_lines(None).unwrap()), ["6.1", "6.12"]);
+        assert_eq!(names(selected_lines(Some("6.12")).unwrap()), ["6.12"]);
+        assert_eq!(names(selected_lines(Some("6.12, 6.1")).unwrap()), ["6.1", "6.12"]);
+        assert!(selected_lines(Some("6.2")).is_err());
+        assert!(selected_lines(Some(",")).is_err());
     }
 }
