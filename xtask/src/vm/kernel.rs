@@ -110,7 +110,12 @@ fn newest_release(line: &Line) -> Result<String> {
 /// The package names `apt-cache depends PACKAGE` lists as `Depends:` (alternatives too).
 fn apt_depends(package: &str) -> Result<Vec<String>> {
     let output = Command::new("apt-cache")
-        .args(["depends", "--no-recommends", "--no-suggests", "--no-conflicts"])
+        .args([
+            "depends",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+        ])
         .args(["--no-breaks", "--no-replaces", "--no-enhances", package])
         .output()
         .context("running apt-cache: the harness fetches its kernels with apt")?;
@@ -207,9 +212,12 @@ fn unpacked(release: &str, cache: &Path) -> Result<PathBuf> {
         .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
         .args(wanted.lines())
         .current_dir(&debs);
-    crate::run(download).with_context(|| format!("downloading the packages of kernel {release}"))?;
+    crate::run(download)
+        .with_context(|| format!("downloading the packages of kernel {release}"))?;
     for entry in fs::read_dir(&debs).with_context(|| format!("listing {}", debs.display()))? {
-        let deb = entry.with_context(|| format!("listing {}", debs.display()))?.path();
+        let deb = entry
+            .with_context(|| format!("listing {}", debs.display()))?
+            .path();
         let mut unpack = Command::new("dpkg-deb");
         unpack.arg("-x").arg(&deb).arg(&tmp);
         crate::run(unpack).with_context(|| format!("unpacking {}", deb.display()))?;
@@ -276,7 +284,9 @@ pub fn clean_cache(cache: &Path) -> Result<()> {
         return Ok(());
     };
     for entry in entries {
-        let path = entry.with_context(|| format!("listing {}", cache.display()))?.path();
+        let path = entry
+            .with_context(|| format!("listing {}", cache.display()))?
+            .path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         if name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-")) {
             remove_dir_if_exists(&path)?;

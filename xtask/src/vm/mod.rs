@@ -272,7 +272,10 @@ pub fn run_tests(root: &Path) -> Result<Summary> {
         host.work.display()
     );
     let not_applicable = if summary.not_applicable > 0 {
-        format!(", {} not applicable (reasons above)", summary.not_applicable)
+        format!(
+            ", {} not applicable (reasons above)",
+            summary.not_applicable
+        )
     } else {
         String::new()
     };
@@ -491,9 +494,10 @@ fn prepare_host(root: &Path) -> Result<Host> {
 /// Fetches the newest kernel of `line` (cached), builds the test modules against its headers
 /// and packs its initramfs, all in `target/vm/<line>/`.
 fn prepare(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
-    let kernel = timed(&format!("fetching the newest {} kernel (cached)", line.name), || {
-        TargetKernel::fetch(line, &host.work.join("kernels"))
-    })?;
+    let kernel = timed(
+        &format!("fetching the newest {} kernel (cached)", line.name),
+        || TargetKernel::fetch(line, &host.work.join("kernels")),
+    )?;
     let work = host.work.join(line.name);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let build_id = kernel::build_id(&kernel, &work)?;
@@ -831,7 +835,10 @@ mod tests {
         let names = |v: Vec<&super::Line>| v.iter().map(|l| l.name).collect::<Vec<_>>();
         assert_eq!(names(selected_lines(None).unwrap()), ["6.1", "6.12"]);
         assert_eq!(names(selected_lines(Some("6.12")).unwrap()), ["6.12"]);
-        assert_eq!(names(selected_lines(Some("6.12, 6.1")).unwrap()), ["6.1", "6.12"]);
+        assert_eq!(
+            names(selected_lines(Some("6.12, 6.1")).unwrap()),
+            ["6.1", "6.12"]
+        );
         assert!(selected_lines(Some("6.2")).is_err());
         assert!(selected_lines(Some(",")).is_err());
     }

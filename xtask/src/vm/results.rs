@@ -111,7 +111,11 @@ pub fn tally(
         } else if let Some(name) = scenario_started(line) {
             started.push(name);
         } else if is_kernel_crash(line) {
-            out.push(TestResult::fail(format!("kernel-{}: {}", label(phase), line.trim())));
+            out.push(TestResult::fail(format!(
+                "kernel-{}: {}",
+                label(phase),
+                line.trim()
+            )));
         }
     }
     let end = phase_end(phase);
