@@ -38,15 +38,6 @@ skip() {
     echo SKIP >> "$KLIVE_RESULTS"
 }
 
-# skip_unless_built: ends a klive-build scenario (`7?-build-*`) as skipped when the harness did
-# not build klive-build's cases for this kernel; /etc/klive-test/build-skipped says why.
-skip_unless_built() {
-    if [ -s /etc/klive-test/build-skipped ]; then
-        skip "no klive-build modules for $KLIVE_RELEASE: $(cat /etc/klive-test/build-skipped)"
-        exit 0
-    fi
-}
-
 info() {
     echo "KLIVE-INFO $KLIVE_SCENARIO: $*"
 }

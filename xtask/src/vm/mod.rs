@@ -2,7 +2,8 @@
 //! initramfs, boots Debian kernels in QEMU and reads the guest's result lines.
 //!
 //! A test run does the same for each kernel line Debian 12 ships ([`kernel::LINES`]: the
-//! newest 6.1 ABI and the newest 6.12 ABI, fetched into `target/vm/kernels/`, not installed):
+//! newest 6.1 ABI and the newest 6.12 ABI, fetched by klive-build's `debian` module into
+//! `target/klive-build-cache/`, not installed):
 //! it boots the guest twice on one fresh disk image (phase 1 runs
 //! `tests/vm/scenarios/phase1/*.sh`, phase 2, a "reboot" keeping the disk, runs
 //! `tests/vm/scenarios/phase2/*.sh`), then the fleet boot. Results are labelled with the line
@@ -127,23 +128,18 @@ fn selected_lines(var: Option<&str>) -> Result<Vec<&'static Line>> {
 }
 
 /// Debian packages the harness uses: QEMU, busybox for the guest, musl-gcc for C parts of
-/// the static agent, mkfs.ext4, make, xz for reading the build-id out of a kernel image and
-/// for compressed modules, pahole for the BTF of modules built against 6.12 headers, depmod
-/// for the fetched kernels' modules.dep. The
-/// kernels themselves are fetched, not installed ([`kernel::TargetKernel::fetch`]), except
-/// that klive-build's cases still take the 6.1 kernel's version from the installed
-/// `linux-image-amd64` (`crate::build_tests::ensure_source`).
+/// the static agent, mkfs.ext4, make and gcc-12 for the test modules, xz for compressed
+/// kernels and modules, pahole for the BTF of modules built against 6.12 headers. The
+/// kernels themselves are fetched, not installed ([`kernel::TargetKernel::fetch`]).
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
-    "linux-image-amd64",
-    "linux-headers-amd64",
     "busybox-static",
     "musl-tools",
     "e2fsprogs",
     "make",
+    "gcc-12",
     "xz-utils",
     "dwarves",
-    "kmod",
 ];
 
 const DEFAULT_BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -174,9 +170,6 @@ struct Guest {
     initrd: PathBuf,
     /// The scenarios packed into `initrd`: what each boot must start.
     scenarios: initramfs::Scenarios,
-    /// Why klive-build's cases did not run for this kernel, if they did not (packed as
-    /// `/etc/klive-test/build-skipped`; the `7?-build-*` scenarios report it).
-    build_skipped: Option<String>,
     /// `target/vm/<line>/`.
     work: PathBuf,
     accel: Accel,
@@ -479,7 +472,6 @@ fn prepare_host(root: &Path) -> Result<Host> {
     let work = target_dir(root).join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let lock = lock_work_dir(&work)?;
-    kernel::clean_cache(&work.join("kernels"))?;
     let agent = timed("building the static agent", || build_agent(root))?;
     let peakrss = build_peakrss(root, &work)?;
     Ok(Host {
@@ -491,16 +483,17 @@ fn prepare_host(root: &Path) -> Result<Host> {
     })
 }
 
-/// Fetches the newest kernel of `line` (cached), builds the test modules against its headers
-/// and packs its initramfs, all in `target/vm/<line>/`.
+/// Fetches the newest kernel of `line` (cached in klive-build's cache, which the build cases
+/// share), builds the test modules against its headers and packs its initramfs, all in
+/// `target/vm/<line>/`.
 fn prepare(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
     let kernel = timed(
         &format!("fetching the newest {} kernel (cached)", line.name),
-        || TargetKernel::fetch(line, &host.work.join("kernels")),
+        || TargetKernel::fetch(line, &crate::build_tests::cache_dir(root)),
     )?;
     let work = host.work.join(line.name);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let build_id = kernel::build_id(&kernel, &work)?;
+    let build_id = kernel.build_id.clone();
     eprintln!(
         "xtask: target kernel {} (build-id {build_id})",
         kernel.release
@@ -519,7 +512,6 @@ fn prepare(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
         modules,
         initrd: work.join("initramfs.cpio"),
         scenarios: initramfs::Scenarios::default(),
-        build_skipped: None,
         work,
         accel,
     };
@@ -527,40 +519,11 @@ fn prepare(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
     Ok(guest)
 }
 
-/// [`prepare`] plus klive-build's cases for the kernel, where they can run
-/// ([`build_cases_unsupported`]).
+/// [`prepare`] plus klive-build's cases built for the kernel and put in its guest.
 fn prepare_for_tests(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
     let mut guest = prepare(root, host, line)?;
-    match build_cases_unsupported(&guest.kernel) {
-        None => add_built_patches(root, &mut guest)?,
-        Some(why) => {
-            eprintln!(
-                "xtask: klive-build cases NOT run for {}: {why}",
-                guest.kernel.release
-            );
-            guest.build_skipped = Some(why);
-            guest.pack(root)?;
-        }
-    }
+    add_built_patches(root, &mut guest)?;
     Ok(guest)
-}
-
-/// Why klive-build's real-kernel cases cannot run for `kernel` yet, if they cannot.
-///
-/// HOOK for the per-kernel build cases: `crate::build_tests` takes its linux-source version
-/// from the installed `linux-image-<release>` and Debian's modules uncompressed, which only
-/// the system-wide 6.1 kernel satisfies. Once klive-build targets a kernel by name
-/// (`klive-build --kernel <abi> --kallsyms <dump>`, branch `kernels-by-name`), this returns
-/// `None` for every kernel and `build_tests` picks `tests/build/<line>/` variants of the
-/// diffs where the 6.1 ones do not apply.
-fn build_cases_unsupported(kernel: &TargetKernel) -> Option<String> {
-    (kernel.line != "6.1").then(|| {
-        format!(
-            "klive-build's cases need `klive-build --kernel {}` (branch kernels-by-name), \
-             not on main yet",
-            kernel.release
-        )
-    })
 }
 
 impl Guest {
@@ -575,7 +538,6 @@ impl Guest {
                     agent: &self.agent,
                     peakrss: &self.peakrss,
                     modules: &self.modules,
-                    build_skipped: self.build_skipped.as_deref(),
                 },
                 &self.initrd,
             )

@@ -1,7 +1,6 @@
 # klive-build a: a module built from tests/build/10-cmdline.patch (cmdline_proc_show reads the
 # non-exported saved_command_line through a klp relocation), applied with `klive apply`.
 . /tests/lib.sh
-skip_unless_built
 
 out=$(klive apply /modules/klive_build_cmdline.ko 2>&1)
 rc=$?

@@ -1,7 +1,6 @@
 # klive-build g: two diffs (cmdline + meminfo) built into one cumulative level 2 that replaces
 # level 1 (klive_build_cmdline) in one transition.
 . /tests/lib.sh
-skip_unless_built
 
 out=$(klive apply /modules/klive_build_cumulative.ko 2>&1)
 rc=$?

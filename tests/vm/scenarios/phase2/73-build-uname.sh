@@ -2,7 +2,6 @@
 # with its sympos); the changed __do_sys_newuname has no fentry (notrace), so klive-build
 # copies it and patches its callers __x64_sys_newuname and __ia32_sys_newuname.
 . /tests/lib.sh
-skip_unless_built
 
 check_exit "klive apply klive_build_uname.ko exits 0" 0 klive apply /modules/klive_build_uname.ko
 check_eq "uname -s shows the patched sysname" "Linux.klive" "$(uname -s)"

@@ -1,6 +1,5 @@
 # klive-build d: a new function and a new global variable (a read counter) in the patch.
 . /tests/lib.sh
-skip_unless_built
 
 check_exit "klive apply klive_build_newfunc.ko exits 0" 0 klive apply /modules/klive_build_newfunc.ko
 first=$(cat /proc/cmdline)

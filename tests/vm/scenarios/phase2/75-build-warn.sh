@@ -1,7 +1,6 @@
 # klive-build e: WARN_ONCE in the patched function: its __bug_table entry must come along
 # (a missing one turns the WARN into an invalid-opcode oops), and .data.once keeps it once.
 . /tests/lib.sh
-skip_unless_built
 
 check_exit "klive apply klive_build_warn.ko exits 0" 0 klive apply /modules/klive_build_warn.ko
 out=$(cat /proc/cmdline)

@@ -1,7 +1,6 @@
 # klive-build f: a loadable module (Debian's binfmt_misc.ko): bm_status_read reads the
 # module-local static `enabled` through a klp relocation gated by the module.
 . /tests/lib.sh
-skip_unless_built
 
 status=/proc/sys/fs/binfmt_misc/status
 check "insmod Debian's binfmt_misc.ko" insmod /modules/binfmt_misc.ko
