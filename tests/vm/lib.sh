@@ -14,6 +14,8 @@ KLIVE_ORIGINAL_CMDLINE=$(cat /run/klive-test/cmdline 2> /dev/null)
 # The kernel this guest runs and its GNU build-id (as the test modules are tagged).
 KLIVE_RELEASE=$(cat /etc/klive-test/release 2> /dev/null)
 KLIVE_BUILD_ID=$(cat /etc/klive-test/build-id 2> /dev/null)
+# The kernel line it belongs to (6.1, 6.12).
+KLIVE_KERNEL_LINE=$(cat /etc/klive-test/line 2> /dev/null)
 # The release the klive_test_wrongkernel.ko module claims to be for.
 KLIVE_WRONG_RELEASE=$(cat /etc/klive-test/wrong-release 2> /dev/null)
 # The harness's own directory on the state disk (the agent's is /var/lib/klive).
@@ -27,6 +29,13 @@ pass() {
 fail() {
     echo "KLIVE-RESULT FAIL $KLIVE_SCENARIO: $*"
     echo FAIL >> "$KLIVE_RESULTS"
+}
+
+# skip REASON: the scenario does not apply to the running kernel. Printed with the reason as
+# KLIVE-RESULT SKIP and counted apart, never as a pass.
+skip() {
+    echo "KLIVE-RESULT SKIP $KLIVE_SCENARIO: $*"
+    echo SKIP >> "$KLIVE_RESULTS"
 }
 
 info() {

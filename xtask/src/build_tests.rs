@@ -6,7 +6,10 @@
 //! them with `klive apply` and check the change from userspace; the diffs that must not
 //! become a module are checked here, on the host (exit status and reason).
 //!
-//! Results are cached in `target/klive-build-tests/<case>/` by a hash of everything that goes
+//! The cases run for every kernel line the VM tests boot (6.1 and 6.12); a diff with a variant
+//! in `tests/build/<series>/` uses it for that line ([`diff_path`]).
+//!
+//! Results are cached in `target/klive-build-tests/<release>/<case>/` by a hash of everything that goes
 //! in (the klive-build binary, the diffs, the kallsyms dump, the kernel), so a second
 //! `cargo xtask test` costs nothing; the prepared tree is cached in `target/klive-build-cache/`
 //! by source and config (about 60 s to prepare from the tarball, about 10 s per case after).
@@ -263,7 +266,7 @@ pub fn build_once(
         .arg("--cache")
         .arg(cache);
     for d in case.diffs {
-        cmd.arg("--patch").arg(root.join("tests/build").join(d));
+        cmd.arg("--patch").arg(diff_path(root, target.release, d));
     }
     let output = cmd
         .output()
@@ -279,6 +282,17 @@ pub fn build_once(
         status: output.status,
         text,
     })
+}
+
+/// The diff `name` for kernel `release`: `tests/build/<series>/<name>` where the kernel's line
+/// has its own variant (a 6.1 diff that does not apply exactly to 6.12), else
+/// `tests/build/<name>`.
+pub fn diff_path(root: &Path, release: &str, name: &str) -> PathBuf {
+    let dir = root.join("tests/build");
+    debian::series_of(release)
+        .map(|series| dir.join(series).join(name))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| dir.join(name))
 }
 
 /// Builds every case (cached), checks the refusals, and copies the modules plus the Debian
@@ -328,33 +342,26 @@ pub fn build_into(root: &Path, target: &Target<'_>, guest_modules: &Path) -> Res
         }
     }
     for name in GUEST_MODULES {
-        let ko = find_module(target.modules_dir, name)?;
-        fs::copy(&ko, guest_modules.join(format!("{name}.ko")))
+        // 6.12 ships its modules as .ko.xz; the guest's insmod wants the plain ELF file.
+        let ko = debian::find_module_file(target.modules_dir, name).with_context(|| {
+            format!(
+                "module {name} is not under {}",
+                target.modules_dir.display()
+            )
+        })?;
+        let bytes = debian::read_module(&ko)?;
+        fs::write(guest_modules.join(format!("{name}.ko")), bytes)
             .with_context(|| format!("copying {} into the guest", ko.display()))?;
     }
     Ok(outcomes)
 }
 
-/// `/lib/modules/<release>/kernel/.../<name>.ko` (uncompressed, as Debian 12 ships them).
-fn find_module(modules_dir: &Path, name: &str) -> Result<PathBuf> {
-    let dep = modules_dir.join("modules.dep");
-    let text = fs::read_to_string(&dep).with_context(|| format!("reading {}", dep.display()))?;
-    let want = format!("/{name}.ko");
-    let rel = text
-        .lines()
-        .filter_map(|l| l.split(':').next())
-        .find(|p| p.ends_with(&want) || p == &&want[1..])
-        .with_context(|| {
-            format!(
-                "module {name} (uncompressed .ko) is not in {}",
-                dep.display()
-            )
-        })?;
-    Ok(modules_dir.join(rel))
-}
-
 fn run_case(root: &Path, tool: &Path, target: &Target<'_>, case: &Case) -> Result<Outcome> {
-    let out = target_dir(root).join("klive-build-tests").join(case.name);
+    // One directory per kernel, so the lines' results stay cached side by side.
+    let out = target_dir(root)
+        .join("klive-build-tests")
+        .join(target.release)
+        .join(case.name);
     let ko = out.join(target.release).join(format!("{}.ko", case.module));
     let stamp = out.join("inputs.hash");
     let key = inputs_hash(root, tool, target, case)?;
@@ -440,7 +447,7 @@ fn inputs_hash(root: &Path, tool: &Path, target: &Target<'_>, case: &Case) -> Re
     read(tool)?.hash(&mut h);
     read(target.kallsyms)?.hash(&mut h);
     for d in case.diffs {
-        read(&root.join("tests/build").join(d))?.hash(&mut h);
+        read(&diff_path(root, target.release, d))?.hash(&mut h);
     }
     (
         target.release,
@@ -582,6 +589,24 @@ mod tests {
     }
 
     #[test]
+    fn a_line_variant_replaces_the_diff_for_that_line_only() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let name = "60-module-binfmt-misc.patch";
+        assert_eq!(
+            diff_path(&root, "6.12.117+deb12-amd64", name),
+            root.join("tests/build/6.12").join(name)
+        );
+        assert_eq!(
+            diff_path(&root, "6.1.0-57-amd64", name),
+            root.join("tests/build").join(name)
+        );
+        assert_eq!(
+            diff_path(&root, "6.12.117+deb12-amd64", "10-cmdline.patch"),
+            root.join("tests/build/10-cmdline.patch")
+        );
+    }
+
+    #[test]
     fn cases_are_consistent() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/build");
         let mut names = std::collections::BTreeSet::new();
@@ -590,6 +615,16 @@ mod tests {
             assert!(c.module.starts_with("klive_"));
             for d in c.diffs {
                 assert!(root.join(d).is_file(), "{d} missing");
+            }
+        }
+        // Every variant for a kernel line replaces a diff of the same name.
+        for series in ["6.12"] {
+            for entry in std::fs::read_dir(root.join(series)).unwrap() {
+                let name = entry.unwrap().file_name();
+                assert!(
+                    root.join(&name).is_file(),
+                    "{series}/{name:?} has no 6.1 original"
+                );
             }
         }
         let levels: Vec<u32> = CASES

@@ -41,7 +41,16 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
         Ok(())
     };
     run(&["apt-get", "update", "-q"])?;
-    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    // Another apt on the machine (a concurrent run, another user) is waited for, not failed on.
+    let mut args = vec![
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+    ];
     args.extend(&missing);
     run(&args)
 }

@@ -184,7 +184,8 @@ fn test(root: &Path, no_vm: bool) -> Result<()> {
     Ok(())
 }
 
-/// Fails on any failed or missing result; a run that `KLIVE_VM_PHASES` cut short fails too
+/// Fails on any failed or missing result; a run that `KLIVE_VM_PHASES` or `KLIVE_VM_KERNELS`
+/// cut short fails too
 /// where every boot must run (`full`, for `cargo xtask test`) and is announced as partial
 /// otherwise.
 /// klive-server's tests once more on the scaled-out backends: every test that takes its
@@ -224,13 +225,14 @@ fn check_vm_summary(summary: &vm::Summary, full: bool) -> Result<()> {
     if !summary.skipped.is_empty() {
         if full {
             bail!(
-                "VM end-to-end tests: KLIVE_VM_PHASES skipped {}; `cargo xtask test` runs every \
-                 boot: unset KLIVE_VM_PHASES",
+                "VM end-to-end tests: KLIVE_VM_PHASES/KLIVE_VM_KERNELS left out {}; `cargo xtask \
+                 test` runs every boot of every kernel: unset them",
                 summary.skipped_text()
             );
         }
         eprintln!(
-            "xtask: PARTIAL RUN: the VM boots that ran passed, but KLIVE_VM_PHASES skipped {}",
+            "xtask: PARTIAL RUN: the VM boots that ran passed, but KLIVE_VM_PHASES/KLIVE_VM_KERNELS \
+             left out {}",
             summary.skipped_text()
         );
     }

@@ -9,12 +9,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use klive_build::debian;
+
 use super::kernel::TargetKernel;
 
 /// Kernel modules the guest loads at boot for the state disk: virtio PCI transport, virtio
 /// block device, ext4 and the crc32c it checksums metadata with; and the virtio network
-/// card of the fleet boot (the other boots have none). Their dependencies are
-/// added from modules.dep; any that the kernel has built in are skipped.
+/// card of the fleet boot (the other boots have none). Their dependencies are added from
+/// each module's `depends=` modinfo (what depmod would write to modules.dep, which unpacked
+/// packages lack); any that the kernel has built in are skipped.
 pub const BOOT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -119,7 +122,7 @@ pub struct Contents<'a> {
 /// `/lib/klive-boot/` (the Debian modules for the disk, and `order`, the load order),
 /// `/tests/lib.sh`, `/tests/phase1/`, `/tests/phase2/`, `/tests/phasefleet/`,
 /// `/tests/phasekallsyms/`, `/tests/demo/`, `/tests/bench/` ([`PHASE_DIRS`]), and facts about
-/// the target kernel in `/etc/klive-test/` (`release`, `build-id`, `wrong-release`).
+/// the target kernel in `/etc/klive-test/` (`release`, `line`, `build-id`, `wrong-release`).
 pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
     let mut cpio = Cpio::default();
     for dir in [
@@ -152,12 +155,8 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
 
     let boot = boot_modules(contents.kernel)?;
     let mut order = String::new();
-    for (name, path) in &boot {
-        cpio.file(
-            &format!("lib/klive-boot/{name}.ko"),
-            0o644,
-            &module_bytes(path)?,
-        );
+    for (name, bytes) in &boot {
+        cpio.file(&format!("lib/klive-boot/{name}.ko"), 0o644, bytes);
         order.push_str(name);
         order.push('\n');
     }
@@ -184,6 +183,11 @@ pub fn write(contents: &Contents<'_>, out: &Path) -> Result<Scenarios> {
         "etc/klive-test/release",
         0o644,
         format!("{release}\n").as_bytes(),
+    );
+    cpio.file(
+        "etc/klive-test/line",
+        0o644,
+        format!("{}\n", contents.kernel.line).as_bytes(),
     );
     cpio.file(
         "etc/klive-test/build-id",
@@ -214,6 +218,14 @@ const PHASE_DIRS: [(&str, &str); 6] = [
     // The boot that takes klive-build's symbol source (vm/kallsyms.rs).
     ("kallsyms", "scenarios/kallsyms"),
 ];
+
+/// The directory of `tests/vm/` holding the scripts of `phase`.
+pub fn phase_dir(phase: &str) -> &'static str {
+    PHASE_DIRS
+        .iter()
+        .find(|(p, _)| *p == phase)
+        .map_or("scenarios/none", |(_, d)| d)
+}
 
 /// Where /init looks for a phase's scripts (init.sh): `tests/demo`, `tests/phase1`, ...
 fn guest_dir(phase: &str) -> String {
@@ -290,19 +302,35 @@ fn is_static_elf(elf: &[u8]) -> bool {
         .all(|ph| ph.p_type(endian) != object::elf::PT_INTERP)
 }
 
-/// The boot modules and their dependencies in load order (dependencies first), with their
-/// paths under `/lib/modules/<release>`.
-pub fn boot_modules(kernel: &TargetKernel) -> Result<Vec<(String, PathBuf)>> {
-    let dep_file = kernel.modules_dir.join("modules.dep");
-    let deps =
-        fs::read_to_string(&dep_file).with_context(|| format!("reading {}", dep_file.display()))?;
+/// The boot modules and their dependencies in load order (dependencies first), each with
+/// its bytes as a plain ELF file: 6.12 ships `.ko.xz`, which busybox `insmod` cannot read, so
+/// they are decompressed here.
+pub fn boot_modules(kernel: &TargetKernel) -> Result<Vec<(String, Vec<u8>)>> {
     let builtin_file = kernel.modules_dir.join("modules.builtin");
-    let builtin = fs::read_to_string(&builtin_file).unwrap_or_default();
-    let order = load_order(&deps, &builtin, BOOT_MODULES)
-        .with_context(|| format!("resolving the disk modules from {}", dep_file.display()))?;
+    let builtin = fs::read_to_string(&builtin_file)
+        .with_context(|| format!("reading {}", builtin_file.display()))?;
+    let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
+    let mut bytes: HashMap<String, Vec<u8>> = HashMap::new();
+    let order = load_order(BOOT_MODULES, &builtin, |name| {
+        let path = debian::find_module_file(&kernel.modules_dir, name).with_context(|| {
+            format!(
+                "module {name} is neither built into {} nor under {}",
+                kernel.release,
+                kernel.modules_dir.display()
+            )
+        })?;
+        let elf = debian::read_module(&path)?;
+        let deps = modinfo_depends(&elf)
+            .with_context(|| format!("reading the modinfo of {}", path.display()))?;
+        bytes.insert(name.to_owned(), elf);
+        Ok(deps)
+    })?;
     Ok(order
         .into_iter()
-        .map(|(name, rel)| (name, kernel.modules_dir.join(rel)))
+        .map(|name| {
+            let elf = bytes.remove(&name).unwrap_or_default();
+            (name, elf)
+        })
         .collect())
 }
 
@@ -314,65 +342,52 @@ fn module_name(path: &str) -> String {
     stem.replace('-', "_")
 }
 
-fn load_order(modules_dep: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<(String, String)>> {
-    let builtin: BTreeSet<String> = builtin.lines().map(module_name).collect();
-    let mut graph: HashMap<String, (String, Vec<String>)> = HashMap::new();
-    for line in modules_dep.lines() {
-        let Some((path, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let deps = rest.split_whitespace().map(module_name).collect();
-        graph.insert(module_name(path), (path.to_string(), deps));
-    }
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
+/// The modules a module needs loaded first: its `.modinfo` `depends=` list.
+fn modinfo_depends(elf: &[u8]) -> Result<Vec<String>> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).context("not an ELF file")?;
+    let section = file
+        .section_by_name(".modinfo")
+        .context("no .modinfo section")?;
+    let data = section.data().context("reading .modinfo")?;
+    Ok(data
+        .split(|&b| b == 0)
+        .filter_map(|entry| entry.strip_prefix(b"depends="))
+        .flat_map(|list| list.split(|&b| b == b','))
+        .filter(|d| !d.is_empty())
+        .map(|d| module_name(&String::from_utf8_lossy(d)))
+        .collect())
+}
+
+/// `wanted` and what they depend on (`deps_of`), dependencies first, each once; modules in
+/// `builtin` are left out.
+fn load_order(
+    wanted: &[&str],
+    builtin: &BTreeSet<String>,
+    mut deps_of: impl FnMut(&str) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
     fn visit(
         name: &str,
-        graph: &HashMap<String, (String, Vec<String>)>,
         builtin: &BTreeSet<String>,
+        deps_of: &mut dyn FnMut(&str) -> Result<Vec<String>>,
         seen: &mut BTreeSet<String>,
-        order: &mut Vec<(String, String)>,
+        order: &mut Vec<String>,
     ) -> Result<()> {
         if builtin.contains(name) || !seen.insert(name.to_string()) {
             return Ok(());
         }
-        let Some((path, deps)) = graph.get(name) else {
-            bail!("module {name} is neither built in nor listed in modules.dep");
-        };
-        for dep in deps {
-            visit(dep, graph, builtin, seen, order)?;
+        for dep in deps_of(name)? {
+            visit(&dep, builtin, deps_of, seen, order)?;
         }
-        order.push((name.to_string(), path.clone()));
+        order.push(name.to_string());
         Ok(())
     }
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
     for name in wanted {
-        visit(name, &graph, &builtin, &mut seen, &mut order)?;
+        visit(name, builtin, &mut deps_of, &mut seen, &mut order)?;
     }
     Ok(order)
-}
-
-/// A module file, decompressed when the distribution compresses its modules (busybox insmod
-/// wants a plain ELF file).
-fn module_bytes(path: &Path) -> Result<Vec<u8>> {
-    let name = path.to_string_lossy();
-    let tool = if name.ends_with(".xz") {
-        "xz"
-    } else if name.ends_with(".zst") {
-        "zstd"
-    } else if name.ends_with(".gz") {
-        "gzip"
-    } else {
-        return read(path);
-    };
-    let output = Command::new(tool)
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .with_context(|| format!("running {tool} to decompress {name}"))?;
-    if !output.status.success() {
-        bail!("{tool} could not decompress {name}");
-    }
-    Ok(output.stdout)
 }
 
 #[cfg(test)]
@@ -381,17 +396,45 @@ mod tests {
 
     #[test]
     fn dependencies_load_first_and_builtins_are_skipped() {
-        let dep = "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
-                   kernel/fs/mbcache.ko:\n\
-                   kernel/fs/jbd2/jbd2.ko:\n\
-                   kernel/lib/crc16.ko:\n\
-                   kernel/drivers/virtio/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n\
-                   kernel/drivers/virtio/virtio.ko:\n";
-        let builtin = "kernel/fs/mbcache.ko\n";
-        let order = load_order(dep, builtin, &["virtio_blk", "ext4"]).unwrap();
-        let names: Vec<&str> = order.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["virtio", "virtio_blk", "crc16", "jbd2", "ext4"]);
-        assert!(load_order(dep, builtin, &["nope"]).is_err());
+        let deps: HashMap<&str, Vec<&str>> = [
+            ("ext4", vec!["crc16", "mbcache", "jbd2"]),
+            ("mbcache", vec![]),
+            ("jbd2", vec![]),
+            ("crc16", vec![]),
+            ("virtio_blk", vec!["virtio"]),
+            ("virtio", vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let builtin: BTreeSet<String> = ["mbcache".to_owned()].into_iter().collect();
+        let lookup = |name: &str| -> Result<Vec<String>> {
+            let d = deps.get(name).context("unknown module")?;
+            Ok(d.iter().map(|s| s.to_string()).collect())
+        };
+        let order = load_order(&["virtio_blk", "ext4"], &builtin, lookup).unwrap();
+        assert_eq!(order, ["virtio", "virtio_blk", "crc16", "jbd2", "ext4"]);
+        assert!(load_order(&["nope"], &builtin, lookup).is_err());
+        assert_eq!(module_name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
+        assert_eq!(
+            module_name("kernel/crypto/crc32c-generic.ko"),
+            "crc32c_generic"
+        );
+    }
+
+    #[test]
+    fn modinfo_depends_lists_the_modules_named() {
+        use object::write::Object as Writer;
+        use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+        let mut w = Writer::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let section = w.add_section(Vec::new(), b".modinfo".to_vec(), SectionKind::Data);
+        w.append_section_data(
+            section,
+            b"license=GPL\0depends=crc16,mbcache,jbd2\0name=ext4\0",
+            1,
+        );
+        let elf = w.write().unwrap();
+        assert_eq!(modinfo_depends(&elf).unwrap(), ["crc16", "mbcache", "jbd2"]);
+        assert!(modinfo_depends(b"not elf").is_err());
     }
 
     #[test]

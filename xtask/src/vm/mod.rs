@@ -1,20 +1,26 @@
 //! VM end-to-end harness: builds the static agent and the test livepatch modules, packs an
-//! initramfs, boots the installed Debian kernel in QEMU and reads the guest's result lines.
+//! initramfs, boots Debian kernels in QEMU and reads the guest's result lines.
 //!
-//! A test run boots the guest twice on one fresh disk image: phase 1 runs
-//! `tests/vm/scenarios/phase1/*.sh`, phase 2 (a "reboot" keeping the disk) runs
-//! `tests/vm/scenarios/phase2/*.sh`. The guest side (init, result protocol, helpers) is in
-//! `tests/vm/`; the modules are built from `tests/modules/`. Everything generated goes to
-//! `target/vm/`, including the console logs `phase1.log`, `phase2.log`, `demo.log` and
-//! `bench.log`. The guest side and the scenario conventions are described in
-//! `tests/vm/README.md`.
+//! A test run does the same for each kernel line Debian 12 ships ([`kernel::LINES`]: the
+//! newest 6.1 ABI and the newest 6.12 ABI, fetched by klive-build's `debian` module into
+//! `target/klive-build-cache/`, not installed):
+//! it boots the guest twice on one fresh disk image (phase 1 runs
+//! `tests/vm/scenarios/phase1/*.sh`, phase 2, a "reboot" keeping the disk, runs
+//! `tests/vm/scenarios/phase2/*.sh`), then the fleet boot. Results are labelled with the line
+//! (`[6.12] phase1`). The guest side (init, result protocol, helpers) is in `tests/vm/`; the
+//! modules are built from `tests/modules/` against each kernel's headers. Everything
+//! generated for a kernel goes to `target/vm/<line>/`, including the console logs
+//! `phase1.log`, `phase2.log`, `fleet.log`, `demo.log` and `bench.log`. The guest side and
+//! the scenario conventions are described in `tests/vm/README.md`.
 //!
 //! Environment: `KLIVE_VM_ACCEL=tcg|kvm` skips the KVM probe; `KLIVE_VM_TIMEOUT=SECS`
 //! changes the wall-clock limit of one boot (default 300); `KLIVE_VM_AGENT=PATH` puts that
 //! static binary in the guest as `/bin/klive` instead of building the agent (for iterating
 //! on the harness while the agent does not build); `KLIVE_VM_PHASES=1,2,fleet` runs only
-//! the listed boots (for iterating: the summary names what it skipped and says PARTIAL RUN;
-//! `cargo xtask test` refuses it). Every boot must start each scenario packed for it.
+//! the listed boots and `KLIVE_VM_KERNELS=6.1,6.12` only the listed kernel lines (for
+//! iterating: the summary names what it left out and says PARTIAL RUN; `cargo xtask test`
+//! refuses it). Every boot must start each scenario packed for it. `demo` and `bench` boot
+//! the first selected line.
 
 mod bench;
 mod fleet;
@@ -36,21 +42,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::deps;
-use kernel::TargetKernel;
+use kernel::{Line, TargetKernel};
 use qemu::{Accel, Boot};
-use results::TestResult;
+use results::{TestResult, Verdict};
 
-/// Result lines counted from the guest console.
+/// Result lines counted from the guest console, of every kernel line.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
-    /// Boots `KLIVE_VM_PHASES` left out, each with the scenarios it would have run.
+    /// Results a scenario reported as not applicable to the kernel, each with its reason.
+    pub not_applicable: usize,
+    /// Boots `KLIVE_VM_PHASES` or `KLIVE_VM_KERNELS` left out (`[6.12] fleet`), each with
+    /// the scenarios it would have run.
     pub skipped: Vec<(String, Vec<String>)>,
 }
 
 impl Summary {
-    /// `phase2 (10 scenarios), fleet (8 scenarios)`.
+    /// `[6.1] phase2 (10 scenarios), [6.12] fleet (8 scenarios)`.
     pub fn skipped_text(&self) -> String {
         let boots: Vec<String> = self
             .skipped
@@ -91,24 +100,65 @@ fn selected_phases(var: Option<&str>) -> Result<Vec<&'static str>> {
     Ok(phases)
 }
 
-/// Debian packages the harness uses: QEMU, the kernel and its headers (kbuild), busybox for
-/// the guest, musl-gcc for C parts of the static agent, mkfs.ext4, make, and xz for reading
-/// the build-id out of the kernel image.
+/// The kernel lines `KLIVE_VM_KERNELS` selects (all of them when it is unset).
+fn selected_lines(var: Option<&str>) -> Result<Vec<&'static Line>> {
+    let Some(list) = var else {
+        return Ok(kernel::LINES.iter().collect());
+    };
+    let wanted: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let names: Vec<&str> = kernel::LINES.iter().map(|l| l.name).collect();
+    if let Some(unknown) = wanted.iter().find(|w| !names.contains(w)) {
+        bail!(
+            "KLIVE_VM_KERNELS={list:?} names the kernel line {unknown:?}; the lines are {}",
+            names.join(",")
+        );
+    }
+    let lines: Vec<&'static Line> = kernel::LINES
+        .iter()
+        .filter(|l| wanted.contains(&l.name))
+        .collect();
+    if lines.is_empty() {
+        bail!("KLIVE_VM_KERNELS={list:?} selects no kernel line; unset it to run them all");
+    }
+    Ok(lines)
+}
+
+/// Debian packages the harness uses: QEMU, busybox for the guest, musl-gcc for C parts of
+/// the static agent, mkfs.ext4, make and gcc-12 for the test modules, xz for compressed
+/// kernels and modules, pahole for the BTF of modules built against 6.12 headers. The
+/// kernels themselves are fetched, not installed ([`kernel::TargetKernel::fetch`]).
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
-    "linux-image-amd64",
-    "linux-headers-amd64",
     "busybox-static",
     "musl-tools",
     "e2fsprogs",
     "make",
+    "gcc-12",
     "xz-utils",
+    "dwarves",
 ];
 
 const DEFAULT_BOOT_LIMIT: Duration = Duration::from_secs(300);
 const DISK_SIZE: u64 = 64 << 20;
 
-/// Everything built for a boot.
+/// What every kernel's guest shares: the agent, the work directory and its lock.
+#[derive(Debug)]
+struct Host {
+    agent: PathBuf,
+    peakrss: PathBuf,
+    /// `target/vm/`.
+    work: PathBuf,
+    /// Picked with the first kernel prepared.
+    accel: std::cell::OnceCell<Accel>,
+    /// Held until the boots are over: runs share `target/vm/` and the machine's cores.
+    _lock: fs::File,
+}
+
+/// Everything built for the boots of one kernel.
 #[derive(Debug)]
 struct Guest {
     kernel: TargetKernel,
@@ -120,84 +170,181 @@ struct Guest {
     initrd: PathBuf,
     /// The scenarios packed into `initrd`: what each boot must start.
     scenarios: initramfs::Scenarios,
+    /// `target/vm/<line>/`.
     work: PathBuf,
     accel: Accel,
-    /// Held until the boots are over: runs share `target/vm/` and the machine's cores.
-    _lock: fs::File,
 }
 
 pub fn run_tests(root: &Path) -> Result<Summary> {
     let started = Instant::now();
     let only = std::env::var("KLIVE_VM_PHASES").ok();
     let phases = selected_phases(only.as_deref())?;
-    let mut guest = prepare(root)?;
-    add_built_patches(root, &mut guest)?;
-    let disk = fresh_disk(&guest.work, "disk.img")?;
+    let only_kernels = std::env::var("KLIVE_VM_KERNELS").ok();
+    let lines = selected_lines(only_kernels.as_deref())?;
+    let host = prepare_host(root)?;
     let limit = boot_limit()?;
 
     let mut all: Vec<(String, TestResult)> = Vec::new();
-    for phase in ["1", "2"].into_iter().filter(|p| phases.contains(p)) {
-        let boot = boot(&guest, &disk, phase, "quiet", limit);
+    let mut skipped: Vec<(String, Vec<String>)> = Vec::new();
+    let mut accel = None;
+    for line in kernel::LINES {
+        let tag = |boot: &str| format!("[{}] {boot}", line.name);
+        if !lines.contains(&line) {
+            for phase in TEST_PHASES {
+                skipped.push((tag(&results::label(phase)), packed_scenarios(root, phase)?));
+            }
+            continue;
+        }
+        let line_started = Instant::now();
+        let guest = match prepare_for_tests(root, &host, line) {
+            Ok(guest) => guest,
+            Err(e) => {
+                // The other line still runs; this one counts as one failure.
+                eprintln!("xtask: kernel line {}: {e:#}", line.name);
+                all.push((
+                    tag("prepare"),
+                    TestResult::fail(format!("preparing the {} guest: {e:#}", line.name)),
+                ));
+                continue;
+            }
+        };
+        accel = Some(guest.accel);
+        for (boot, result) in run_boots(root, &guest, &phases, limit)? {
+            all.push((tag(&boot), result));
+        }
+        for phase in TEST_PHASES.into_iter().filter(|p| !phases.contains(p)) {
+            skipped.push((
+                tag(&results::label(phase)),
+                guest.scenarios.of(phase).to_vec(),
+            ));
+        }
         eprintln!(
-            "xtask: == VM phase {phase} (console log: {})",
+            "xtask: kernel {} ({}) took {:.0} s",
+            guest.kernel.release,
+            line.name,
+            line_started.elapsed().as_secs_f64()
+        );
+    }
+
+    let count = |v: Verdict| all.iter().filter(|(_, r)| r.verdict == v).count();
+    let summary = Summary {
+        passed: count(Verdict::Pass),
+        failed: count(Verdict::Fail),
+        not_applicable: count(Verdict::Skip),
+        skipped,
+    };
+    println!();
+    println!("VM end-to-end results:");
+    for (boot, result) in &all {
+        println!("  {} {boot}/{}", result.verdict, result.what);
+    }
+    for (boot, names) in &summary.skipped {
+        println!(
+            "  SKIPPED {boot} by KLIVE_VM_PHASES/KLIVE_VM_KERNELS, not run: {}",
+            names.join(", ")
+        );
+    }
+    for line in &lines {
+        let of_line = |v: Verdict| {
+            all.iter()
+                .filter(|(b, r)| b.starts_with(&format!("[{}] ", line.name)) && r.verdict == v)
+                .count()
+        };
+        println!(
+            "  [{}]: {} passed, {} failed, {} not applicable",
+            line.name,
+            of_line(Verdict::Pass),
+            of_line(Verdict::Fail),
+            of_line(Verdict::Skip)
+        );
+    }
+    eprintln!(
+        "xtask: VM tests took {:.0} s in all ({}); console logs in {}/<line>/",
+        started.elapsed().as_secs_f64(),
+        accel.map_or("no boot".to_owned(), |a| a.to_string()),
+        host.work.display()
+    );
+    let not_applicable = if summary.not_applicable > 0 {
+        format!(
+            ", {} not applicable (reasons above)",
+            summary.not_applicable
+        )
+    } else {
+        String::new()
+    };
+    if summary.skipped.is_empty() {
+        println!(
+            "{} passed, {} failed{not_applicable}",
+            summary.passed, summary.failed
+        );
+    } else {
+        let mut by = Vec::new();
+        if let Some(o) = &only {
+            by.push(format!("KLIVE_VM_PHASES={o}"));
+        }
+        if let Some(o) = &only_kernels {
+            by.push(format!("KLIVE_VM_KERNELS={o}"));
+        }
+        println!(
+            "{} passed, {} failed{not_applicable}; PARTIAL RUN: {} left out {}",
+            summary.passed,
+            summary.failed,
+            by.join(" "),
+            summary.skipped_text()
+        );
+    }
+    Ok(summary)
+}
+
+/// The scenario names of `phase` as `tests/vm/` holds them (for a kernel line left out,
+/// whose initramfs was never packed).
+fn packed_scenarios(root: &Path, phase: &str) -> Result<Vec<String>> {
+    let dir = root.join("tests/vm").join(initramfs::phase_dir(phase));
+    Ok(initramfs::scripts(&dir)?
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect())
+}
+
+/// The selected boots of one kernel: phase 1 and 2 on one disk, then the fleet boot; each
+/// result with the label of its boot (`phase1`).
+fn run_boots(
+    root: &Path,
+    guest: &Guest,
+    phases: &[&str],
+    limit: Duration,
+) -> Result<Vec<(String, TestResult)>> {
+    let line = guest.kernel.line;
+    let mut all = Vec::new();
+    let disk = fresh_disk(&guest.work, "disk.img")?;
+    for phase in ["1", "2"].into_iter().filter(|p| phases.contains(p)) {
+        let boot = boot(guest, &disk, phase, "quiet", limit);
+        eprintln!(
+            "xtask: == VM {line} phase {phase}: {} (console log: {})",
+            guest.kernel.release,
             boot.log.display()
         );
-        let prefix = format!("[vm phase{phase}] ");
-        let outcome = boot.run(|line| println!("{prefix}{line}"))?;
+        let prefix = format!("[vm {line} phase{phase}] ");
+        let outcome = boot.run(|l| println!("{prefix}{l}"))?;
         eprintln!(
-            "xtask: phase {phase} boot took {:.1} s",
+            "xtask: {line} phase {phase} boot took {:.1} s",
             outcome.elapsed.as_secs_f64()
         );
         for result in guest.tally(phase, &outcome, limit) {
             all.push((results::label(phase), result));
         }
     }
-
     if phases.contains(&"fleet") {
-        for result in run_fleet(root, &guest, limit)? {
+        for result in run_fleet(root, guest, limit)? {
             all.push(("fleet".to_owned(), result));
         }
     }
-
-    let summary = Summary {
-        passed: all.iter().filter(|(_, r)| r.passed).count(),
-        failed: all.iter().filter(|(_, r)| !r.passed).count(),
-        skipped: TEST_PHASES
-            .into_iter()
-            .filter(|p| !phases.contains(p))
-            .map(|p| (results::label(p), guest.scenarios.of(p).to_vec()))
-            .collect(),
-    };
-    println!();
-    println!("VM end-to-end results:");
-    for (phase, result) in &all {
-        let verdict = if result.passed { "PASS" } else { "FAIL" };
-        println!("  {verdict} [{phase}] {}", result.what);
-    }
-    for (boot, names) in &summary.skipped {
-        println!(
-            "  SKIPPED [{boot}] by KLIVE_VM_PHASES, not run: {}",
-            names.join(", ")
-        );
-    }
-    eprintln!(
-        "xtask: VM tests took {:.0} s in all ({}); console logs in {}",
-        started.elapsed().as_secs_f64(),
-        guest.accel,
-        guest.work.display()
-    );
-    if summary.skipped.is_empty() {
-        println!("{} passed, {} failed", summary.passed, summary.failed);
-    } else {
-        println!(
-            "{} passed, {} failed; PARTIAL RUN: KLIVE_VM_PHASES={} skipped {}",
-            summary.passed,
-            summary.failed,
-            only.unwrap_or_default(),
-            summary.skipped_text()
-        );
-    }
-    Ok(summary)
+    Ok(all)
 }
 
 /// The fleet boot: a klive-server on the host's loopback, the guest agent registering and
@@ -222,16 +369,20 @@ fn run_fleet(root: &Path, guest: &Guest, limit: Duration) -> Result<Vec<TestResu
     let mut boot = boot(guest, &disk, "fleet", "quiet", limit);
     boot.nic = Some(server.qemu_nic()?);
     eprintln!(
-        "xtask: == VM fleet boot (console log: {}, server log: {})",
+        "xtask: == VM {} fleet boot: {} (console log: {}, server log: {})",
+        guest.kernel.line,
+        guest.kernel.release,
         boot.log.display(),
         guest.work.join("fleet-server.log").display()
     );
+    let prefix = format!("[vm {} fleet] ", guest.kernel.line);
     let outcome = boot.run(|line| {
-        println!("[vm fleet] {line}");
+        println!("{prefix}{line}");
         server.on_line(line);
     })?;
     eprintln!(
-        "xtask: fleet boot took {:.1} s",
+        "xtask: {} fleet boot took {:.1} s",
+        guest.kernel.line,
         outcome.elapsed.as_secs_f64()
     );
     drop(server);
@@ -239,7 +390,8 @@ fn run_fleet(root: &Path, guest: &Guest, limit: Duration) -> Result<Vec<TestResu
 }
 
 pub fn demo(root: &Path) -> Result<()> {
-    let guest = prepare(root)?;
+    let host = prepare_host(root)?;
+    let guest = prepare(root, &host, first_line()?)?;
     let disk = fresh_disk(&guest.work, "demo-disk.img")?;
     let limit = boot_limit()?;
     let boot = boot(&guest, &disk, "demo", "quiet loglevel=3", limit);
@@ -266,7 +418,8 @@ pub fn demo(root: &Path) -> Result<()> {
 /// Times the agent's commands in the guest (`tests/vm/bench/agent.sh`) and prints a
 /// Markdown table, also written to `target/vm/bench-agent.md` for BENCHMARKS.md.
 pub fn bench_agent(root: &Path) -> Result<()> {
-    let guest = prepare(root)?;
+    let host = prepare_host(root)?;
+    let guest = prepare(root, &host, first_line()?)?;
     let disk = fresh_disk(&guest.work, "bench-disk.img")?;
     let limit = boot_limit()?;
     let boot = boot(&guest, &disk, "bench", "quiet", limit);
@@ -304,56 +457,94 @@ pub fn bench_agent(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Installs what is missing, then builds the agent, the modules and the initramfs.
-fn prepare(root: &Path) -> Result<Guest> {
+/// The kernel line a single-kernel command (demo, bench) boots: the first one
+/// `KLIVE_VM_KERNELS` selects.
+fn first_line() -> Result<&'static Line> {
+    let only = std::env::var("KLIVE_VM_KERNELS").ok();
+    Ok(selected_lines(only.as_deref())?[0])
+}
+
+/// Installs what is missing, takes the lock of `target/vm/` and builds what every kernel's
+/// guest shares: the agent and the benchmark's meter.
+fn prepare_host(root: &Path) -> Result<Host> {
     deps::ensure_apt(PACKAGES)?;
     deps::ensure_musl_target()?;
     let work = target_dir(root).join("vm");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let lock = lock_work_dir(&work)?;
+    let agent = timed("building the static agent", || build_agent(root))?;
+    let peakrss = build_peakrss(root, &work)?;
+    Ok(Host {
+        agent,
+        peakrss,
+        work,
+        accel: std::cell::OnceCell::new(),
+        _lock: lock,
+    })
+}
 
-    let kernel = TargetKernel::discover()?;
-    let build_id = kernel::build_id(&kernel, &work)?;
+/// Fetches the newest kernel of `line` (cached in klive-build's cache, which the build cases
+/// share), builds the test modules against its headers and packs its initramfs, all in
+/// `target/vm/<line>/`.
+fn prepare(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
+    let kernel = timed(
+        &format!("fetching the newest {} kernel (cached)", line.name),
+        || TargetKernel::fetch(line, &crate::build_tests::cache_dir(root)),
+    )?;
+    let work = host.work.join(line.name);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let build_id = kernel.build_id.clone();
     eprintln!(
         "xtask: target kernel {} (build-id {build_id})",
         kernel.release
     );
 
-    let agent = timed("building the static agent", || build_agent(root))?;
-    let modules = timed("building the test modules", || {
-        modules::build(root, &kernel, &build_id, &work)
-    })?;
-    let peakrss = build_peakrss(root, &work)?;
-    let initrd = work.join("initramfs.cpio");
-    let scenarios = timed("packing the initramfs", || {
-        initramfs::write(
-            &initramfs::Contents {
-                root,
-                kernel: &kernel,
-                build_id: &build_id,
-                agent: &agent,
-                peakrss: &peakrss,
-                modules: &modules,
-            },
-            &initrd,
-        )
-    })?;
-    let accel = Accel::pick(&kernel.image);
-    Ok(Guest {
+    let modules = timed(
+        &format!("building the test modules for {}", kernel.release),
+        || modules::build(root, &kernel, &build_id, &work),
+    )?;
+    let accel = *host.accel.get_or_init(|| Accel::pick(&kernel.image));
+    let mut guest = Guest {
         kernel,
         build_id,
-        agent,
-        peakrss,
+        agent: host.agent.clone(),
+        peakrss: host.peakrss.clone(),
         modules,
-        initrd,
-        scenarios,
+        initrd: work.join("initramfs.cpio"),
+        scenarios: initramfs::Scenarios::default(),
         work,
         accel,
-        _lock: lock,
-    })
+    };
+    guest.pack(root)?;
+    Ok(guest)
+}
+
+/// [`prepare`] plus klive-build's cases built for the kernel and put in its guest.
+fn prepare_for_tests(root: &Path, host: &Host, line: &Line) -> Result<Guest> {
+    let mut guest = prepare(root, host, line)?;
+    add_built_patches(root, &mut guest)?;
+    Ok(guest)
 }
 
 impl Guest {
+    /// Packs `initrd` with what the guest has now; records the scenarios it packed.
+    fn pack(&mut self, root: &Path) -> Result<()> {
+        self.scenarios = timed("packing the initramfs", || {
+            initramfs::write(
+                &initramfs::Contents {
+                    root,
+                    kernel: &self.kernel,
+                    build_id: &self.build_id,
+                    agent: &self.agent,
+                    peakrss: &self.peakrss,
+                    modules: &self.modules,
+                },
+                &self.initrd,
+            )
+        })?;
+        Ok(())
+    }
+
     /// The results of a boot of `phase` (see [`results::tally`]), checked against the
     /// scenarios packed for it.
     fn tally(&self, phase: &str, outcome: &qemu::Outcome, limit: Duration) -> Vec<TestResult> {
@@ -378,7 +569,7 @@ impl Guest {
         let failures: Vec<String> = self
             .tally(phase, outcome, limit)
             .into_iter()
-            .filter(|r| !r.passed)
+            .filter(|r| r.verdict == Verdict::Fail)
             .map(|r| r.what)
             .collect();
         if !failures.is_empty() {
@@ -395,7 +586,8 @@ impl Guest {
 /// `cargo xtask bench build` (`crate::build_bench`) for the harness's kernel, with the
 /// kallsyms dump the VM tests use; holds the VM lock, so no guest competes for the cores.
 pub fn bench_build(root: &Path) -> Result<()> {
-    let guest = prepare(root)?;
+    let host = prepare_host(root)?;
+    let guest = prepare(root, &host, first_line()?)?;
     let dump = kallsyms::dump(&guest)?;
     crate::build_bench::run(
         root,
@@ -424,20 +616,7 @@ fn add_built_patches(root: &Path, guest: &mut Guest) -> Result<()> {
     timed("building the klive-build test patches", || {
         crate::build_tests::build_into(root, &target, &guest.modules)
     })?;
-    guest.scenarios = timed("packing the initramfs with the built patches", || {
-        initramfs::write(
-            &initramfs::Contents {
-                root,
-                kernel: &guest.kernel,
-                build_id: &guest.build_id,
-                agent: &guest.agent,
-                peakrss: &guest.peakrss,
-                modules: &guest.modules,
-            },
-            &guest.initrd,
-        )
-    })?;
-    Ok(())
+    guest.pack(root)
 }
 
 fn boot<'a>(
@@ -603,7 +782,7 @@ fn fresh_disk_with(work: &Path, name: &str, seed: Option<&Path>) -> Result<PathB
 
 #[cfg(test)]
 mod tests {
-    use super::selected_phases;
+    use super::{selected_lines, selected_phases};
 
     #[test]
     fn klive_vm_phases_selects_known_boots_only() {
@@ -611,5 +790,18 @@ mod tests {
         assert_eq!(selected_phases(Some("fleet, 1")).unwrap(), ["1", "fleet"]);
         assert!(selected_phases(Some("1,flet")).is_err());
         assert!(selected_phases(Some("")).is_err());
+    }
+
+    #[test]
+    fn klive_vm_kernels_selects_known_lines_only() {
+        let names = |v: Vec<&super::Line>| v.iter().map(|l| l.name).collect::<Vec<_>>();
+        assert_eq!(names(selected_lines(None).unwrap()), ["6.1", "6.12"]);
+        assert_eq!(names(selected_lines(Some("6.12")).unwrap()), ["6.12"]);
+        assert_eq!(
+            names(selected_lines(Some("6.12, 6.1")).unwrap()),
+            ["6.1", "6.12"]
+        );
+        assert!(selected_lines(Some("6.2")).is_err());
+        assert!(selected_lines(Some(",")).is_err());
     }
 }

@@ -2,28 +2,58 @@
 
 use std::time::Duration;
 
+/// What a result says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The scenario does not apply to this kernel; the detail says why (lib.sh `skip`).
+    Skip,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        })
+    }
+}
+
 /// One counted result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestResult {
-    pub passed: bool,
+    pub verdict: Verdict,
     /// `<scenario>: <detail>`.
     pub what: String,
 }
 
-/// `KLIVE-RESULT PASS|FAIL <scenario>: <detail>` anywhere in a console line (a kernel message
-/// may have been printed in front of it).
+impl TestResult {
+    pub fn fail(what: String) -> Self {
+        Self {
+            verdict: Verdict::Fail,
+            what,
+        }
+    }
+}
+
+/// `KLIVE-RESULT PASS|FAIL|SKIP <scenario>: <detail>` anywhere in a console line (a kernel
+/// message may have been printed in front of it).
 pub fn parse_result(line: &str) -> Option<TestResult> {
     let at = line.find("KLIVE-RESULT ")?;
     let rest = &line[at + "KLIVE-RESULT ".len()..];
-    let (passed, what) = if let Some(what) = rest.strip_prefix("PASS ") {
-        (true, what)
+    let (verdict, what) = if let Some(what) = rest.strip_prefix("PASS ") {
+        (Verdict::Pass, what)
     } else if let Some(what) = rest.strip_prefix("FAIL ") {
-        (false, what)
+        (Verdict::Fail, what)
+    } else if let Some(what) = rest.strip_prefix("SKIP ") {
+        (Verdict::Skip, what)
     } else {
         return None;
     };
     Some(TestResult {
-        passed,
+        verdict,
         what: what.trim().to_string(),
     })
 }
@@ -81,10 +111,11 @@ pub fn tally(
         } else if let Some(name) = scenario_started(line) {
             started.push(name);
         } else if is_kernel_crash(line) {
-            out.push(TestResult {
-                passed: false,
-                what: format!("kernel-{}: {}", label(phase), line.trim()),
-            });
+            out.push(TestResult::fail(format!(
+                "kernel-{}: {}",
+                label(phase),
+                line.trim()
+            )));
         }
     }
     let end = phase_end(phase);
@@ -103,10 +134,7 @@ pub fn tally(
         } else {
             "the guest never started its scenarios".to_string()
         };
-        out.push(TestResult {
-            passed: false,
-            what: format!("boot-{}: {why}", label(phase)),
-        });
+        out.push(TestResult::fail(format!("boot-{}: {why}", label(phase))));
     }
     for name in expected.iter().filter(|e| !started.contains(&e.as_str())) {
         let why = if finished {
@@ -114,22 +142,16 @@ pub fn tally(
         } else {
             "the boot ended before it started"
         };
-        out.push(TestResult {
-            passed: false,
-            what: format!(
-                "missing-{}: scenario {name} never ran ({why})",
-                label(phase)
-            ),
-        });
+        out.push(TestResult::fail(format!(
+            "missing-{}: scenario {name} never ran ({why})",
+            label(phase)
+        )));
     }
     for name in started.iter().filter(|s| !expected.iter().any(|e| e == *s)) {
-        out.push(TestResult {
-            passed: false,
-            what: format!(
-                "unexpected-{}: scenario {name} ran but the harness did not pack it",
-                label(phase)
-            ),
-        });
+        out.push(TestResult::fail(format!(
+            "unexpected-{}: scenario {name} ran but the harness did not pack it",
+            label(phase)
+        )));
     }
     out
 }
@@ -151,9 +173,15 @@ mod tests {
     #[test]
     fn result_lines_are_parsed_even_after_noise() {
         let r = parse_result("[    3.1] foo KLIVE-RESULT FAIL 10-apply: exit 5").unwrap();
-        assert!(!r.passed);
+        assert_eq!(r.verdict, Verdict::Fail);
         assert_eq!(r.what, "10-apply: exit 5");
-        assert!(parse_result("KLIVE-RESULT PASS x: y").unwrap().passed);
+        assert_eq!(
+            parse_result("KLIVE-RESULT PASS x: y").unwrap().verdict,
+            Verdict::Pass
+        );
+        let skip = parse_result("KLIVE-RESULT SKIP 70-build: no module for 6.12").unwrap();
+        assert_eq!(skip.verdict, Verdict::Skip);
+        assert_eq!(skip.what, "70-build: no module for 6.12");
         assert_eq!(parse_result("KLIVE-RESULT MAYBE x"), None);
         assert_eq!(parse_result("echo \"KLIVE-RESULT\""), None);
     }
@@ -166,8 +194,9 @@ mod tests {
         );
         let results = tally("1", &names(&["a", "b"]), &console, false, SECOND);
         assert_eq!(results.len(), 2);
-        assert_eq!(results.iter().filter(|r| r.passed).count(), 1);
-        assert_eq!(results.iter().filter(|r| !r.passed).count(), 1);
+        let count = |v| results.iter().filter(|r| r.verdict == v).count();
+        assert_eq!(count(Verdict::Pass), 1);
+        assert_eq!(count(Verdict::Fail), 1);
     }
 
     #[test]
@@ -183,7 +212,7 @@ mod tests {
         assert!(
             results
                 .iter()
-                .any(|r| !r.passed && r.what.contains("killed after 300 s"))
+                .any(|r| r.verdict == Verdict::Fail && r.what.contains("killed after 300 s"))
         );
 
         let console = lines(
@@ -191,7 +220,7 @@ mod tests {
         );
         let results = tally("1", &[], &console, false, SECOND);
         assert_eq!(results.len(), 1);
-        assert!(!results[0].passed);
+        assert_eq!(results[0].verdict, Verdict::Fail);
 
         let results = tally("1", &[], &[], false, SECOND);
         assert!(results[0].what.contains("never started"));
@@ -207,7 +236,7 @@ mod tests {
         let results = tally("fleet", &names(&["10-a", "20-b"]), &console, false, SECOND);
         let failed: Vec<&str> = results
             .iter()
-            .filter(|r| !r.passed)
+            .filter(|r| r.verdict == Verdict::Fail)
             .map(|r| r.what.as_str())
             .collect();
         assert_eq!(
