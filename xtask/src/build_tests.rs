@@ -70,6 +70,9 @@ pub struct Case {
     pub level: u32,
     /// Diffs of `tests/build/`, applied in order.
     pub diffs: &'static [&'static str],
+    /// The case whose output is this level's base (`klive-build --base`): its fixes and
+    /// diffs come first, read from the series record beside its manifest.
+    pub base: Option<&'static str>,
     pub expect: Expect,
 }
 
@@ -80,13 +83,16 @@ pub const CASES: &[Case] = &[
         module: "klive_build_cmdline",
         level: 1,
         diffs: &["10-cmdline.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
         name: "cumulative",
         module: "klive_build_cumulative",
         level: 2,
-        diffs: &["10-cmdline.patch", "20-meminfo.patch"],
+        // Level 1 (cmdline) plus the meminfo fix: `--base` reads level 1's series record.
+        diffs: &["20-meminfo.patch"],
+        base: Some("cmdline"),
         expect: Expect::Module,
     },
     Case {
@@ -94,6 +100,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_meminfo",
         level: 3,
         diffs: &["20-meminfo.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
@@ -101,6 +108,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_uname",
         level: 4,
         diffs: &["30-uname-static-call.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
@@ -108,6 +116,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_newfunc",
         level: 5,
         diffs: &["40-new-function-and-global.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
@@ -115,6 +124,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_warn",
         level: 6,
         diffs: &["50-warn-bug-table.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
@@ -122,6 +132,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_binfmt",
         level: 7,
         diffs: &["60-module-binfmt-misc.patch"],
+        base: None,
         expect: Expect::Module,
     },
     Case {
@@ -129,6 +140,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_layout",
         level: 1,
         diffs: &["80-refuse-data-layout.patch"],
+        base: None,
         expect: Expect::Refused("acct_parm: 12 -> 16 bytes"),
     },
     Case {
@@ -136,6 +148,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_init",
         level: 1,
         diffs: &["81-refuse-init.patch"],
+        base: None,
         expect: Expect::Refused(".init.text (proc_meminfo_init)"),
     },
     Case {
@@ -143,6 +156,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_asm",
         level: 1,
         diffs: &["82-refuse-assembly.patch"],
+        base: None,
         expect: Expect::Refused("arch/x86/lib/memcpy_64.S: assembly files cannot be live-patched"),
     },
     Case {
@@ -150,6 +164,7 @@ pub const CASES: &[Case] = &[
         module: "klive_build_nothing",
         level: 1,
         diffs: &["83-nothing-comment-only.patch"],
+        base: None,
         expect: Expect::NothingToPatch("nothing to patch"),
     },
 ];
@@ -267,6 +282,10 @@ pub fn build_once(
         .arg(cache);
     for d in case.diffs {
         cmd.arg("--patch").arg(diff_path(root, target.release, d));
+    }
+    if let Some(base) = case.base {
+        // The base case's output directory (one subdirectory per kernel).
+        cmd.arg("--base").arg(out.with_file_name(base));
     }
     let output = cmd
         .output()
@@ -455,8 +474,14 @@ fn inputs_hash(root: &Path, tool: &Path, target: &Target<'_>, case: &Case) -> Re
         case.module,
         case.level,
         case.diffs,
+        case.base,
     )
         .hash(&mut h);
+    if let Some(base) = case.base
+        && let Some(b) = CASES.iter().find(|c| c.name == base)
+    {
+        inputs_hash(root, tool, target, b)?.hash(&mut h);
+    }
     format!("{:?}", case.expect).hash(&mut h);
     Ok(format!("{:016x}", h.finish()))
 }

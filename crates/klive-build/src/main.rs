@@ -45,10 +45,11 @@ struct Cli {
     /// PATCH - for none), in the order they apply; the level carries all of them.
     #[arg(long, value_name = "FILE")]
     series: Option<PathBuf>,
-    /// The previous level's manifest.json: this level carries every fix of that level
-    /// (from the series record beside it) plus the new ones, as one replace-mode module.
-    /// For one kernel.
-    #[arg(long, value_name = "MANIFEST")]
+    /// The previous level: its manifest.json, or the output directory of the build that made
+    /// it (with one subdirectory per kernel, as several --kernel write). This level carries
+    /// every fix of that level (from the series record beside the manifest) plus the new
+    /// ones, as one replace-mode module; its level is one more unless --level says otherwise.
+    #[arg(long, value_name = "MANIFEST|DIR")]
     base: Option<PathBuf>,
     /// Leaves out every diff of this fix (CVE id) that the base or series carries.
     #[arg(long = "drop", value_name = "CVE")]
@@ -136,7 +137,7 @@ fn build_all(cli: &Cli, cache: &Path, stage: &Path) -> Result<()> {
             target,
             patches: cli.patches.clone(),
             series: cli.series.clone(),
-            base: cli.base.clone(),
+            base: base_for(cli, dir.as_deref())?,
             drops: cli.drops.clone(),
             name: cli.name.clone(),
             level: cli.level,
@@ -225,9 +226,9 @@ fn targets(cli: &Cli, cache: &Path) -> Result<Vec<(Option<String>, Target)>> {
         };
         return Ok(vec![(None, target)]);
     }
-    if cli.base.is_some() && cli.kernels.len() > 1 {
+    if cli.base.as_ref().is_some_and(|b| b.is_file()) && cli.kernels.len() > 1 {
         bail!(
-            "--base names one kernel's previous level; build a cumulative level one --kernel at a time"
+            "--base names one kernel's manifest; with several --kernel give the previous level's output directory, which has one directory per kernel"
         );
     }
     if overrides && cli.kernels.len() > 1 {
@@ -279,6 +280,29 @@ fn targets(cli: &Cli, cache: &Path) -> Result<Vec<(Option<String>, Target)>> {
         out.push((Some(abi.clone()), target));
     }
     Ok(out)
+}
+
+/// The base manifest of one kernel's build: --base itself when it is a file, else the
+/// kernel's directory in the base output directory (or the directory itself).
+fn base_for(cli: &Cli, abi: Option<&str>) -> Result<Option<PathBuf>> {
+    let Some(base) = &cli.base else {
+        return Ok(None);
+    };
+    if base.is_file() {
+        return Ok(Some(base.clone()));
+    }
+    let candidates = [
+        abi.map(|a| base.join(a).join("manifest.json")),
+        Some(base.join("manifest.json")),
+    ];
+    match candidates.into_iter().flatten().find(|p| p.is_file()) {
+        Some(p) => Ok(Some(p)),
+        None => bail!(
+            "--base {}: no manifest.json there{}; give the previous level's manifest or output directory",
+            base.display(),
+            abi.map(|a| format!(" or in {a}/")).unwrap_or_default()
+        ),
+    }
 }
 
 /// The --kallsyms values as (kernel, file): `ABI=FILE` for one kernel, a bare `FILE` for
