@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use klive_elf::emit::PatchFunc;
 use klive_elf::klp::FixupSummary;
 
@@ -37,9 +37,16 @@ pub fn link(job: &Job, plan: &Plan, work: &Work, patch: &Patch) -> Result<Linked
         stub_source(&patch.funcs, &patch.namespaces, plan),
     )?;
     let mut objs = vec!["stub.o".to_owned()];
+    let objtool_at_link = objtool_runs_at_module_link(&job.target.config)?;
     for (n, e) in patch.objects.iter().enumerate() {
         let name = format!("patch{n}.o");
-        std::fs::write(kb.join(&name), &e.object)?;
+        // objtool then writes these sections for the whole module, stub included.
+        let object = if objtool_at_link {
+            klive_elf::klp::strip_objtool_sections(&e.object)?
+        } else {
+            e.object.clone()
+        };
+        std::fs::write(kb.join(&name), &object)?;
         // modpost reads a .cmd file for every object it is given.
         std::fs::write(kb.join(format!(".{name}.cmd")), "")?;
         objs.push(name);
@@ -76,6 +83,17 @@ pub fn link(job: &Job, plan: &Plan, work: &Work, patch: &Patch) -> Result<Linked
         fix,
         secs,
     })
+}
+
+/// True if the kernel's kbuild runs objtool on a module built from several objects at its
+/// link rather than on each object (`delay-objtool`: IBT or clang LTO kernels, such as
+/// Debian's 6.12; Debian's 6.1 runs it per object).
+fn objtool_runs_at_module_link(config: &std::path::Path) -> Result<bool> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("reading the kernel config {}", config.display()))?;
+    Ok(text
+        .lines()
+        .any(|l| l == "CONFIG_X86_KERNEL_IBT=y" || l == "CONFIG_LTO_CLANG=y"))
 }
 
 /// The C source of the module's klp tables: a `klp_func` array per klp object (`vmlinux`

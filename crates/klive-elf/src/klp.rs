@@ -162,10 +162,44 @@ pub fn fixup_module(ko: &[u8]) -> Result<(Vec<u8>, FixupSummary), ElfError> {
 /// Drops the DWARF sections (and their relocations and symbols) kbuild's generated files
 /// bring: the kernel never reads them, and they weighed ten times the patch's code.
 fn strip_debug_info(b: &mut object::build::elf::Builder<'_>) {
-    let is_debug = |name: &[u8]| name.starts_with(b".debug_") || name.starts_with(b".rela.debug_");
+    strip(b, |name| name.starts_with(b".debug_"));
+}
+
+/// The sections objtool writes into an object (unwind tables and the lists of call, return,
+/// retpoline and endbr sites).
+const OBJTOOL_SECTIONS: [&[u8]; 7] = [
+    b".orc_unwind",
+    b".orc_unwind_ip",
+    b".orc_header",
+    b".return_sites",
+    b".call_sites",
+    b".retpoline_sites",
+    b".ibt_endbr_seal",
+];
+
+/// `object` without what objtool wrote into it. Where the kernel's kbuild runs objtool on a
+/// whole module at its link (IBT or clang LTO kernels, Linux 6.2 on), it skips a module that
+/// already has such sections, and the code the link adds (the klp tables' init and exit) is
+/// left out of them: its return thunks unlisted, the kernel warns when it loads the module.
+pub fn strip_objtool_sections(object: &[u8]) -> Result<Vec<u8>, ElfError> {
+    let mut b = read_builder(object, "patch object")?;
+    strip(&mut b, |name| OBJTOOL_SECTIONS.contains(&name));
+    let mut out = Vec::new();
+    b.write(&mut out).map_err(|e| ElfError::Write {
+        what: "patch object".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+/// Deletes the sections `drop` names (and their relocation sections and symbols).
+fn strip(b: &mut object::build::elf::Builder<'_>, drop: impl Fn(&[u8]) -> bool) {
+    let base = |name: &[u8]| -> bool {
+        drop(name) || name.strip_prefix(b".rela").is_some_and(&drop)
+    };
     let mut gone = std::collections::BTreeSet::new();
     for s in b.sections.iter_mut() {
-        if is_debug(&s.name) {
+        if base(&s.name) {
             s.delete = true;
             gone.insert(s.id().index());
         }
