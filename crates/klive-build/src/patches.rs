@@ -48,8 +48,38 @@ pub fn translation_units(files: &[String]) -> Result<(Vec<String>, Vec<String>)>
     Ok((tus, headers))
 }
 
+/// Where a build records the diffs it applies to the shared prepared tree, before it applies
+/// them: a build killed before it reverted them leaves them listed, and the next build to use
+/// the tree takes them back ([`undo_interrupted`]) instead of compiling a patched "original".
+const APPLIED: &str = ".klive-build-applied";
+
+/// Takes back the diffs an interrupted build left applied in `root`, newest first; false if
+/// that failed (the tree must then be prepared again).
+pub fn undo_interrupted(root: &Path) -> bool {
+    let dir = root.join(APPLIED);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return true;
+    };
+    let mut saved: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    saved.sort();
+    for d in saved.iter().rev() {
+        // A diff that was recorded but not (or not wholly) applied is skipped by --forward.
+        if patch(root, d, &["-R", "--dry-run"]).is_ok() && patch(root, d, &["-R"]).is_err() {
+            return false;
+        }
+        let _ = std::fs::remove_file(d);
+    }
+    std::fs::remove_dir_all(&dir).is_ok()
+}
+
 /// Applies the diffs in order; on failure, reverts the ones applied and names the diff.
 pub fn apply_all(root: &Path, diffs: &[PathBuf]) -> Result<()> {
+    let dir = root.join(APPLIED);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, d) in diffs.iter().enumerate() {
+        std::fs::copy(d, dir.join(format!("{i:04}.patch")))
+            .with_context(|| format!("recording {} in {}", d.display(), dir.display()))?;
+    }
     for (i, d) in diffs.iter().enumerate() {
         let ok = patch(root, d, &["--dry-run"]);
         if let Err(e) = ok {
@@ -64,12 +94,18 @@ pub fn apply_all(root: &Path, diffs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Reverts applied diffs in reverse order, best effort.
+/// Reverts applied diffs in reverse order; the record of them goes once all are reverted
+/// (else the next build takes them back).
 pub fn revert_all(root: &Path, diffs: &[PathBuf]) {
+    let mut clean = true;
     for d in diffs.iter().rev() {
         if let Err(e) = patch(root, d, &["-R"]) {
             eprintln!("klive-build: could not revert {}: {e:#}", d.display());
+            clean = false;
         }
+    }
+    if clean {
+        let _ = std::fs::remove_dir_all(root.join(APPLIED));
     }
 }
 
@@ -130,5 +166,40 @@ mod tests {
         );
         assert!(translation_units(&["Makefile".into()]).is_err());
         assert!(translation_units(&[]).is_err());
+    }
+
+    #[test]
+    fn diffs_left_applied_by_a_killed_build_are_taken_back() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("linux");
+        std::fs::create_dir_all(root.join("fs")).unwrap();
+        std::fs::write(root.join("fs/a.c"), "int a = 1;\n").unwrap();
+        let diff = d.path().join("fix.patch");
+        std::fs::write(
+            &diff,
+            "--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-int a = 1;\n+int a = 2;\n",
+        )
+        .unwrap();
+        apply_all(&root, std::slice::from_ref(&diff)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("fs/a.c")).unwrap(),
+            "int a = 2;\n"
+        );
+        // Killed here: no revert_all. The next build finds the record and takes it back.
+        assert!(undo_interrupted(&root));
+        assert_eq!(
+            std::fs::read_to_string(root.join("fs/a.c")).unwrap(),
+            "int a = 1;\n"
+        );
+        assert!(!root.join(APPLIED).exists());
+        // A clean tree is left alone; a normal build removes its record.
+        assert!(undo_interrupted(&root));
+        apply_all(&root, std::slice::from_ref(&diff)).unwrap();
+        revert_all(&root, std::slice::from_ref(&diff));
+        assert!(!root.join(APPLIED).exists());
+        assert_eq!(
+            std::fs::read_to_string(root.join("fs/a.c")).unwrap(),
+            "int a = 1;\n"
+        );
     }
 }

@@ -199,6 +199,14 @@ fn prepare_tree(
         .with_context(|| format!("locking {}", lock_path.display()))?;
     let root = dir.join("linux");
     let stamp = dir.join("prepared");
+    if stamp.exists() && !crate::patches::undo_interrupted(&root) {
+        // Diffs a killed build left applied could not be taken back: prepare it again.
+        eprintln!(
+            "klive-build: the cached tree {} was left patched by an interrupted build; preparing it again",
+            dir.display()
+        );
+        std::fs::remove_file(&stamp).with_context(|| format!("removing {}", stamp.display()))?;
+    }
     if stamp.exists() {
         return Ok(Tree {
             root,
