@@ -194,9 +194,8 @@ pub fn strip_objtool_sections(object: &[u8]) -> Result<Vec<u8>, ElfError> {
 
 /// Deletes the sections `drop` names (and their relocation sections and symbols).
 fn strip(b: &mut object::build::elf::Builder<'_>, drop: impl Fn(&[u8]) -> bool) {
-    let base = |name: &[u8]| -> bool {
-        drop(name) || name.strip_prefix(b".rela").is_some_and(&drop)
-    };
+    let base =
+        |name: &[u8]| -> bool { drop(name) || name.strip_prefix(b".rela").is_some_and(&drop) };
     let mut gone = std::collections::BTreeSet::new();
     for s in b.sections.iter_mut() {
         if base(&s.name) {
