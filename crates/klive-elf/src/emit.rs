@@ -12,7 +12,9 @@ use object::elf;
 
 use crate::ElfError;
 use crate::diff::{Analysis, entry_size_of, include_closure, special_entry_size};
-use crate::model::{Elf, R_X86_64_32S, Reloc, SUPPORTED_RELOCATIONS, Section, read_builder};
+use crate::model::{
+    Elf, R_X86_64_32S, Reloc, SUPPORTED_RELOCATIONS, Section, read_builder, write_builder,
+};
 use crate::symbols::{ExternalRef, Resolution, Resolver, SymClass, TuSymbols};
 
 /// A function the patch replaces.
@@ -528,12 +530,7 @@ fn write(
 ) -> Result<Vec<u8>, ElfError> {
     prune_sections(&mut b, selection, relocs);
     prune_symbols(&mut b, ids, undefined);
-    let mut out = Vec::new();
-    b.write(&mut out).map_err(|e| ElfError::Write {
-        what: "patch object".into(),
-        reason: e.to_string(),
-    })?;
-    Ok(out)
+    write_builder(b, "patch object")
 }
 
 /// Keeps the included sections, their relocations and the string and symbol tables.

@@ -9,7 +9,7 @@ use object::build::elf::{Relocation, SectionData, SectionId};
 use object::elf;
 
 use crate::ElfError;
-use crate::model::{SUPPORTED_RELOCATIONS, read_builder, reloc_width};
+use crate::model::{SUPPORTED_RELOCATIONS, read_builder, reloc_width, write_builder};
 
 /// `SHN_LIVEPATCH` (in the OS-specific range).
 pub const SHN_LIVEPATCH: u16 = 0xff20;
@@ -151,12 +151,7 @@ pub fn fixup_module(ko: &[u8]) -> Result<(Vec<u8>, FixupSummary), ElfError> {
         }
     }
     strip_debug_info(&mut b);
-    let mut out = Vec::new();
-    b.write(&mut out).map_err(|e| ElfError::Write {
-        what: "livepatch module".into(),
-        reason: e.to_string(),
-    })?;
-    Ok((out, summary))
+    Ok((write_builder(b, "livepatch module")?, summary))
 }
 
 /// Drops the DWARF sections (and their relocations and symbols) kbuild's generated files
@@ -184,12 +179,7 @@ const OBJTOOL_SECTIONS: [&[u8]; 7] = [
 pub fn strip_objtool_sections(object: &[u8]) -> Result<Vec<u8>, ElfError> {
     let mut b = read_builder(object, "patch object")?;
     strip(&mut b, |name| OBJTOOL_SECTIONS.contains(&name));
-    let mut out = Vec::new();
-    b.write(&mut out).map_err(|e| ElfError::Write {
-        what: "patch object".into(),
-        reason: e.to_string(),
-    })?;
-    Ok(out)
+    write_builder(b, "patch object")
 }
 
 /// Deletes the sections `drop` names (and their relocation sections and symbols).

@@ -15,6 +15,7 @@ pub mod emit;
 pub mod klp;
 pub mod layout;
 pub mod model;
+pub mod sections;
 pub mod symbols;
 
 pub use diff::{Analysis, DiffReport, Refusal, RefusalKind, analyze};

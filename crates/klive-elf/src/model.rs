@@ -99,6 +99,17 @@ impl Section {
 }
 
 /// Parses `data` as a 64-bit x86-64 relocatable object.
+/// Serialises a builder, the counterpart of [`read_builder`]; `what` names the object in the
+/// error.
+pub fn write_builder(b: Builder<'_>, what: &str) -> Result<Vec<u8>, ElfError> {
+    let mut out = Vec::new();
+    b.write(&mut out).map_err(|e| ElfError::Write {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(out)
+}
+
 pub fn read_builder<'d>(data: &'d [u8], file: &str) -> Result<Builder<'d>, ElfError> {
     let b = Builder::read64(data).map_err(|e| ElfError::Parse {
         file: file.to_owned(),
