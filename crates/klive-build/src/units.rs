@@ -83,16 +83,18 @@ impl<'j> Targets<'j> {
     }
 
     /// Whether the kernel has the unit at all: its module exists, or (built-in) one of the
-    /// functions it defines is in vmlinux.
-    fn has_unit(&mut self, object: &str, analysis: &Analysis) -> bool {
-        let Ok(t) = self.get(object) else {
-            return false;
-        };
-        object != "vmlinux"
+    /// functions it defines is in vmlinux. A symbol source that cannot be read is an error,
+    /// never taken for "not in this kernel".
+    fn has_unit(&mut self, object: &str, analysis: &Analysis) -> Result<bool> {
+        if object != "vmlinux" && find_module_file(&self.job.target.modules_dir, object).is_none() {
+            return Ok(false);
+        }
+        let t = self.get(object)?;
+        Ok(object != "vmlinux"
             || analysis
                 .orig
                 .symbols()
-                .any(|(_, s)| s.is_func() && s.section.is_some() && t.table.count(&s.name) > 0)
+                .any(|(_, s)| s.is_func() && s.section.is_some() && t.table.count(&s.name) > 0))
     }
 }
 
@@ -181,7 +183,7 @@ pub fn emit(
         let changes = !a.changed_funcs.is_empty() || !a.included.is_empty();
         // kbuild compiles a file the config does not select all the same (as built-in
         // code): such a unit is not part of this kernel, and neither is its change.
-        if (changes || !a.report.refusals.is_empty()) && !targets.has_unit(&unit.object, a) {
+        if (changes || !a.report.refusals.is_empty()) && !targets.has_unit(&unit.object, a)? {
             let why = if via_header.contains(&unit.tu) {
                 "includes a changed header but"
             } else {
