@@ -14,6 +14,7 @@ pub mod release;
 pub mod stats;
 pub mod status;
 pub mod text;
+pub mod validation;
 
 pub use ids::{BuildId, IdError, PatchLevel};
 
