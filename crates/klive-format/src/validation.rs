@@ -30,6 +30,8 @@ pub struct ValidationReport {
     /// GNU build-id the booted kernel reported (`/sys/kernel/notes`).
     pub build_id: BuildId,
     pub module_name: String,
+    /// Lowercase hex SHA-256 of the module file that was applied.
+    pub module_sha256: String,
     pub level: u32,
     /// `kvm` or `tcg`.
     pub accel: String,
